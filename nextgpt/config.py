@@ -1,0 +1,283 @@
+"""Typed configuration: the dataclasses below are the single source of truth for every knob.
+
+YAML files only override these defaults; `key.sub=value` strings override the YAML. Unknown keys and
+wrong types fail naming the key (and the closest valid one); cross-field checks live in `__post_init__`.
+
+    cfg = load_config("configs/tiny.yaml", overrides=["model.llm.max_length=256"])
+    cfg.model.output_projectors.image.out_dim  # 768 with the paper decoder set
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from nextgpt.config_loader import ConfigError, load_config, save_config, to_dict  # noqa: F401  (re-exported)
+
+
+@dataclass
+class ImageBindConfig:
+    """Frozen ImageBind encoder. Defaults are ImageBind-Huge; tiny configs shrink widths and depths only."""
+
+    checkpoint_path: Path | None = None
+    """Path to `imagebind_huge.pth` (the official file) or a tiny file with the same key layout."""
+    out_embed_dim: int = 1024
+    """Width of the shared embedding space (the vector handed to the input projector)."""
+    vision_embed_dim: int = 1280
+    vision_num_blocks: int = 32
+    vision_num_heads: int = 16
+    vision_patch_size: int = 14
+    """Spatial kernel of the Conv3d stem; its temporal kernel is 2 (images are repeated to 2 frames)."""
+    audio_embed_dim: int = 768
+    audio_num_blocks: int = 12
+    audio_num_heads: int = 12
+    audio_patch_size: int = 16
+    audio_patch_stride: int = 10
+    image_size: int = 224
+    """Side of the square crop fed to the vision tower (official: 224)."""
+    audio_num_mel_bins: int = 128
+    audio_target_frames: int = 204
+    """Fbank frames per 2 s clip after pad/cut (official: 204)."""
+    audio_sample_rate: int = 16000
+    audio_num_clips: int = 3
+    audio_clip_seconds: float = 2.0
+    audio_mean: float = -4.268
+    audio_std: float = 9.138
+    video_num_clips: int = 5
+    video_clip_seconds: float = 2.0
+    video_frames_per_clip: int = 2
+    video_num_crops: int = 3
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype the frozen tower runs in."""
+
+
+@dataclass
+class InputProjectorConfig:
+    """Maps one 1024-d ImageBind vector to LLM token(s)."""
+
+    type: Literal["linear", "mlp", "group"] = "linear"
+    """`linear`: 1 token (paper v1 / legacy); `mlp`: Linear-GELU-Linear, 1 token; `group`: GroupViT-style, 8 tokens."""
+    mlp_hidden_dim: int = 4096
+    group_width: int = 512
+    group_num_tokens: tuple[int, ...] = (64, 8)
+    """Learned group tokens of the grouping stages; the last number is the tokens per media item."""
+    group_depths: tuple[int, ...] = (6, 3, 3)
+    group_num_heads: int = 8
+    group_mlp_ratio: float = 4.0
+
+
+@dataclass
+class LLMConfig:
+    """The language model: any local HF LLaMA-family folder with its tokenizer."""
+
+    model_path: Path | None = None
+    """Local HF folder (config.json, weights, tokenizer.model / tokenizer.json)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
+    max_length: int = 512
+    """Longest training sequence in tokens (media rows included)."""
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class SignalTokenConfig:
+    """How many signal tokens each modality emits (paper: 4 image / 24 video / 8 audio)."""
+
+    num_image: int = 4
+    num_video: int = 24
+    num_audio: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("num_image", "num_video", "num_audio"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"signal_tokens.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA on the LLM (stage 3). Presets: paper r32/a32 on q,k,v,o; `all_linear` r128/a256."""
+
+    enabled: bool = False
+    r: int = 32
+    alpha: int = 32
+    dropout: float = 0.1
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass
+class OutputProjectorConfig:
+    """Transformer from signal-token hidden states to a decoder's conditioning (GILL-style)."""
+
+    num_queries: int = 77
+    """Learned queries = conditioning tokens produced (77 for SD / ZeroScope, 1 for AudioLDM)."""
+    out_dim: int = 768
+    """Conditioning width; must equal the decoder's text-encoder width (checked when the decoder loads)."""
+    hidden_dim: int = 512
+    num_heads: int = 4
+    num_encoder_layers: int = 4
+    num_decoder_layers: int = 4
+    ff_dim: int = 2048
+    dropout: float = 0.0
+
+
+@dataclass
+class OutputProjectorsConfig:
+    """One output projector per modality; defaults are the paper decoder set (SD-1.5, ZeroScope, AudioLDM)."""
+
+    image: OutputProjectorConfig = field(default_factory=lambda: OutputProjectorConfig(num_queries=77, out_dim=768))
+    video: OutputProjectorConfig = field(default_factory=lambda: OutputProjectorConfig(num_queries=77, out_dim=1024))
+    audio: OutputProjectorConfig = field(default_factory=lambda: OutputProjectorConfig(num_queries=1, out_dim=512))
+
+
+@dataclass
+class DecoderConfig:
+    """One frozen diffusers pipeline, loaded from a local folder, driven by `prompt_embeds`."""
+
+    pipeline_path: Path | None = None
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    height: int | None = None
+    """Output height in pixels; None = the pipeline's default (image/video only)."""
+    width: int | None = None
+    num_frames: int = 16
+    """Video only."""
+    audio_seconds: float = 5.0
+    """Audio only."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+@dataclass
+class DecodersConfig:
+    """The three decoders (paper set by default: SD-1.5, ZeroScope v2 576w, AudioLDM l-full)."""
+
+    image: DecoderConfig = field(default_factory=DecoderConfig)
+    video: DecoderConfig = field(
+        default_factory=lambda: DecoderConfig(height=320, width=576, num_frames=16, guidance_scale=7.5)
+    )
+    audio: DecoderConfig = field(default_factory=lambda: DecoderConfig(guidance_scale=2.5, audio_seconds=5.0))
+
+
+@dataclass
+class LossConfig:
+    """Weights of the loss terms (spec 1.11): total = ce + sum_m (l2_m * caption L2 + denoise_m * denoising)."""
+
+    ce_weight: float = 1.0
+    l2_weight: float = 1.0
+    denoise_weight: float = 0.0
+    """0 disables the denoising loss (it needs the decoder's UNet/VAE in memory)."""
+    snr_gamma: float | None = 5.0
+    """Min-SNR-gamma weighting of the denoising loss; None for plain MSE."""
+
+
+@dataclass
+class ModelConfig:
+    """Everything that defines the network (and must match a checkpoint)."""
+
+    encoder: ImageBindConfig = field(default_factory=ImageBindConfig)
+    input_projector: InputProjectorConfig = field(default_factory=InputProjectorConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    signal_tokens: SignalTokenConfig = field(default_factory=SignalTokenConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    output_projectors: OutputProjectorsConfig = field(default_factory=OutputProjectorsConfig)
+    decoders: DecodersConfig = field(default_factory=DecodersConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+@dataclass
+class GenerationConfig:
+    """Text sampling defaults for inference (spec 1.12; greedy when temperature is 0)."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.2
+    top_p: float = 1.0
+    seed: int = 0
+    max_outputs_per_modality: int = 5
+    """At most this many media items of one modality per reply (extra spans are reported and skipped)."""
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ConfigError(f"generation.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"generation.top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class DatasetEntryConfig:
+    """One named dataset of the catalog (`configs/datasets.yaml`): its own annotation file and folders."""
+
+    annotation_path: Path
+    """JSON list of records in the official NExT-GPT formats (spec 3.2)."""
+    kind: Literal["x_to_text", "text_to_x", "instruction"] = "instruction"
+    image_dir: Path | None = None
+    video_dir: Path | None = None
+    audio_dir: Path | None = None
+    caption_embed_dir: Path | None = None
+    """Folder of `<name>.npy` caption embeddings (written by preprocess_embeddings.py) for generation targets."""
+
+
+@dataclass
+class DataConfig:
+    """Which catalog datasets a run reads and how batches are formed."""
+
+    catalog_path: Path = Path("configs/datasets.yaml")
+    datasets: tuple[str, ...] = ()
+    """Catalog names, e.g. [cc3m_enc, webvid_enc, audiocap_enc]."""
+    sampler: Literal["random", "modality_blended", "length_grouped"] = "modality_blended"
+    bad_sample_policy: Literal["skip", "error"] = "skip"
+    """`skip`: a missing/corrupt media file or malformed record is skipped, counted and logged; `error`: stop."""
+    num_workers: int = 0
+    feature_cache_dir: Path | None = None
+    """Folder of precomputed ImageBind features; when set, the datasets read features instead of media files."""
+
+
+@dataclass
+class TrainConfig:
+    """One training stage: what trains, how long, how it is saved."""
+
+    stage: int = 1
+    trainable: tuple[str, ...] = ("input_projector", "token_rows")
+    """Trainable groups: input_projector, output_projectors, lora, token_rows."""
+    init_from: Path | None = None
+    """Checkpoint folder of the previous stage (its trainable weights are loaded first)."""
+    output_dir: Path = Path("runs/stage_1")
+    resume: bool = True
+    """Continue from the latest checkpoint in output_dir when there is one."""
+    deepspeed_config: Path | None = Path("configs/deepspeed/zero2.json")
+    precision: Literal["bf16", "fp32"] = "bf16"
+    lr: float = 4e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, ...] = (0.9, 0.95)
+    warmup_ratio: float = 0.1
+    schedule: Literal["cosine", "linear", "constant"] = "linear"
+    epochs: int = 1
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (None: run the epochs)."""
+    micro_batch_size: int = 4
+    grad_accum_steps: int = 1
+    grad_clip: float = 1.0
+    save_every: int = 500
+    keep_last: int = 2
+    log_every: int = 10
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.stage not in (1, 2, 3):
+            raise ConfigError(f"train.stage must be 1, 2 or 3, got {self.stage}")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise ConfigError(f"train.warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
+        valid = {"input_projector", "output_projectors", "lora", "token_rows"}
+        unknown = set(self.trainable) - valid
+        if unknown:
+            raise ConfigError(f"train.trainable has unknown groups {sorted(unknown)}; valid: {sorted(valid)}")
+
+
+@dataclass
+class Config:
+    """Root of the configuration tree (what `configs/*.yaml` describe)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 42

@@ -1,0 +1,210 @@
+"""Collate dataset items into a `NextGPTBatch`: truncation at round boundaries, right padding, media stacking.
+
+The length that counts is the length after splicing: every media sentinel becomes `tokens_per_media` rows
+(1 for the linear/mlp input projector, 8 for group). A sample longer than `max_length` is cut after the last
+complete assistant answer that fits, so neither a media placeholder nor a signal span is ever split; the media,
+caption embeddings and denoising targets of the dropped rounds are dropped with it. A sample whose first answer
+does not fit is skipped ("too long"). When every item of a batch is skipped, `CollatedBatch.batch` is None and the
+training loop should skip the step (the counts are still reported).
+
+    collate = Collator(pad_id=tokenizer.pad_token_id or 0, max_length=512, tokens_per_media=8)
+    loader = DataLoader(concat, batch_sampler=sampler, collate_fn=collate)
+    for collated in loader:
+        if collated.batch is None: continue   # every sample was skipped
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from nextgpt.constants import IGNORE_INDEX, MODALITIES, SENTINEL_IDS, Modality
+from nextgpt.data.datasets import SkippedSample
+from nextgpt.model import NextGPTBatch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CollatedBatch:
+    """What the collator returns.
+
+    Attributes:
+        batch: the model batch, or None when every item was skipped.
+        num_samples: items in the batch (kept ones).
+        num_skipped: items dropped (bad samples from the dataset plus "too long" ones).
+        skip_reasons: one "dataset[index]: reason (path)" line per skipped item.
+        num_truncated: kept items that lost trailing rounds to fit `max_length`.
+        num_tokenization_mismatches: kept items whose per-segment ids differ from one-piece tokenisation.
+        datasets: the dataset name of each kept row.
+    """
+
+    batch: NextGPTBatch | None
+    num_samples: int = 0
+    num_skipped: int = 0
+    skip_reasons: list[str] = field(default_factory=list)
+    num_truncated: int = 0
+    num_tokenization_mismatches: int = 0
+    datasets: list[str] = field(default_factory=list)
+
+
+def answer_ends(labels: torch.Tensor) -> list[int]:
+    """Positions just after each assistant answer: the end of every maximal run of supervised labels.
+
+    Args:
+        labels: (L,) labels with `IGNORE_INDEX` outside the answers.
+
+    Returns:
+        Sorted cut positions; cutting `ids[:end]` keeps whole rounds only.
+    """
+    supervised = (labels != IGNORE_INDEX).tolist()
+    return [i + 1 for i, flag in enumerate(supervised) if flag and (i + 1 == len(supervised) or not supervised[i + 1])]
+
+
+class Collator:
+    """Callable turning a list of dataset items (dicts or `SkippedSample`s) into a `CollatedBatch`.
+
+    Args:
+        pad_id: token id used for padding input_ids (its labels are `IGNORE_INDEX`, its mask 0).
+        max_length: longest sequence after splicing (config `model.llm.max_length`).
+        tokens_per_media: LLM rows each media item becomes (the input projector's `num_tokens`).
+
+    Raises:
+        ValueError: on construction with a non-positive `max_length` / `tokens_per_media` or a negative pad id.
+    """
+
+    def __init__(self, pad_id: int, max_length: int, tokens_per_media: int = 1) -> None:
+        if max_length < 1 or tokens_per_media < 1 or pad_id < 0:
+            raise ValueError(
+                f"Collator needs max_length >= 1, tokens_per_media >= 1 and pad_id >= 0, got {max_length}, "
+                f"{tokens_per_media}, {pad_id}"
+            )
+        self.pad_id = pad_id
+        self.max_length = max_length
+        self.tokens_per_media = tokens_per_media
+        self._warned_incomplete: set[tuple[str, Modality]] = set()
+
+    def spliced_lengths(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Length after splicing of every prefix: (L,) ids -> (L,) cumulative rows (prefix [:i+1])."""
+        is_media = input_ids < 0
+        rows = torch.where(is_media, self.tokens_per_media, 1)
+        return rows.cumsum(dim=0)
+
+    def fit_item(self, item: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+        """Cut an item after its last whole round that fits `max_length` (after splicing).
+
+        Args:
+            item: a dataset item.
+
+        Returns:
+            (the item, possibly cut; None when even the first answer does not fit) and whether it was cut.
+        """
+        input_ids, labels = item["input_ids"], item["labels"]
+        cumulative = self.spliced_lengths(input_ids)
+        if int(cumulative[-1]) <= self.max_length:
+            return item, False
+        ends = [end for end in answer_ends(labels) if int(cumulative[end - 1]) <= self.max_length]
+        if not ends:
+            return None, False
+        cut = ends[-1]
+        kept = dict(item)
+        kept["input_ids"], kept["labels"] = input_ids[:cut], labels[:cut]
+        kept["length"] = cut
+        kept["media"] = {}
+        for modality, tensors in item["media"].items():
+            num_kept = int((input_ids[:cut] == SENTINEL_IDS[modality]).sum())
+            if num_kept:
+                kept["media"][modality] = tensors[:num_kept]
+        starts = {m: [s for s in item["signal_span_starts"].get(m, []) if s < cut] for m in MODALITIES}
+        kept["signal_span_starts"] = {m: s for m, s in starts.items() if s}
+        for key in ("caption_embeds", "denoise_targets"):
+            kept[key] = {m: v[: len(starts[m])] for m, v in item[key].items() if starts[m]}
+        return kept, True
+
+    def __call__(self, items: Sequence[dict[str, Any] | SkippedSample]) -> CollatedBatch:
+        result = CollatedBatch(batch=None)
+        kept: list[dict[str, Any]] = []
+        # 1. Drop skipped items; cut or drop the ones too long after splicing.
+        for item in items:
+            if isinstance(item, SkippedSample):
+                result.skip_reasons.append(_reason(item))
+                continue
+            fitted, truncated = self.fit_item(item)
+            if fitted is None:
+                longest = int(self.spliced_lengths(item["input_ids"])[-1])
+                result.skip_reasons.append(
+                    f"{item['dataset']}[{item['index']}]: too long ({longest} rows after splicing, first answer "
+                    f"does not fit max_length={self.max_length})"
+                )
+                continue
+            result.num_truncated += int(truncated)
+            kept.append(fitted)
+        result.num_skipped = len(result.skip_reasons)
+        result.num_samples = len(kept)
+        result.num_tokenization_mismatches = sum(bool(item.get("tokenization_mismatch")) for item in kept)
+        result.datasets = [item["dataset"] for item in kept]
+        if kept:
+            result.batch = self._build_batch(kept)
+        return result
+
+    def _build_batch(self, items: list[dict[str, Any]]) -> NextGPTBatch:
+        # 2. Right-pad ids / labels / mask.
+        max_len = max(len(item["input_ids"]) for item in items)
+        input_ids = torch.full((len(items), max_len), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(items), max_len), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(items), max_len), dtype=torch.long)
+        for row, item in enumerate(items):
+            length = len(item["input_ids"])
+            input_ids[row, :length] = item["input_ids"]
+            labels[row, :length] = item["labels"]
+            attention_mask[row, :length] = 1
+        # 3. Media, caption embeddings and denoising targets: row-major, placeholder / span order within a row.
+        num_spans = {m: sum(len(item["signal_span_starts"].get(m, [])) for item in items) for m in MODALITIES}
+        return NextGPTBatch(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            labels=labels,
+            media=self._stack(items, "media", None),
+            caption_embeds=self._stack(items, "caption_embeds", num_spans),
+            denoise_targets=self._stack(items, "denoise_targets", num_spans),
+        )
+
+    def _stack(
+        self, items: list[dict[str, Any]], key: str, num_spans: dict[Modality, int] | None
+    ) -> dict[Modality, torch.Tensor]:
+        """Stack one per-modality list field across rows; span-aligned fields are kept only when complete."""
+        stacked: dict[Modality, torch.Tensor] = {}
+        for modality in MODALITIES:
+            tensors = [t for item in items for t in item[key].get(modality, [])]
+            if not tensors:
+                continue
+            if num_spans is not None and len(tensors) != num_spans[modality]:
+                # The model pairs these with signal spans one to one; a partial set cannot be aligned.
+                if (key, modality) not in self._warned_incomplete:
+                    self._warned_incomplete.add((key, modality))
+                    logger.warning(
+                        "batch has %d %s signal spans but only %d %s; leaving %s out of such batches",
+                        num_spans[modality],
+                        modality.value,
+                        len(tensors),
+                        key,
+                        key,
+                    )
+                continue
+            shapes = {tuple(t.shape) for t in tensors}
+            if len(shapes) != 1:
+                raise ValueError(
+                    f"{modality.value} {key} have different shapes {sorted(shapes)} in one batch; "
+                    "all items of a modality must be preprocessed with the same settings"
+                )
+            stacked[modality] = torch.stack(tensors)  # N x (...) -> (N, ...)
+        return stacked
+
+
+def _reason(skipped: SkippedSample) -> str:
+    where = f" ({skipped.path})" if skipped.path is not None else ""
+    return f"{skipped.dataset}[{skipped.index}]: {skipped.reason}{where}"

@@ -1,0 +1,422 @@
+"""The frozen-decoder contract shared by the image, video and audio wrappers, and `load_decoder`.
+
+A `Decoder` owns one diffusers pipeline loaded from a local folder, knows the conditioning shape its
+text encoder produces, checks projector outputs against it, and drives the pipeline with `prompt_embeds`.
+
+    decoder = load_decoder(Modality.IMAGE, cfg.model.decoders.image, expected_dim=768, device="cuda")
+    images = decoder.generate(prompt_embeds, seed=0)  # list of uint8 (H, W, 3)
+    decoder.offload()                                  # back to CPU, CUDA cache freed
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler, DiffusionPipeline
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from nextgpt.config import DecoderConfig
+from nextgpt.constants import Modality
+
+logger = logging.getLogger(__name__)
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def format_shape(shape: tuple[int | str, ...]) -> str:
+    """Format a shape as `(B, 77, 768)` for error messages."""
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def convert_to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Map float pixels in [0, 1] (diffusers `output_type="np"`) to uint8 the way diffusers' PIL export does."""
+    return (np.clip(pixels, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def check_pipeline_dir(modality: Modality, pipeline_path: Path | None, expected_class: str) -> Path:
+    """Check that `pipeline_path` is a local diffusers pipeline folder of the expected class.
+
+    Args:
+        modality: whose decoder (for the config key in messages).
+        pipeline_path: `model.decoders.<modality>.pipeline_path`.
+        expected_class: the `_class_name` model_index.json must carry, e.g. "StableDiffusionPipeline".
+
+    Returns:
+        The folder as a Path.
+
+    Raises:
+        FileNotFoundError: no path, no folder, or no model_index.json.
+        ValueError: the folder holds another pipeline class.
+    """
+    key = f"model.decoders.{modality.value}.pipeline_path"
+    if pipeline_path is None:
+        raise FileNotFoundError(f"{modality.value} decoder needs a local {expected_class} folder, got none; set {key}")
+    pipeline_path = Path(pipeline_path)
+    if not pipeline_path.is_dir():
+        raise FileNotFoundError(f"{modality.value} decoder folder {pipeline_path} does not exist; set {key}")
+    index_path = pipeline_path / "model_index.json"
+    if not index_path.is_file():
+        raise FileNotFoundError(
+            f"{modality.value} decoder folder {pipeline_path} has no model_index.json; "
+            f"set {key} to a diffusers pipeline folder (save_pretrained layout)"
+        )
+    class_name = json.loads(index_path.read_text()).get("_class_name")
+    if class_name != expected_class:
+        raise ValueError(
+            f"{modality.value} decoder expects a {expected_class} folder, got {class_name} in {index_path}; set {key}"
+        )
+    return pipeline_path
+
+
+def tokenize_captions(tokenizer: PreTrainedTokenizerBase, texts: list[str], modality: Modality) -> Any:
+    """Tokenize captions the way the diffusers pipelines do (pad and truncate to `model_max_length`).
+
+    Args:
+        tokenizer: the pipeline's tokenizer.
+        texts: captions.
+        modality: whose decoder (for messages).
+
+    Returns:
+        The tokenizer's batch encoding (`input_ids`, `attention_mask`) as PyTorch tensors.
+
+    Raises:
+        ValueError: `texts` is empty or not a list of strings.
+    """
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise ValueError(f"{modality.value} decoder encode_captions expects a non-empty list of str, got {texts!r}")
+    max_length = tokenizer.model_max_length
+    num_too_long = sum(len(ids) > max_length for ids in tokenizer(texts).input_ids)
+    if num_too_long:
+        logger.warning(
+            "%d of %d captions exceed the %s text encoder's %d tokens and were truncated (as the pipeline does)",
+            num_too_long,
+            len(texts),
+            modality.value,
+            max_length,
+        )
+    return tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+
+
+def check_media_batch(target: Tensor, expected_shape: tuple[int | str, ...], modality: Modality, hint: str) -> None:
+    """Check a denoising target's rank and channel count (RGB pixel or mel tensors).
+
+    Args:
+        target: the media batch.
+        expected_shape: e.g. ("B", 3, "H", "W"); ints are checked, strings are free.
+        modality: whose decoder (for messages).
+        hint: which helper builds the tensor, named in the message.
+
+    Raises:
+        ValueError: wrong rank or fixed dimension.
+    """
+    got = tuple(target.shape)
+    fixed_ok = all(isinstance(e, str) or e == g for e, g in zip(expected_shape, got, strict=False))
+    if len(got) != len(expected_shape) or not fixed_ok:
+        raise ValueError(
+            f"{modality.value} denoising target must be {format_shape(expected_shape)}, got {format_shape(got)}; "
+            f"build it with {hint}"
+        )
+
+
+class Decoder(ABC):
+    """One frozen diffusers pipeline driven by conditioning embeddings instead of a text prompt.
+
+    Subclasses set `modality` and `pipeline_class` and implement the modality-specific parts.
+
+    Args:
+        pipeline: a loaded pipeline of `pipeline_class`.
+        cfg: defaults for `generate` (steps, guidance, sizes); None uses `DecoderConfig()`.
+        show_progress: keep the pipeline's per-step progress bar.
+    """
+
+    modality: ClassVar[Modality]
+    pipeline_class: ClassVar[type[DiffusionPipeline]]
+
+    def __init__(self, pipeline: DiffusionPipeline, cfg: DecoderConfig | None = None, show_progress: bool = False):
+        self.pipeline = pipeline
+        self.cfg = cfg if cfg is not None else DecoderConfig()
+        for component in pipeline.components.values():
+            if isinstance(component, torch.nn.Module):
+                component.requires_grad_(False)
+                component.eval()
+        pipeline.set_progress_bar_config(disable=not show_progress)
+
+    @classmethod
+    def from_pretrained(
+        cls, cfg: DecoderConfig, device: str | torch.device | None = None, show_progress: bool = False
+    ) -> Decoder:
+        """Load the pipeline folder `cfg.pipeline_path` (local files only) in `cfg.dtype`.
+
+        Args:
+            cfg: the decoder's config section.
+            device: where to place the pipeline; None leaves it on CPU where it was loaded.
+            show_progress: keep the per-step progress bar.
+
+        Returns:
+            The decoder, frozen and in eval mode.
+
+        Raises:
+            FileNotFoundError: see `check_pipeline_dir`.
+            ValueError: the folder holds another pipeline class.
+        """
+        pipeline_path = check_pipeline_dir(cls.modality, cfg.pipeline_path, cls.pipeline_class.__name__)
+        pipeline = cls.pipeline_class.from_pretrained(
+            pipeline_path, dtype=TORCH_DTYPES[cfg.dtype], local_files_only=True, **cls.extra_load_kwargs(pipeline_path)
+        )
+        logger.info("loaded %s decoder from %s (%s)", cls.modality.value, pipeline_path, cfg.dtype)
+        decoder = cls(pipeline, cfg, show_progress=show_progress)
+        return decoder if device is None else decoder.to(device)
+
+    @classmethod
+    def extra_load_kwargs(cls, pipeline_path: Path) -> dict[str, Any]:
+        """Component overrides for the pipeline's `from_pretrained`.
+
+        Args:
+            pipeline_path: the checked pipeline folder.
+
+        Returns:
+            Keyword arguments (none by default).
+        """
+        return {}
+
+    @property
+    @abstractmethod
+    def conditioning_shape(self) -> tuple[int, ...]:
+        """Per-item shape of `prompt_embeds`, read from the text encoder: (77, 768), (77, 1024) or (512,)."""
+
+    @property
+    def conditioning_dim(self) -> int:
+        """Conditioning width (what `model.output_projectors.<m>.out_dim` must equal)."""
+        return self.conditioning_shape[-1]
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the pipeline's modules."""
+        return self.pipeline.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype the conditioning is cast to (the text encoder's, as in the pipelines)."""
+        return self.pipeline.text_encoder.dtype
+
+    def to(self, device: str | torch.device) -> Decoder:
+        """Move every pipeline module to `device`.
+
+        Args:
+            device: target device.
+
+        Returns:
+            self.
+        """
+        self.pipeline.to(device)
+        return self
+
+    def offload(self) -> Decoder:
+        """Move the pipeline to CPU and release cached CUDA memory (low-memory mode).
+
+        Returns:
+            self.
+        """
+        # Parking float16 weights on CPU is intended here; diffusers would warn that they cannot run there.
+        self.pipeline.to("cpu", silence_dtype_warnings=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return self
+
+    def check_conditioning(self, embeds: Tensor) -> None:
+        """Check that `embeds` is a batch of this decoder's conditioning.
+
+        Args:
+            embeds: (B, *conditioning_shape).
+
+        Raises:
+            ValueError: wrong shape, naming the config key that sets it.
+        """
+        expected = self.conditioning_shape
+        got = tuple(embeds.shape)
+        if len(got) == len(expected) + 1 and got[1:] == expected and got[0] > 0:
+            return
+        keys = []
+        if len(got) != len(expected) + 1 or got[1:-1] != expected[:-1]:
+            keys.append(f"model.output_projectors.{self.modality.value}.num_queries")
+        if len(got) < 2 or got[-1] != expected[-1]:
+            keys.append(f"model.output_projectors.{self.modality.value}.out_dim")
+        raise ValueError(
+            f"{self.modality.value} decoder expects prompt_embeds {format_shape(('B', *expected))}, "
+            f"got {format_shape(got)}; check {' and '.join(keys) or 'the batch size'}"
+        )
+
+    def prepare_conditioning(self, embeds: Tensor) -> Tensor:
+        """Check `embeds` and move it to the pipeline's device and dtype (differentiable).
+
+        Args:
+            embeds: (B, *conditioning_shape) from an output projector or `encode_captions`.
+
+        Returns:
+            The conditioning exactly as the UNet receives it.
+        """
+        self.check_conditioning(embeds)
+        return embeds.to(device=self.device, dtype=self.dtype)
+
+    @abstractmethod
+    def encode_captions(self, texts: list[str]) -> Tensor:
+        """Embed captions with the decoder's own text encoder, exactly as the pipeline does for `prompt`.
+
+        Args:
+            texts: N captions.
+
+        Returns:
+            (N, *conditioning_shape), the training targets of the output projector.
+        """
+
+    @abstractmethod
+    def generate(self, prompt_embeds: Tensor, **kwargs: Any) -> list[np.ndarray]:
+        """Generate one media item per row of `prompt_embeds`.
+
+        Args:
+            prompt_embeds: (B, *conditioning_shape).
+            **kwargs: sampling and size options (see the subclasses); unset ones come from the config.
+
+        Returns:
+            B arrays: uint8 (H, W, 3) images, uint8 (F, H, W, 3) clips or float32 (T,) waveforms.
+        """
+
+    @abstractmethod
+    def encode_latents(self, target: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """VAE-encode target media into UNet latents, times the VAE scaling factor.
+
+        Args:
+            target: the media tensor `compute_denoising_loss` documents.
+            generator: draws the posterior sample.
+
+        Returns:
+            Latents in the UNet's layout.
+        """
+
+    @abstractmethod
+    def predict_noise(self, noisy_latents: Tensor, timesteps: Tensor, conditioning: Tensor) -> Tensor:
+        """Run the frozen UNet (gradients still flow into `conditioning`).
+
+        Args:
+            noisy_latents: latents noised at `timesteps`.
+            timesteps: (B,) integer train timesteps.
+            conditioning: output of `prepare_conditioning`.
+
+        Returns:
+            The UNet's prediction (noise, velocity or sample per the scheduler), shaped like the latents.
+        """
+
+    def build_noise_scheduler(self) -> DDPMScheduler:
+        """A DDPM scheduler with the pipeline scheduler's training schedule (betas, prediction type).
+
+        Training adds noise at integer train timesteps; the pipeline's own scheduler (DDIM, Euler, ...)
+        may index sigmas by inference steps instead, so the loss uses this one.
+
+        Returns:
+            A fresh scheduler built from the pipeline scheduler's config.
+        """
+        return DDPMScheduler.from_config(self.pipeline.scheduler.config)
+
+    def make_generator(self, seed: int | None) -> torch.Generator | None:
+        """A CPU generator for the initial latents, so a seed gives the same noise on every device.
+
+        Args:
+            seed: the seed; None for fresh randomness.
+
+        Returns:
+            The seeded generator, or None.
+        """
+        return None if seed is None else torch.Generator("cpu").manual_seed(seed)
+
+    def resolve_sampling(self, num_inference_steps: int | None, guidance_scale: float | None) -> tuple[int, float]:
+        """Fill unset sampling options from the config.
+
+        Args:
+            num_inference_steps: requested steps, or None for `cfg.num_inference_steps`.
+            guidance_scale: requested guidance, or None for `cfg.guidance_scale`.
+
+        Returns:
+            (steps, guidance).
+
+        Raises:
+            ValueError: fewer than one step.
+        """
+        steps = self.cfg.num_inference_steps if num_inference_steps is None else num_inference_steps
+        guidance = self.cfg.guidance_scale if guidance_scale is None else guidance_scale
+        if steps < 1:
+            raise ValueError(
+                f"{self.modality.value} decoder needs num_inference_steps >= 1, got {steps}; "
+                f"set model.decoders.{self.modality.value}.num_inference_steps"
+            )
+        return steps, guidance
+
+    def check_pixel_size(self, height: int | None, width: int | None) -> None:
+        """Check that requested pixel sizes suit the pipeline (multiples of 8, as diffusers requires).
+
+        Args:
+            height: pixels, or None for the pipeline default.
+            width: pixels, or None for the pipeline default.
+
+        Raises:
+            ValueError: a size that is not a positive multiple of 8.
+        """
+        for name, value in (("height", height), ("width", width)):
+            if value is not None and (value <= 0 or value % 8 != 0):
+                raise ValueError(
+                    f"{self.modality.value} decoder needs {name} to be a positive multiple of 8, got {value}; "
+                    f"set model.decoders.{self.modality.value}.{name}"
+                )
+
+
+def load_decoder(
+    modality: Modality,
+    cfg: DecoderConfig,
+    expected_dim: int,
+    device: str | torch.device = "cpu",
+    show_progress: bool = False,
+) -> Decoder:
+    """Load one modality's frozen decoder and check it against the output projector's width.
+
+    Args:
+        modality: which decoder (image: Stable Diffusion, video: ZeroScope, audio: AudioLDM).
+        cfg: `model.decoders.<modality>`.
+        expected_dim: `model.output_projectors.<modality>.out_dim`.
+        device: where to place the pipeline.
+        show_progress: keep the pipeline's per-step progress bar.
+
+    Returns:
+        The decoder.
+
+    Raises:
+        FileNotFoundError: the pipeline folder or its model_index.json is missing.
+        ValueError: wrong pipeline class, or `expected_dim` differs from the text encoder's width.
+    """
+    from nextgpt.decoders.audio import AudioDecoder
+    from nextgpt.decoders.image import ImageDecoder
+    from nextgpt.decoders.video import VideoDecoder
+
+    modality = Modality(modality)
+    decoder_classes: dict[Modality, type[Decoder]] = {
+        Modality.IMAGE: ImageDecoder,
+        Modality.VIDEO: VideoDecoder,
+        Modality.AUDIO: AudioDecoder,
+    }
+    decoder = decoder_classes[modality].from_pretrained(cfg, show_progress=show_progress)
+    if decoder.conditioning_dim != expected_dim:
+        raise ValueError(
+            f"{modality.value} decoder at {cfg.pipeline_path} is conditioned on width {decoder.conditioning_dim}, "
+            f"but the output projector produces {expected_dim}; "
+            f"set model.output_projectors.{modality.value}.out_dim={decoder.conditioning_dim}"
+        )
+    return decoder.to(device)

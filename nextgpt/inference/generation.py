@@ -1,0 +1,167 @@
+"""Generation core: conversation + input media → reply text + images / videos / audio.
+
+Numbered steps, one helper each: build the prompt, splice media, decode text with the KV cache, find complete signal
+spans in the reply (malformed ones are reported, never a crash), re-read their hidden states, project them, and call
+the decoders.
+
+    result = generate_reply(model, [Turn("user", "<image>\nDraw this as a video")], {Modality.IMAGE: pixels},
+                            cfg.generation, decoders)
+    result.text, result.videos[0].shape  # "...", (F, H, W, 3)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from nextgpt.config import GenerationConfig
+from nextgpt.constants import Modality
+from nextgpt.model import NextGPT, NextGPTBatch
+from nextgpt.signals import SignalSpan, SpanScan, find_signal_spans
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationResult:
+    """One reply.
+
+    Attributes:
+        text: the reply text with signal tokens removed.
+        token_ids: the generated ids (signal tokens included).
+        images: (H, W, 3) uint8 arrays.
+        videos: (F, H, W, 3) uint8 arrays.
+        audios: (T,) float32 arrays at the audio decoder's sample rate.
+        problems: malformed or skipped signal spans, in words.
+    """
+
+    text: str
+    token_ids: list[int]
+    images: list[np.ndarray] = field(default_factory=list)
+    videos: list[np.ndarray] = field(default_factory=list)
+    audios: list[np.ndarray] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def outputs(self, modality: Modality) -> list[np.ndarray]:
+        """The generated items of one modality."""
+        return {Modality.IMAGE: self.images, Modality.VIDEO: self.videos, Modality.AUDIO: self.audios}[modality]
+
+
+def _build_prompt_batch(model: NextGPT, turns: list, media: Mapping[Modality, torch.Tensor]) -> NextGPTBatch:
+    from nextgpt.llm.conversation import build_generation_prompt
+
+    prompt_ids = torch.tensor([build_generation_prompt(model.tokenizer, turns)], device=model.device)  # (1, L)
+    media_on_device = {m: t.to(model.device) for m, t in media.items()}
+    return NextGPTBatch(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), media=media_on_device)
+
+
+def _decode_text(model: NextGPT, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, cfg: GenerationConfig,
+                 streamer: Any | None) -> torch.Tensor:
+    """Sample the reply with the KV cache on; returns only the new ids, (G,)."""
+    tokenizer = model.tokenizer
+    sampling = cfg.temperature > 0
+    kwargs: dict[str, Any] = {"do_sample": sampling}
+    if sampling:
+        kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
+    torch.manual_seed(cfg.seed)
+    generated = model.llm.generate(
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        max_new_tokens=cfg.max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=True,
+        streamer=streamer,
+        **kwargs,
+    )
+    return generated[0]  # with inputs_embeds, HF returns only the new tokens: (G,)
+
+
+def _reply_spans(reply_ids: torch.Tensor, offset: int, model: NextGPT, cfg: GenerationConfig) -> SpanScan:
+    """Complete spans of the reply, shifted to full-sequence positions and capped per modality."""
+    scan = find_signal_spans(reply_ids, model.signal_ids)
+    shifted = SpanScan(problems=list(scan.problems))
+    for modality, spans in scan.spans.items():
+        kept = spans[: cfg.max_outputs_per_modality]
+        if len(spans) > len(kept):
+            shifted.problems.append(
+                f"{len(spans)} {modality.value} spans in the reply; kept the first "
+                f"{len(kept)} (generation.max_outputs_per_modality)"
+            )
+        shifted.spans[modality] = [SignalSpan(row=0, start=s.start + offset, length=s.length) for s in kept]
+    return shifted
+
+
+@torch.no_grad()
+def generate_reply(
+    model: NextGPT,
+    turns: list,
+    media: Mapping[Modality, torch.Tensor],
+    cfg: GenerationConfig,
+    decoders: Mapping[Modality, Any] | None = None,
+    decoder_options: Mapping[Modality, dict[str, Any]] | None = None,
+    streamer: Any | None = None,
+) -> GenerationResult:
+    """Generate one reply to a conversation, rendering every complete signal span with its decoder.
+
+    Args:
+        model: a built NextGPT (eval mode is set here).
+        turns: the conversation (`nextgpt.llm.conversation.Turn`), ending with the user's turn.
+        media: preprocessed input media per modality, (N, ...) in placeholder order.
+        cfg: text sampling settings.
+        decoders: decoders per modality (a lazy Mapping works: an item is looked up only when needed); None renders no
+            media and reports the spans as skipped.
+        decoder_options: per-modality keyword overrides for `Decoder.generate` (steps, guidance, size, frames, ...).
+        streamer: an HF streamer (e.g. TextStreamer) receiving text as it is generated.
+
+    Returns:
+        GenerationResult.
+    """
+    model.eval()
+    # 1. Prompt + media → spliced input embeddings.
+    batch = _build_prompt_batch(model, turns, media)
+    from nextgpt.llm.splice import splice_media
+
+    spliced = splice_media(batch.input_ids, batch.attention_mask, None, model.embed_tokens, model.encode_media(batch))
+    # 2. Decode the reply text (KV cache on).
+    reply_ids = _decode_text(model, spliced.inputs_embeds, spliced.attention_mask, cfg, streamer)
+    result = GenerationResult(
+        text=model.tokenizer.decode(reply_ids, skip_special_tokens=True).strip(), token_ids=reply_ids.tolist()
+    )
+    # 3. Complete signal spans of the reply (malformed ones become problems).
+    prompt_len = spliced.token_ids.shape[1]
+    scan = _reply_spans(reply_ids, prompt_len, model, cfg)
+    result.problems.extend(scan.problems)
+    if not any(scan.spans.values()):
+        return result
+    # 4. One teacher-forced pass over prompt + reply gives the hidden state at every signal position, whatever
+    #    decoding strategy produced the reply (the original lost them with the cache off).
+    full_ids = torch.cat([spliced.token_ids, reply_ids[None]], dim=1)  # (1, L + G)
+    full_embeds = torch.cat([spliced.inputs_embeds, model.embed_tokens(reply_ids[None])], dim=1)  # (1, L + G, D)
+    hidden = model.llm(inputs_embeds=full_embeds, output_hidden_states=True, use_cache=False).hidden_states[-1]
+    signal_embeds = model.project_signals(hidden, full_ids, scan)
+    # 5. Render each span with its decoder.
+    _render(result, signal_embeds, decoders, decoder_options or {}, cfg.seed)
+    return result
+
+
+def _render(
+    result: GenerationResult,
+    signal_embeds: dict[Modality, torch.Tensor],
+    decoders: Mapping[Modality, Any] | None,
+    options: Mapping[Modality, dict[str, Any]],
+    seed: int,
+) -> None:
+    for modality, embeds in signal_embeds.items():
+        if decoders is None or modality not in decoders:
+            result.problems.append(f"{embeds.shape[0]} {modality.value} span(s) not rendered: no {modality.value} decoder")
+            continue
+        decoder = decoders[modality]
+        for index in range(embeds.shape[0]):
+            outputs = decoder.generate(embeds[index : index + 1], seed=seed + index, **options.get(modality, {}))
+            result.outputs(modality).extend(outputs)

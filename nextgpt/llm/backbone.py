@@ -1,0 +1,151 @@
+"""Load the LLM backbone (Vicuna / any local HF LLaMA folder) frozen, with trainable signal-token rows.
+
+Every original weight is frozen; the rows of the tokens the tokenizer added (the signal tokens) are the
+only trainable LLM parameters until LoRA is applied (`nextgpt.llm.lora`). A merged export written by
+`save_merged_llm` records its base vocabulary size in config.json (`nextgpt_num_base_tokens`), so it
+reloads with the same rows trainable and nothing added twice.
+
+    tokenizer = load_tokenizer(cfg.llm.model_path, cfg.signal_tokens)
+    llm = load_llm(cfg.llm, tokenizer)          # 2 x 36 x 4096 trainable values on Vicuna-7B
+    save_merged_llm(apply_lora(llm, cfg.lora), tokenizer, Path("exports/nextgpt-llm"))
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from nextgpt.config import LLMConfig
+from nextgpt.llm.lora import merge_lora
+from nextgpt.llm.token_rows import (
+    NUM_BASE_TOKENS_KEY,
+    attach_token_rows,
+    fold_token_rows,
+    get_num_base_tokens,
+    load_token_rows_state_dict,
+    token_rows_state_dict,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "NUM_BASE_TOKENS_KEY",
+    "fold_token_rows",
+    "get_num_base_tokens",
+    "load_llm",
+    "load_token_rows_state_dict",
+    "save_merged_llm",
+    "token_rows_state_dict",
+]
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def _check_llm_dir(model_path: Path | None) -> Path:
+    if model_path is None:
+        raise ValueError("model.llm.model_path is not set; point it at a local HF LLaMA/Vicuna folder")
+    model_path = Path(model_path)
+    if not model_path.is_dir():
+        raise FileNotFoundError(
+            f"LLM folder not found: {model_path}; set model.llm.model_path to a local HF LLaMA/Vicuna folder"
+        )
+    if not (model_path / "config.json").is_file():
+        raise FileNotFoundError(f"no config.json in {model_path}; model.llm.model_path must be an HF model folder")
+    if not any((model_path / name).is_file() for name in WEIGHT_FILES):
+        raise FileNotFoundError(
+            f"no weights in {model_path} (expected one of {', '.join(WEIGHT_FILES)}); "
+            "model.llm.model_path must point at a complete download"
+        )
+    return model_path
+
+
+def _resolve_num_base_tokens(model: PreTrainedModel, num_tokens: int, model_path: Path) -> int:
+    """Rows of the original vocabulary: the exported field if present, else the checkpoint's row count."""
+    num_rows = model.get_input_embeddings().weight.shape[0]
+    recorded = getattr(model.config, NUM_BASE_TOKENS_KEY, None)
+    if num_rows > num_tokens:
+        raise ValueError(
+            f"{model_path} has {num_rows} embedding rows but the tokenizer has only {num_tokens} tokens; "
+            "use the model.signal_tokens the folder was exported with"
+        )
+    if recorded is None and num_rows == num_tokens:
+        raise ValueError(
+            f"{model_path} already has a row for every tokenizer token ({num_tokens}) but its config.json lacks "
+            f"{NUM_BASE_TOKENS_KEY}; export merged folders with nextgpt.llm.backbone.save_merged_llm"
+        )
+    return int(recorded) if recorded is not None else num_rows
+
+
+def _enable_checkpointing(model: PreTrainedModel) -> None:
+    # Non-reentrant checkpointing needs no input that requires grad; newer transformers renamed the method.
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def load_llm(cfg: LLMConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """Load the causal LM frozen, with the rows of the tokenizer's added tokens trainable.
+
+    Args:
+        cfg: `model.llm` (folder, dtype, attention implementation, gradient checkpointing).
+        tokenizer: the tokenizer from `load_tokenizer` (with the signal tokens).
+
+    Returns:
+        The transformers model; `embed_tokens`/`lm_head` are `TokenRowsEmbedding`/`TokenRowsHead`, new rows
+        start at the mean of the base rows, and only `new_rows` parameters require gradients.
+
+    Raises:
+        ValueError: `model.llm.model_path` unset, or a tokenizer that does not fit the checkpoint.
+        FileNotFoundError: the folder, its config.json or its weights are missing.
+    """
+    model_path = _check_llm_dir(cfg.model_path)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=getattr(torch, cfg.dtype), attn_implementation=cfg.attn_implementation
+    )
+    num_base_tokens = _resolve_num_base_tokens(model, len(tokenizer), model_path)
+    model.requires_grad_(False)
+    attach_token_rows(model, num_base_tokens, len(tokenizer))
+    if cfg.gradient_checkpointing:
+        _enable_checkpointing(model)
+    num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info(
+        "loaded LLM from %s (%s, %s): %d trainable parameters (token rows)",
+        model_path,
+        cfg.dtype,
+        cfg.attn_implementation,
+        num_trainable,
+    )
+    return model
+
+
+def save_merged_llm(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> Path:
+    """Write a standalone HF folder: LoRA merged (if any), token rows folded, tokenizer with signal tokens.
+
+    The model is changed in place (merged and folded); reload the folder with `load_tokenizer` + `load_llm`.
+
+    Args:
+        model: a model from `load_llm`, optionally wrapped by `apply_lora`.
+        tokenizer: its tokenizer.
+        out_dir: folder to write.
+
+    Returns:
+        `out_dir`.
+    """
+    out_dir = Path(out_dir)
+    hf_model = merge_lora(model) if hasattr(model, "merge_and_unload") else model
+    fold_token_rows(hf_model)
+    hf_model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    logger.info("saved merged LLM (%d base tokens) to %s", getattr(hf_model.config, NUM_BASE_TOKENS_KEY), out_dir)
+    return out_dir

@@ -1,0 +1,287 @@
+"""NextGPT: ImageBind → input projector → LLM (signal tokens, optional LoRA) → output projectors.
+
+The diffusion decoders stay outside this module (they are frozen, large and only needed to render media or for the
+optional denoising loss); `forward` takes them as an argument when that loss is on.
+
+    model = build_nextgpt(cfg.model)
+    out = model(batch)                 # NextGPTOutput: loss, loss_terms, signal_embeds
+    out.signal_embeds[Modality.IMAGE]  # (N_spans, 77, 768) -> a decoder's prompt_embeds
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from nextgpt.config import ModelConfig
+from nextgpt.constants import MODALITIES, Modality
+from nextgpt.signals import SpanScan, find_signal_spans, gather_span_rows
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class NextGPTBatch:
+    """One (collated) batch. Media items of each modality are listed in the order their placeholders appear.
+
+    Attributes:
+        input_ids: (B, L) token ids with `SENTINEL_IDS` where media items are spliced; right-padded.
+        attention_mask: (B, L) 1 for real tokens.
+        labels: (B, L) targets (IGNORE_INDEX where not supervised) or None at inference.
+        media: preprocessed encoder inputs per modality, e.g. image (N, 3, 224, 224).
+        media_features: precomputed ImageBind vectors per modality (N, encoder_dim); used instead of `media`.
+        caption_embeds: per modality, the decoder's caption embedding for each signal span, in span order:
+            (N_spans, Q, D), or (N_spans, D) for audio.
+        denoise_targets: per modality, target media tensors for the optional denoising loss, in span order.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor | None = None
+    media: dict[Modality, torch.Tensor] = field(default_factory=dict)
+    media_features: dict[Modality, torch.Tensor] = field(default_factory=dict)
+    caption_embeds: dict[Modality, torch.Tensor] = field(default_factory=dict)
+    denoise_targets: dict[Modality, torch.Tensor] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> NextGPTBatch:
+        """Move every tensor to `device`."""
+
+        def move(d: dict[Modality, torch.Tensor]) -> dict[Modality, torch.Tensor]:
+            return {k: v.to(device) for k, v in d.items()}
+
+        return NextGPTBatch(
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            labels=None if self.labels is None else self.labels.to(device),
+            media=move(self.media),
+            media_features=move(self.media_features),
+            caption_embeds=move(self.caption_embeds),
+            denoise_targets=move(self.denoise_targets),
+        )
+
+
+@dataclass
+class NextGPTOutput:
+    """What a forward pass returns.
+
+    Attributes:
+        loss: weighted total (None when nothing was supervised, e.g. at inference).
+        loss_terms: unweighted terms, e.g. {"ce": ..., "l2_image": ..., "denoise_audio": ...}.
+        logits: (B, L', V) over the spliced sequence.
+        signal_embeds: projected conditioning per modality, (N_spans, Q, out_dim).
+        spans: where the complete signal spans were found, plus problems.
+    """
+
+    loss: torch.Tensor | None
+    loss_terms: dict[str, torch.Tensor]
+    logits: torch.Tensor
+    signal_embeds: dict[Modality, torch.Tensor]
+    spans: SpanScan
+
+
+class NextGPT(nn.Module):
+    """The trainable any-to-any model around a frozen encoder and a (mostly frozen) LLM.
+
+    Args:
+        cfg: model config (sizes, loss weights).
+        tokenizer: tokenizer with the signal tokens added.
+        llm: causal LM (optionally a peft model) whose embeddings already include the signal-token rows.
+        encoder: frozen ImageBind, or None when every batch brings precomputed `media_features`.
+        input_projector: module (N, encoder_dim) -> (N, k, llm_dim).
+        output_projectors: one module per modality name, (N, T, llm_dim) x2 -> (N, Q, out_dim).
+        signal_ids: the signal-token ids of each modality.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        tokenizer,
+        llm: nn.Module,
+        encoder: nn.Module | None,
+        input_projector: nn.Module,
+        output_projectors: nn.ModuleDict,
+        signal_ids: dict[Modality, list[int]],
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.llm = llm
+        self.encoder = encoder
+        self.input_projector = input_projector
+        self.output_projectors = output_projectors
+        self.signal_ids = signal_ids
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.input_projector.parameters()).device
+
+    def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of non-negative token ids: (B, L) -> (B, L, D)."""
+        return self.llm.get_input_embeddings()(token_ids)
+
+    def encode_media(self, batch: NextGPTBatch) -> dict[Modality, torch.Tensor]:
+        """Encoder (if needed) + input projector for every media item of the batch.
+
+        Returns:
+            Per modality (N, k, llm_dim) tokens, ready to splice.
+
+        Raises:
+            ValueError: raw media given but no encoder loaded.
+        """
+        tokens: dict[Modality, torch.Tensor] = {}
+        proj_dtype = next(self.input_projector.parameters()).dtype
+        for modality in MODALITIES:
+            features = batch.media_features.get(modality)
+            if features is None and modality in batch.media:
+                if self.encoder is None:
+                    raise ValueError(
+                        f"batch has raw {modality.value} media but the model was built without an encoder; "
+                        "set model.encoder.checkpoint_path or pass precomputed media_features"
+                    )
+                with torch.no_grad():
+                    features = self.encoder(modality, batch.media[modality])  # (N, encoder_dim)
+            if features is not None:
+                tokens[modality] = self.input_projector(features.to(proj_dtype))  # (N, k, llm_dim)
+        return tokens
+
+    def project_signals(
+        self, hidden: torch.Tensor, token_ids: torch.Tensor, scan: SpanScan
+    ) -> dict[Modality, torch.Tensor]:
+        """Run each modality's output projector on its complete signal spans.
+
+        Args:
+            hidden: (B, L, D) last-layer hidden states.
+            token_ids: (B, L) ids of the same positions (sentinels/padding allowed; only span positions are read).
+            scan: spans found in `token_ids`.
+
+        Returns:
+            Per modality with at least one span: (N_spans, Q, out_dim).
+        """
+        projected: dict[Modality, torch.Tensor] = {}
+        for modality, spans in scan.spans.items():
+            if not spans:
+                continue
+            signal_hidden = gather_span_rows(hidden, spans)  # (N, T, D)
+            span_ids = gather_span_rows(token_ids.unsqueeze(-1), spans).squeeze(-1)  # (N, T)
+            signal_embeds = self.embed_tokens(span_ids).to(signal_hidden.dtype)  # (N, T, D)
+            projector = self.output_projectors[modality.value]
+            proj_dtype = next(projector.parameters()).dtype
+            projected[modality] = projector(signal_hidden.to(proj_dtype), signal_embeds.to(proj_dtype))
+        return projected
+
+    def forward(self, batch: NextGPTBatch, decoders: dict | None = None) -> NextGPTOutput:
+        """Teacher-forced pass with all configured losses.
+
+        Args:
+            batch: a collated batch.
+            decoders: loaded decoders per modality; needed only when `cfg.loss.denoise_weight > 0`.
+
+        Returns:
+            NextGPTOutput with the total loss and its terms.
+        """
+        from nextgpt.llm.splice import splice_media
+        from nextgpt.training.losses import compute_caption_l2_loss, compute_lm_loss
+
+        # 1. Media → LLM tokens, spliced at the placeholders.
+        media_tokens = self.encode_media(batch)
+        spliced = splice_media(batch.input_ids, batch.attention_mask, batch.labels, self.embed_tokens, media_tokens)
+        # 2. LLM pass; the last hidden layer feeds the output projectors.
+        out = self.llm(
+            inputs_embeds=spliced.inputs_embeds,
+            attention_mask=spliced.attention_mask,
+            output_hidden_states=True,
+            use_cache=False,
+        )
+        # 3. Signal spans → decoder conditioning.
+        scan = find_signal_spans(spliced.token_ids, self.signal_ids)
+        signal_embeds = self.project_signals(out.hidden_states[-1], spliced.token_ids, scan)
+        # 4. Loss terms.
+        terms: dict[str, torch.Tensor] = {}
+        if spliced.labels is not None:
+            terms["ce"] = compute_lm_loss(out.logits, spliced.labels)
+        for modality, target in batch.caption_embeds.items():
+            predicted = signal_embeds.get(modality)
+            if predicted is None or predicted.shape[0] != target.shape[0]:
+                raise ValueError(
+                    f"batch has {target.shape[0]} {modality.value} caption embeddings but "
+                    f"{0 if predicted is None else predicted.shape[0]} complete {modality.value} signal spans; "
+                    "every generation target needs exactly one signal span"
+                )
+            terms[f"l2_{modality.value}"] = compute_caption_l2_loss(predicted, target.to(predicted.dtype))
+        if self.cfg.loss.denoise_weight > 0 and batch.denoise_targets:
+            terms.update(self._denoising_terms(batch, signal_embeds, decoders))
+        return NextGPTOutput(
+            loss=self._weighted_total(terms),
+            loss_terms=terms,
+            logits=out.logits,
+            signal_embeds=signal_embeds,
+            spans=scan,
+        )
+
+    def _denoising_terms(
+        self, batch: NextGPTBatch, signal_embeds: dict[Modality, torch.Tensor], decoders: dict | None
+    ) -> dict[str, torch.Tensor]:
+        from nextgpt.decoders.denoising import compute_denoising_loss
+
+        terms = {}
+        for modality, target in batch.denoise_targets.items():
+            if decoders is None or modality not in decoders:
+                raise ValueError(
+                    f"model.loss.denoise_weight > 0 needs the {modality.value} decoder loaded; "
+                    "pass decoders=... or set model.loss.denoise_weight=0"
+                )
+            terms[f"denoise_{modality.value}"] = compute_denoising_loss(
+                decoders[modality], target, signal_embeds[modality], snr_gamma=self.cfg.loss.snr_gamma
+            )
+        return terms
+
+    def _weighted_total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        weights = {"ce": self.cfg.loss.ce_weight, "l2": self.cfg.loss.l2_weight, "denoise": self.cfg.loss.denoise_weight}
+        total = None
+        for name, value in terms.items():
+            weighted = weights[name.split("_")[0]] * value.float()
+            total = weighted if total is None else total + weighted
+        return total
+
+
+def build_nextgpt(cfg: ModelConfig, load_encoder: bool = True) -> NextGPT:
+    """Build the model from local checkpoints named in the config.
+
+    Args:
+        cfg: model config; paths must point at real or tiny checkpoints in the official formats.
+        load_encoder: False skips ImageBind (when batches bring precomputed features).
+
+    Returns:
+        A NextGPT on CPU; only the trainable parts the stage enables will need gradients (see nextgpt.training).
+    """
+    from nextgpt.encoders.imagebind import load_imagebind
+    from nextgpt.llm.backbone import load_llm
+    from nextgpt.llm.lora import apply_lora
+    from nextgpt.llm.tokenizer import load_tokenizer, signal_token_ids
+    from nextgpt.projectors.input_projector import build_input_projector
+    from nextgpt.projectors.output_projector import OutputProjector
+
+    if cfg.llm.model_path is None:
+        raise ValueError("model.llm.model_path is not set; point it at a local HF LLaMA/Vicuna folder")
+    tokenizer = load_tokenizer(cfg.llm.model_path, cfg.signal_tokens)
+    llm = load_llm(cfg.llm, tokenizer)
+    if cfg.lora.enabled:
+        llm = apply_lora(llm, cfg.lora)
+    llm_dim = llm.config.hidden_size
+    encoder = load_imagebind(cfg.encoder) if load_encoder else None
+    input_projector = build_input_projector(cfg.input_projector, cfg.encoder.out_embed_dim, llm_dim)
+    output_projectors = nn.ModuleDict(
+        {m.value: OutputProjector(getattr(cfg.output_projectors, m.value), llm_dim) for m in MODALITIES}
+    )
+    return NextGPT(
+        cfg,
+        tokenizer,
+        llm,
+        encoder,
+        input_projector,
+        output_projectors,
+        signal_token_ids(tokenizer, cfg.signal_tokens),
+    )

@@ -1,0 +1,1 @@
+"""Training: stage setup, loss functions, the train loop and checkpoints."""

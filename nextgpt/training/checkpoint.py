@@ -1,0 +1,223 @@
+"""Self-describing, atomic checkpoints holding only the project's own weights.
+
+A checkpoint folder (`step-000500/` or `final/`) holds:
+    trainable.safetensors   projectors + new signal-token rows (canonical names, no peft prefix)
+    lora/                   peft adapter format (adapter_config.json + adapter_model.safetensors), when LoRA is on
+    config.yaml             the resolved config of the run
+    meta.json               stage, step, parameter counts per group, base checkpoint paths, code version
+    deepspeed/              optimizer / scheduler / RNG state for `resume` (training checkpoints only)
+Folders are written under a temporary name and renamed when complete, and `latest` is replaced atomically, so a kill
+during a save never corrupts the newest checkpoint.
+
+    save_checkpoint(run_dir / "step-000100", model, cfg, step=100)
+    load_project_weights(model, Path("runs/stage_1/final"), cfg)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from nextgpt.config import Config, load_config, save_config, to_dict
+from nextgpt.training.stages import canonical_name, parameter_group, project_state_dict
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "trainable.safetensors"
+LORA_DIR = "lora"
+META_FILE = "meta.json"
+CONFIG_FILE = "config.yaml"
+LATEST_FILE = "latest"
+
+ARCHITECTURE_FIELDS = ("encoder.out_embed_dim", "input_projector", "output_projectors", "signal_tokens", "lora")
+"""Model config sections whose values fix tensor shapes; a checkpoint must agree with the config on all of them."""
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def write_atomic_text(path: Path, text: str) -> None:
+    """Write a small text file so that readers see the old or the new content, never a partial one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def staging_dir(ckpt_dir: Path) -> Path:
+    """The temporary folder a checkpoint is assembled in (the same name on every rank) before its rename."""
+    ckpt_dir = Path(ckpt_dir)
+    return ckpt_dir.with_name(f".{ckpt_dir.name}.tmp")
+
+
+def save_checkpoint(
+    ckpt_dir: Path,
+    model: torch.nn.Module,
+    cfg: Config,
+    step: int,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Write a complete checkpoint folder atomically (rank 0 only).
+
+    Anything already in `staging_dir(ckpt_dir)` (e.g. the DeepSpeed state every rank wrote there) becomes part of it.
+
+    Args:
+        ckpt_dir: final folder name (e.g. run_dir / "step-000100"); replaced if it exists.
+        model: the NextGPT whose project weights are saved (ZeRO-3 callers gather them first).
+        cfg: resolved config, saved as config.yaml.
+        step: optimizer step.
+        meta: extra metadata fields (e.g. the data position for resume).
+
+    Returns:
+        `ckpt_dir`.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    tmp_dir = staging_dir(ckpt_dir)
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    # 1. Projectors + token rows (LoRA goes to its own folder in the peft format).
+    state = {k: v.contiguous().cpu() for k, v in project_state_dict(model).items() if "lora_" not in k}
+    save_file(state, str(tmp_dir / WEIGHTS_FILE))
+    if cfg.model.lora.enabled:
+        # Token rows live in trainable.safetensors; the adapter folder holds LoRA only.
+        model.llm.save_pretrained(str(tmp_dir / LORA_DIR), save_embedding_layers=False)
+    # 2. Config and metadata.
+    save_config(cfg, tmp_dir / CONFIG_FILE)
+    counts: dict[str, int] = {}
+    for name, param in model.named_parameters():
+        group = parameter_group(name) or "frozen base"
+        counts[group] = counts.get(group, 0) + param.numel()
+    info = {
+        "stage": cfg.train.stage,
+        "step": step,
+        "parameter_counts": counts,
+        "llm_path": str(cfg.model.llm.model_path),
+        "encoder_path": str(cfg.model.encoder.checkpoint_path),
+        "git_sha": _git_sha(),
+        **(meta or {}),
+    }
+    (tmp_dir / META_FILE).write_text(json.dumps(info, indent=2))
+    # 3. The atomic swap.
+    if ckpt_dir.exists():
+        old = ckpt_dir.with_name(f".{ckpt_dir.name}.old-{os.getpid()}")
+        os.replace(ckpt_dir, old)
+        os.replace(tmp_dir, ckpt_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp_dir, ckpt_dir)
+    write_atomic_text(ckpt_dir.parent / LATEST_FILE, ckpt_dir.name + "\n")
+    logger.info("saved checkpoint %s (%d tensors)", ckpt_dir, len(state))
+    return ckpt_dir
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run folder, or None."""
+    pointer = Path(run_dir) / LATEST_FILE
+    if not pointer.is_file():
+        return None
+    candidate = Path(run_dir) / pointer.read_text().strip()
+    return candidate if (candidate / META_FILE).is_file() else None
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` step-* folders (and stale temporary folders)."""
+    run_dir = Path(run_dir)
+    for stale in run_dir.glob(".step-*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    steps = sorted(run_dir.glob("step-*"))
+    for old in steps[: max(0, len(steps) - keep_last)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _lookup(section: dict[str, Any], dotted: str) -> Any:
+    for key in dotted.split("."):
+        section = section[key]
+    return section
+
+
+def check_architecture(ckpt_dir: Path, cfg: Config) -> None:
+    """Fail loudly when a checkpoint was trained with a different architecture than `cfg` describes.
+
+    Raises:
+        ValueError: naming the first differing config field, both values and the fix.
+    """
+    saved = to_dict(load_config(Path(ckpt_dir) / CONFIG_FILE).model)
+    current = to_dict(cfg.model)
+    for section in ARCHITECTURE_FIELDS:
+        old, new = _lookup(saved, section), _lookup(current, section)
+        if section == "lora":  # only the adapter's shape matters, not whether this stage enables it
+            old = {k: old[k] for k in ("r", "target_modules")} if old["enabled"] else None
+            new = {k: new[k] for k in ("r", "target_modules")} if new["enabled"] and old is not None else old
+        if old != new:
+            diff = _first_difference(old, new, f"model.{section}")
+            raise ValueError(f"checkpoint {ckpt_dir} does not match the config: {diff}")
+
+
+def _first_difference(old: Any, new: Any, key: str) -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for sub in old:
+            if old[sub] != new.get(sub):
+                return _first_difference(old[sub], new.get(sub), f"{key}.{sub}")
+    return f"{key} is {old!r} in the checkpoint but {new!r} in the config; set {key}={old!r} to load it"
+
+
+def load_project_weights(model: torch.nn.Module, ckpt_dir: Path, cfg: Config) -> None:
+    """Load a checkpoint's projectors, token rows and (if the config enables LoRA and it has them) LoRA weights.
+
+    Args:
+        model: a NextGPT built from `cfg`.
+        ckpt_dir: a checkpoint folder written by `save_checkpoint`.
+        cfg: the current config (checked against the checkpoint's architecture).
+
+    Raises:
+        FileNotFoundError: the folder or its weights file is missing.
+        ValueError: architecture mismatch, or missing / unexpected tensors (listed by group).
+    """
+    ckpt_dir = Path(ckpt_dir)
+    weights = ckpt_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"no {WEIGHTS_FILE} in {ckpt_dir}; train.init_from must name a checkpoint folder (e.g. runs/stage_1/final)"
+        )
+    check_architecture(ckpt_dir, cfg)
+    saved = load_file(str(weights))
+    params = {canonical_name(n): p for n, p in model.named_parameters() if parameter_group(n) not in (None, "lora")}
+    missing = sorted(set(params) - set(saved))
+    unexpected = sorted(set(saved) - set(params))
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {ckpt_dir} does not fit the model: missing {_by_group(missing)}, unexpected {_by_group(unexpected)}"
+        )
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(saved[name].to(param.dtype))
+    lora_dir = ckpt_dir / LORA_DIR
+    if cfg.model.lora.enabled and lora_dir.is_dir():
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file as load_lora
+
+        set_peft_model_state_dict(model.llm, load_lora(str(lora_dir / "adapter_model.safetensors")))
+    logger.info("loaded %d project tensors from %s", len(params), ckpt_dir)
+
+
+def _by_group(names: list[str]) -> str:
+    if not names:
+        return "none"
+    groups: dict[str, int] = {}
+    for name in names:
+        key = parameter_group(name) or name.split(".")[0]
+        groups[key] = groups.get(key, 0) + 1
+    return ", ".join(f"{g}: {n}" for g, n in groups.items()) + f" (e.g. {names[0]})"

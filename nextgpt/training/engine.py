@@ -1,0 +1,92 @@
+"""DeepSpeed engine construction: the stage's JSON config filled from `TrainConfig`, a torch AdamW over the trainable
+parameters only, and a warmup + cosine/linear schedule.
+
+    engine = build_engine(cfg, model, build_lr_lambda(cfg.train, total_steps))
+    out = engine(batch); engine.backward(out.loss); engine.step()
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nextgpt.config import Config, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+def build_lr_lambda(train_cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    """LR multiplier per optimizer step: linear warmup over `warmup_ratio` of the run, then the schedule's decay."""
+    warmup = int(round(train_cfg.warmup_ratio * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if train_cfg.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        if train_cfg.schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return 1.0
+
+    return factor
+
+
+def resolve_deepspeed_config(cfg: Config) -> dict[str, Any]:
+    """Read the stage's DeepSpeed JSON and fill every "auto" value from `cfg.train`.
+
+    Raises:
+        FileNotFoundError: the JSON named by train.deepspeed_config is missing.
+    """
+    train = cfg.train
+    ds: dict[str, Any] = {"zero_optimization": {"stage": 0}}
+    if train.deepspeed_config is not None:
+        path = Path(train.deepspeed_config)
+        if not path.is_file():
+            raise FileNotFoundError(f"DeepSpeed config {path} not found; set train.deepspeed_config (configs/deepspeed/)")
+        ds = json.loads(path.read_text())
+    filled = {
+        "train_micro_batch_size_per_gpu": train.micro_batch_size,
+        "gradient_accumulation_steps": train.grad_accum_steps,
+        "gradient_clipping": train.grad_clip,
+        "steps_per_print": 10**9,
+        "bf16": {"enabled": train.precision == "bf16"},
+        "fp16": {"enabled": False},
+    }
+    for key, value in filled.items():
+        if ds.get(key, "auto") == "auto" or key in ("bf16", "fp16", "steps_per_print"):
+            ds[key] = value
+    ds.pop("train_batch_size", None)  # derived by DeepSpeed from micro batch × accumulation × world size
+    return ds
+
+
+def build_engine(cfg: Config, model: torch.nn.Module, lr_lambda: Callable[[int], float]):
+    """Wrap the model in a DeepSpeed engine that optimises only the trainable parameters.
+
+    Returns:
+        The DeepSpeed engine (callable like the model; `backward`, `step`, `save_checkpoint`, `load_checkpoint`).
+    """
+    import deepspeed
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.dim() >= 2]
+    no_decay = [p for p in trainable if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    # A torch optimizer avoids DeepSpeed's JIT-compiled fused Adam (a minute of compilation on CPU machines).
+    optimizer = torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=cfg.train.lr, betas=tuple(cfg.train.betas), eps=1e-8
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=resolve_deepspeed_config(cfg)
+    )
+    return engine

@@ -1,0 +1,41 @@
+"""Write checkpoints/tiny/: a tiny LLaMA folder, an ImageBind .pth and three diffusers pipelines, in the real formats.
+
+    python scripts/build_tiny_checkpoints.py                 # -> checkpoints/tiny (what configs/tiny.yaml reads)
+    python scripts/build_tiny_checkpoints.py --out /tmp/tiny --config configs/tiny.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nextgpt.config import ConfigError, load_config  # noqa: E402
+from nextgpt.tiny.build import build_tiny_checkpoints  # noqa: E402
+from nextgpt.utils.logging import setup_logging  # noqa: E402
+
+logger = logging.getLogger("nextgpt.scripts.build_tiny")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("checkpoints/tiny"), help="output folder")
+    parser.add_argument("--config", type=Path, default=Path("configs/tiny.yaml"), help="tiny config giving the sizes")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    setup_logging()
+    logger.info("arguments: %s", vars(args))
+    try:
+        build_tiny_checkpoints(args.out, load_config(args.config), seed=args.seed)
+    except (ConfigError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    logger.info("done: %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

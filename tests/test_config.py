@@ -1,0 +1,83 @@
+"""Config loading: every shipped YAML validates; bad keys and values fail naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nextgpt.config import Config, ConfigError, load_config, save_config
+from nextgpt.constants import Modality
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_FILES = sorted(p for p in (REPO_ROOT / "configs").rglob("*.yaml") if not p.name.startswith("datasets"))
+"""Every run config (dataset catalogs are validated by tests/data)."""
+
+
+def test_defaults_are_the_paper_decoder_set():
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    widths = cfg.model.output_projectors
+    assert (widths.image.num_queries, widths.image.out_dim) == (77, 768)
+    assert (widths.video.num_queries, widths.video.out_dim) == (77, 1024)
+    assert (widths.audio.num_queries, widths.audio.out_dim) == (1, 512)
+    assert (cfg.model.signal_tokens.num_image, cfg.model.signal_tokens.num_video, cfg.model.signal_tokens.num_audio) == (
+        4,
+        24,
+        8,
+    )
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_every_shipped_yaml_loads(path: Path):
+    assert isinstance(load_config(path), Config)
+
+
+def test_unknown_key_names_key_and_closest(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  llm:\n    max_lenght: 12\n")
+    with pytest.raises(ConfigError, match=r"model\.llm\.max_lenght.*max_length"):
+        load_config(bad)
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError, match=r"model\.llm\.max_length must be an integer"):
+        load_config(overrides=["model.llm.max_length=long"])
+    with pytest.raises(ConfigError, match=r"model\.input_projector\.type must be one of"):
+        load_config(overrides=["model.input_projector.type=conv"])
+
+
+def test_cross_field_check_names_key():
+    with pytest.raises(ConfigError, match=r"generation\.top_p must be in"):
+        load_config(overrides=["generation.top_p=1.5"])
+
+
+def test_overrides_beat_yaml_and_types_are_coerced(tiny_cfg_path: Path):
+    cfg = load_config(tiny_cfg_path, overrides=["model.llm.max_length=99", "model.encoder.audio_std=9"])
+    assert cfg.model.llm.max_length == 99
+    assert isinstance(cfg.model.encoder.audio_std, float)
+    assert isinstance(cfg.model.llm.model_path, Path)
+    assert cfg.model.input_projector.group_num_tokens == (16, 8)
+
+
+def test_inherit_chain_and_round_trip(tmp_path: Path, tiny_cfg_path: Path):
+    child = tmp_path / "child.yaml"
+    child.write_text(f"inherit: {tiny_cfg_path}\nmodel:\n  llm:\n    max_length: 77\n")
+    cfg = load_config(child)
+    assert cfg.model.llm.max_length == 77
+    assert cfg.model.output_projectors.video.out_dim == 24  # from the parent
+    saved = tmp_path / "resolved.yaml"
+    save_config(cfg, saved)
+    assert load_config(saved) == cfg
+
+
+def test_missing_file_is_one_clear_error(tmp_path: Path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_modality_names_match_config_sections():
+    cfg = load_config()
+    for modality in Modality:
+        assert hasattr(cfg.model.output_projectors, modality.value)
+        assert hasattr(cfg.model.decoders, modality.value)
