@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
                     decoders[modality] = load_decoder(
                         modality, getattr(cfg.model.decoders, modality.value), width, device=args.device
                     )
-                cache_caption_embeddings(records, modality, decoders[modality], entry.caption_embed_dir, args.batch_size)
+                cache_caption_embeddings(
+                    records, modality, decoders[modality], entry.caption_embed_dir, args.batch_size
+                )
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,8 +1,8 @@
 """Train one NExT-GPT stage from its YAML.
 
-    deepspeed --include localhost:0,1 train.py --config configs/stage_1.yaml
-    deepspeed train.py --config configs/stage_3.yaml train.lr=2e-4 train.micro_batch_size=2
-    python train.py --config configs/tiny_stage_1.yaml train.max_steps=20      # one process, CPU is fine
+deepspeed --include localhost:0,1 train.py --config configs/stage_1.yaml
+deepspeed train.py --config configs/stage_3.yaml train.lr=2e-4 train.micro_batch_size=2
+python train.py --config configs/tiny_stage_1.yaml train.max_steps=20      # one process, CPU is fine
 """
 
 from __future__ import annotations

@@ -234,17 +234,29 @@ class NextGPT(nn.Module):
                     "pass decoders=... or set model.loss.denoise_weight=0"
                 )
             terms[f"denoise_{modality.value}"] = compute_denoising_loss(
-                decoders[modality], target, signal_embeds[modality], snr_gamma=self.cfg.loss.snr_gamma
+                decoders[modality],
+                target,
+                as_prompt_embeds(modality, signal_embeds[modality]),
+                snr_gamma=self.cfg.loss.snr_gamma,
             )
         return terms
 
     def _weighted_total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        weights = {"ce": self.cfg.loss.ce_weight, "l2": self.cfg.loss.l2_weight, "denoise": self.cfg.loss.denoise_weight}
+        weights = {
+            "ce": self.cfg.loss.ce_weight,
+            "l2": self.cfg.loss.l2_weight,
+            "denoise": self.cfg.loss.denoise_weight,
+        }
         total = None
         for name, value in terms.items():
             weighted = weights[name.split("_")[0]] * value.float()
             total = weighted if total is None else total + weighted
         return total
+
+
+def as_prompt_embeds(modality: Modality, projected: torch.Tensor) -> torch.Tensor:
+    """Shape projected conditioning for a decoder: AudioLDM takes (N, D), the others (N, Q, D)."""
+    return projected.squeeze(1) if modality is Modality.AUDIO else projected  # (N, 1, D) -> (N, D)
 
 
 def build_nextgpt(cfg: ModelConfig, load_encoder: bool = True) -> NextGPT:

@@ -1,7 +1,7 @@
 """Write checkpoints/tiny/: a tiny LLaMA folder, an ImageBind .pth and three diffusers pipelines, in the real formats.
 
-    python scripts/build_tiny_checkpoints.py                 # -> checkpoints/tiny (what configs/tiny.yaml reads)
-    python scripts/build_tiny_checkpoints.py --out /tmp/tiny --config configs/tiny.yaml
+python scripts/build_tiny_checkpoints.py                 # -> checkpoints/tiny (what configs/tiny.yaml reads)
+python scripts/build_tiny_checkpoints.py --out /tmp/tiny --config configs/tiny.yaml
 """
 
 from __future__ import annotations

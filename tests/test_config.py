@@ -21,7 +21,11 @@ def test_defaults_are_the_paper_decoder_set():
     assert (widths.image.num_queries, widths.image.out_dim) == (77, 768)
     assert (widths.video.num_queries, widths.video.out_dim) == (77, 1024)
     assert (widths.audio.num_queries, widths.audio.out_dim) == (1, 512)
-    assert (cfg.model.signal_tokens.num_image, cfg.model.signal_tokens.num_video, cfg.model.signal_tokens.num_audio) == (
+    assert (
+        cfg.model.signal_tokens.num_image,
+        cfg.model.signal_tokens.num_video,
+        cfg.model.signal_tokens.num_audio,
+    ) == (
         4,
         24,
         8,
@@ -58,6 +62,7 @@ def test_overrides_beat_yaml_and_types_are_coerced(tiny_cfg_path: Path):
     assert isinstance(cfg.model.encoder.audio_std, float)
     assert isinstance(cfg.model.llm.model_path, Path)
     assert cfg.model.input_projector.group_num_tokens == (16, 8)
+    assert load_config(overrides=["train.lr=1e-4"]).train.lr == 1e-4  # YAML 1.1 reads 1e-4 as a string
 
 
 def test_inherit_chain_and_round_trip(tmp_path: Path, tiny_cfg_path: Path):

@@ -115,16 +115,18 @@ def compute_denoising_loss(
             f"got {target.shape[0]} targets for {prepared.shape[0]} rows; check the batch collation"
         )
     scheduler = decoder.build_noise_scheduler()
-    latents = decoder.encode_latents(target, generator=generator)
+    # Noising and targets in float32 even for half-precision decoders; the UNet casts its own input.
+    latents = decoder.encode_latents(target, generator=generator).float()
     draw_device = generator.device if generator is not None else torch.device("cpu")
     timesteps = torch.randint(
         0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device=draw_device
     ).to(latents.device)
-    noise = torch.randn(latents.shape, generator=generator, device=draw_device).to(latents.device, latents.dtype)
+    noise = torch.randn(latents.shape, generator=generator, device=draw_device).to(latents.device)
     noisy_latents = scheduler.add_noise(latents, noise, timesteps)
     prediction = decoder.predict_noise(noisy_latents, timesteps, prepared)
     expected = compute_denoising_target(scheduler, latents, noise, timesteps)
-    per_sample = F.mse_loss(prediction.float(), expected.float(), reduction="none").flatten(1).mean(dim=1)  # (B,)
+    squared_error = F.mse_loss(prediction.float(), expected.float(), reduction="none")
+    per_sample = squared_error.flatten(1).mean(dim=1)  # (B, ...) -> (B,): weights apply per sample
     if snr_gamma is not None:
         per_sample = per_sample * compute_min_snr_weights(scheduler, timesteps, snr_gamma)
     return per_sample.mean()
@@ -191,7 +193,9 @@ def prepare_image_target(
             f"prepare_image_target expects a batch (B, H, W, 3) or a list of (H, W, 3) images, "
             f"got {[np.shape(a) for a in arrays]}; add a batch axis or list the images"
         )
-    return torch.cat([_resize_center_crop(array[None], size_hw) for array in arrays])
+    return torch.cat(
+        [_resize_center_crop(array[None], size_hw) for array in arrays]
+    )  # B x (1, 3, h, w) -> (B, 3, h, w)
 
 
 def prepare_video_target(
@@ -271,7 +275,7 @@ def compute_log_mel(
         ValueError: wrong rank, a waveform shorter than the STFT padding, or f_max above Nyquist.
     """
     samples = torch.as_tensor(waveform, dtype=torch.float32)
-    samples = samples[None] if samples.ndim == 1 else samples
+    samples = samples[None] if samples.ndim == 1 else samples  # (T,) -> (1, T)
     if samples.ndim != 2:
         raise ValueError(
             f"compute_log_mel expects (T,) or (B, T) samples, got {tuple(samples.shape)}; squeeze channels"

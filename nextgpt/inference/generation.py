@@ -21,7 +21,7 @@ import torch
 
 from nextgpt.config import GenerationConfig
 from nextgpt.constants import Modality
-from nextgpt.model import NextGPT, NextGPTBatch
+from nextgpt.model import NextGPT, NextGPTBatch, as_prompt_embeds
 from nextgpt.signals import SignalSpan, SpanScan, find_signal_spans
 
 logger = logging.getLogger(__name__)
@@ -60,8 +60,13 @@ def _build_prompt_batch(model: NextGPT, turns: list, media: Mapping[Modality, to
     return NextGPTBatch(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), media=media_on_device)
 
 
-def _decode_text(model: NextGPT, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, cfg: GenerationConfig,
-                 streamer: Any | None) -> torch.Tensor:
+def _decode_text(
+    model: NextGPT,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    cfg: GenerationConfig,
+    streamer: Any | None,
+) -> torch.Tensor:
     """Sample the reply with the KV cache on; returns only the new ids, (G,)."""
     tokenizer = model.tokenizer
     sampling = cfg.temperature > 0
@@ -159,9 +164,12 @@ def _render(
 ) -> None:
     for modality, embeds in signal_embeds.items():
         if decoders is None or modality not in decoders:
-            result.problems.append(f"{embeds.shape[0]} {modality.value} span(s) not rendered: no {modality.value} decoder")
+            result.problems.append(
+                f"{embeds.shape[0]} {modality.value} span(s) not rendered: no {modality.value} decoder"
+            )
             continue
         decoder = decoders[modality]
         for index in range(embeds.shape[0]):
-            outputs = decoder.generate(embeds[index : index + 1], seed=seed + index, **options.get(modality, {}))
+            prompt_embeds = as_prompt_embeds(modality, embeds[index : index + 1])
+            outputs = decoder.generate(prompt_embeds, seed=seed + index, **options.get(modality, {}))
             result.outputs(modality).extend(outputs)

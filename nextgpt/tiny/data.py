@@ -48,10 +48,10 @@ _PAIR_DIRS = {
 }
 _EXT = {Modality.IMAGE: "png", Modality.VIDEO: "mp4", Modality.AUDIO: "wav"}
 _ABBREV = {Modality.IMAGE: "img", Modality.VIDEO: "vid", Modality.AUDIO: "aud"}
-_ASK = ["What is shown in the {m}?", "Describe the {m}.", "Give me a short caption of the {m}."]
-_MAKE = ["Please generate a {m} of {c}.", "Can you make a {m} showing {c}?", "I would like a {m} of {c}."]
-_REPLY = ["Sure, here it is.", "Here you go.", "Of course."]
-_WORD = {Modality.IMAGE: "image", Modality.VIDEO: "video", Modality.AUDIO: "sound"}
+ASK_TEMPLATES = ["What is shown in the {m}?", "Describe the {m}.", "Give me a short caption of the {m}."]
+MAKE_TEMPLATES = ["Please generate a {m} of {c}.", "Can you make a {m} showing {c}?", "I would like a {m} of {c}."]
+REPLY_TEMPLATES = ["Sure, here it is.", "Here you go.", "Of course."]
+MODALITY_WORDS = {Modality.IMAGE: "image", Modality.VIDEO: "video", Modality.AUDIO: "sound"}
 
 Item = dict[str, Any]
 
@@ -123,7 +123,7 @@ def caption_of(modality: Modality, attrs: dict[str, str]) -> str:
     return f"a {attrs['rhythm']} {attrs['pitch']} tone"
 
 
-def _sample_attrs(modality: Modality, rng: random.Random) -> dict[str, str]:
+def sample_attrs(modality: Modality, rng: random.Random) -> dict[str, str]:
     if modality == Modality.AUDIO:
         return {"pitch": rng.choice(sorted(PITCHES)), "rhythm": rng.choice(RHYTHMS)}
     attrs = {"colour": rng.choice(sorted(COLOURS)), "shape": rng.choice(SHAPES)}
@@ -147,7 +147,7 @@ def _write_media(root: Path, modality: Modality, split: str, count: int, rng: ra
     media_dir.mkdir(parents=True, exist_ok=True)
     items = []
     for index in range(count):
-        attrs = _sample_attrs(modality, rng)
+        attrs = sample_attrs(modality, rng)
         name = f"{split}_{_ABBREV[modality]}_{index:05d}.{_EXT[modality]}"
         _WRITERS[modality](media_dir / name, attrs)
         items.append(
@@ -169,13 +169,13 @@ def _turns(*texts: str) -> list[dict[str, str]]:
 
 def _pair_records(modality: Modality, items: list[Item], rng: random.Random) -> dict[str, list[dict[str, Any]]]:
     """Raw pairs, `*_comprehension` and `*_generation` records of one modality."""
-    m, key = _WORD[modality], modality.value
+    m, key = MODALITY_WORDS[modality], modality.value
     name_key = {Modality.IMAGE: "image_name", Modality.VIDEO: "video_name", Modality.AUDIO: "audio_name"}[modality]
     raw = [{"id": i, name_key: it["file"], "caption": it["caption"]} for i, it in enumerate(items)]
     comprehension = [
         {
             f"input_{key}": it["file"],
-            "conversations": _turns(f"<{key}>\n" + rng.choice(_ASK).format(m=m), it["caption"]),
+            "conversations": _turns(f"<{key}>\n" + rng.choice(ASK_TEMPLATES).format(m=m), it["caption"]),
         }
         for it in items
     ]
@@ -184,7 +184,9 @@ def _pair_records(modality: Modality, items: list[Item], rng: random.Random) -> 
             f"output_{key}": it["file"],
             f"{key}_captions": it["caption"],
             f"{key}_caption_embeddings": f"{it['file']}.npy",
-            "conversations": _turns(rng.choice(_MAKE).format(m=m, c=it["caption"]), f"{rng.choice(_REPLY)} <{key}>"),
+            "conversations": _turns(
+                rng.choice(MAKE_TEMPLATES).format(m=m, c=it["caption"]), f"{rng.choice(REPLY_TEMPLATES)} <{key}>"
+            ),
         }
         for it in items
     ]
@@ -192,10 +194,12 @@ def _pair_records(modality: Modality, items: list[Item], rng: random.Random) -> 
 
 
 def _t2m_records(modality: Modality, items: list[Item], split: str, rng: random.Random) -> list[dict[str, Any]]:
-    key, m = modality.value, _WORD[modality]
+    key, m = modality.value, MODALITY_WORDS[modality]
     records = []
     for index, it in enumerate(items):
-        conversations = _turns(rng.choice(_MAKE).format(m=m, c=it["caption"]), f"{rng.choice(_REPLY)} <{key}>")
+        conversations = _turns(
+            rng.choice(MAKE_TEMPLATES).format(m=m, c=it["caption"]), f"{rng.choice(REPLY_TEMPLATES)} <{key}>"
+        )
         conversations[0]["input_modality"] = "text"
         conversations[1].update(caption=it["caption"], output_modality=key)
         records.append(

@@ -49,7 +49,9 @@ def resolve_deepspeed_config(cfg: Config) -> dict[str, Any]:
     if train.deepspeed_config is not None:
         path = Path(train.deepspeed_config)
         if not path.is_file():
-            raise FileNotFoundError(f"DeepSpeed config {path} not found; set train.deepspeed_config (configs/deepspeed/)")
+            raise FileNotFoundError(
+                f"DeepSpeed config {path} not found; set train.deepspeed_config (configs/deepspeed/)"
+            )
         ds = json.loads(path.read_text())
     filled = {
         "train_micro_batch_size_per_gpu": train.micro_batch_size,

@@ -169,4 +169,3 @@ def run(cfg: Config) -> TrainResult:
         result.final_dir,
     )
     return result
-

@@ -41,8 +41,9 @@ def resolve_folder_config(folder: Path, overrides: list[str] | tuple[str, ...] =
     return cfg
 
 
-def load_model_from_folder(folder: Path, overrides: list[str] | tuple[str, ...] = (), load_encoder: bool = True
-                           ) -> tuple[NextGPT, Config]:
+def load_model_from_folder(
+    folder: Path, overrides: list[str] | tuple[str, ...] = (), load_encoder: bool = True
+) -> tuple[NextGPT, Config]:
     """Build NextGPT from a checkpoint folder (stage N) or a merged folder, with its weights loaded.
 
     Raises:
@@ -50,7 +51,9 @@ def load_model_from_folder(folder: Path, overrides: list[str] | tuple[str, ...] 
     """
     folder = Path(folder)
     if not (folder / ckpt.CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{folder} has no {ckpt.CONFIG_FILE}; pass a checkpoint folder (e.g. runs/stage_3/final)")
+        raise FileNotFoundError(
+            f"{folder} has no {ckpt.CONFIG_FILE}; pass a checkpoint folder (e.g. runs/stage_3/final)"
+        )
     cfg = resolve_folder_config(folder, overrides)
     model = build_nextgpt(cfg.model, load_encoder=load_encoder)
     ckpt.load_project_weights(model, folder, cfg)

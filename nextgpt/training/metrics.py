@@ -1,7 +1,7 @@
 """Metrics sink: one JSON line per optimizer step in `<run>/metrics.jsonl`, TensorBoard scalars, a log echo.
 
-    metrics = MetricLogger(run_dir)
-    metrics.log(step, {"loss": 1.2, "lr": 1e-4})
+metrics = MetricLogger(run_dir)
+metrics.log(step, {"loss": 1.2, "lr": 1e-4})
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Logging setup for entry points: one call, rank-zero filter, concise format.
 
-    from nextgpt.utils.logging import setup_logging
-    setup_logging()  # in train.py / predict.py, never inside the library
+from nextgpt.utils.logging import setup_logging
+setup_logging()  # in train.py / predict.py, never inside the library
 """
 
 from __future__ import annotations
