@@ -45,3 +45,48 @@ def tiny_cfg(tiny_root: Path, tiny_cfg_path: Path):
     from nextgpt.tiny.build import tiny_path_overrides
 
     return load_config(tiny_cfg_path, overrides=tiny_path_overrides(tiny_root))
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path, tiny_cfg_path: Path) -> Path:
+    """A small synthetic world in every format, with caption embeddings written by preprocess_embeddings.py."""
+    import preprocess_embeddings
+    from nextgpt.tiny.build import tiny_path_overrides
+    from nextgpt.tiny.data import write_synthetic_world
+
+    root = tmp_path_factory.mktemp("world")
+    catalog = write_synthetic_world(root, num_train=8, num_eval=2, seed=0)
+    names = [n for n, e in _catalog_entries(catalog).items() if e.get("caption_embed_dir")]
+    argv = ["--config", str(tiny_cfg_path), "--catalog", str(catalog), "--datasets", *names, "--device", "cpu"]
+    assert preprocess_embeddings.main([*argv, *tiny_path_overrides(tiny_root)]) == 0
+    return catalog
+
+
+def _catalog_entries(catalog: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(catalog.read_text())["datasets"]
+
+
+TEACH_DATASETS = "[image_instruction,video_instruction,audio_instruction,alpaca_instruction]"
+
+
+@pytest.fixture(scope="session")
+def taught_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path, tiny_world: Path) -> Path:
+    """A stage-3 checkpoint (real training loop) that answers media requests with the right signal spans.
+
+    Trained for a few dozen steps on the synthetic world's T2M requests ("Please generate an image of ...") and
+    Alpaca-style text answers, so inference tests can ask the tiny model for every output modality.
+    """
+    from nextgpt.config import load_config
+    from nextgpt.tiny.build import tiny_path_overrides
+    from nextgpt.training.loop import run
+
+    out_dir = tmp_path_factory.mktemp("taught")
+    overrides = [
+        *tiny_path_overrides(tiny_root), f"data.catalog_path={tiny_world}", f"train.output_dir={out_dir}",
+        f"data.datasets={TEACH_DATASETS}", "train.init_from=", "train.max_steps=80", "train.micro_batch_size=8",
+        "train.lr=5e-3", "train.save_every=100000", "train.warmup_ratio=0", "train.schedule=constant",
+    ]
+    result = run(load_config(REPO_ROOT / "configs" / "tiny_stage_3.yaml", overrides=overrides))
+    return result.final_dir
