@@ -18,12 +18,26 @@ from pathlib import Path
 
 import torch
 
-VICUNA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                 num_key_value_heads=32, max_position_embeddings=4096, vocab_size=32000)
+VICUNA_7B = dict(
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    max_position_embeddings=4096,
+    vocab_size=32000,
+)
 
 
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-            max_position_embeddings=1024, vocab_size=1000)
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=1024,
+    vocab_size=1000,
+)
 """`--smoke` shapes: the same script end to end on a CPU in a minute."""
 
 
@@ -39,8 +53,15 @@ def write_vicuna_shaped_llm(out_dir: Path, shape: dict, device: str) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(out_dir)
     tokenizer.add_tokens([f"<pad_{i:05d}>" for i in range(shape["vocab_size"] - len(tokenizer))])
     tokenizer.save_pretrained(out_dir)
-    config = LlamaConfig(**shape, rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
-                         pad_token_id=0, torch_dtype="bfloat16")
+    config = LlamaConfig(
+        **shape,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        torch_dtype="bfloat16",
+    )
     torch.set_default_dtype(torch.bfloat16)
     with torch.device(device):
         model = LlamaForCausalLM(config)
@@ -60,7 +81,9 @@ def prepare(work: Path, smoke: bool) -> list[str]:
     from nextgpt.tiny.data import write_random_caption_embeddings, write_synthetic_world
     from nextgpt.tiny.imagebind import write_tiny_imagebind
 
-    llm_dir = write_vicuna_shaped_llm(work / "vicuna-7b-shaped", TINY if smoke else VICUNA_7B, "cpu" if smoke else "cuda")
+    llm_dir = write_vicuna_shaped_llm(
+        work / "vicuna-7b-shaped", TINY if smoke else VICUNA_7B, "cpu" if smoke else "cuda"
+    )
     imagebind = work / "imagebind_huge_random.pth"
     encoder_cfg = load_config("configs/tiny.yaml").model.encoder if smoke else ImageBindConfig()
     if not imagebind.is_file():
@@ -70,11 +93,21 @@ def prepare(work: Path, smoke: bool) -> list[str]:
         write_synthetic_world(work / "world", num_train=128, num_eval=1)
         shapes = expected_caption_shapes(load_config().model.output_projectors)
         write_random_caption_embeddings(catalog, shapes)
-    paths = [f"model.llm.model_path={llm_dir}", f"model.encoder.checkpoint_path={imagebind}",
-             f"data.catalog_path={catalog}"]
+    paths = [
+        f"model.llm.model_path={llm_dir}",
+        f"model.encoder.checkpoint_path={imagebind}",
+        f"data.catalog_path={catalog}",
+    ]
     if smoke:
-        sizes = ("out_embed_dim", "vision_embed_dim", "vision_num_blocks", "vision_num_heads", "audio_embed_dim",
-                 "audio_num_blocks", "audio_num_heads")
+        sizes = (
+            "out_embed_dim",
+            "vision_embed_dim",
+            "vision_num_blocks",
+            "vision_num_heads",
+            "audio_embed_dim",
+            "audio_num_blocks",
+            "audio_num_heads",
+        )
         paths += [f"model.encoder.{k}={getattr(encoder_cfg, k)}" for k in sizes]
         paths += ["train.precision=fp32", "model.llm.dtype=float32", "model.encoder.dtype=float32"]
     return paths
@@ -85,9 +118,19 @@ def measure(paths: list[str], work: Path, steps: int, checkpointing: bool, micro
     from nextgpt.training.loop import run
 
     out_dir = work / f"run_ckpt_{int(checkpointing)}"
-    overrides = [*paths, f"model.llm.gradient_checkpointing={str(checkpointing).lower()}", f"train.max_steps={steps}",
-                 f"train.output_dir={out_dir}", "train.save_every=100000", "train.init_from=", "train.resume=false",
-                 f"train.micro_batch_size={micro_batch}", "train.log_every=5", "data.num_workers=4", "train.tensorboard=false"]
+    overrides = [
+        *paths,
+        f"model.llm.gradient_checkpointing={str(checkpointing).lower()}",
+        f"train.max_steps={steps}",
+        f"train.output_dir={out_dir}",
+        "train.save_every=100000",
+        "train.init_from=",
+        "train.resume=false",
+        f"train.micro_batch_size={micro_batch}",
+        "train.log_every=5",
+        "data.num_workers=4",
+        "train.tensorboard=false",
+    ]
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "stage_3.yaml", overrides=overrides)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -96,11 +139,15 @@ def measure(paths: list[str], work: Path, steps: int, checkpointing: bool, micro
     wall = time.perf_counter() - start
     records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     steady = [r["tokens_per_s"] for r in records[5:]] or [r["tokens_per_s"] for r in records]
-    return {"gradient_checkpointing": checkpointing, "steps": len(records), "micro_batch_size": micro_batch,
-            "tokens_per_s_median": statistics.median(steady),
-            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
-            "wall_s": wall,
-            "final_loss": records[-1]["loss"]}
+    return {
+        "gradient_checkpointing": checkpointing,
+        "steps": len(records),
+        "micro_batch_size": micro_batch,
+        "tokens_per_s_median": statistics.median(steady),
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+        "wall_s": wall,
+        "final_loss": records[-1]["loss"],
+    }
 
 
 def main() -> int:
@@ -120,7 +167,11 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     paths = prepare(args.work, args.smoke)
-    report = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (smoke)", "prepare_s": time.perf_counter() - t0, "runs": []}
+    report = {
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (smoke)",
+        "prepare_s": time.perf_counter() - t0,
+        "runs": [],
+    }
     for checkpointing in (True, False):
         report["runs"].append(measure(paths, args.work, args.steps, checkpointing, args.micro_batch))
         print(json.dumps(report["runs"][-1]), flush=True)

@@ -18,7 +18,15 @@ from torch import nn
 
 from nextgpt.config import ModelConfig
 from nextgpt.constants import MODALITIES, Modality
+from nextgpt.encoders.imagebind import load_imagebind
+from nextgpt.llm.backbone import load_llm
+from nextgpt.llm.lora import apply_lora
+from nextgpt.llm.splice import splice_media
+from nextgpt.llm.tokenizer import load_tokenizer, signal_token_ids
+from nextgpt.projectors.input_projector import build_input_projector
+from nextgpt.projectors.output_projector import OutputProjector
 from nextgpt.signals import SpanScan, find_signal_spans, gather_span_rows
+from nextgpt.training.losses import compute_caption_l2_loss, compute_lm_loss
 
 logger = logging.getLogger(__name__)
 
@@ -182,9 +190,6 @@ class NextGPT(nn.Module):
         Returns:
             NextGPTOutput with the total loss and its terms.
         """
-        from nextgpt.llm.splice import splice_media
-        from nextgpt.training.losses import compute_caption_l2_loss, compute_lm_loss
-
         # 1. Media → LLM tokens, spliced at the placeholders.
         media_tokens = self.encode_media(batch)
         spliced = splice_media(batch.input_ids, batch.attention_mask, batch.labels, self.embed_tokens, media_tokens)
@@ -269,13 +274,6 @@ def build_nextgpt(cfg: ModelConfig, load_encoder: bool = True) -> NextGPT:
     Returns:
         A NextGPT on CPU; only the trainable parts the stage enables will need gradients (see nextgpt.training).
     """
-    from nextgpt.encoders.imagebind import load_imagebind
-    from nextgpt.llm.backbone import load_llm
-    from nextgpt.llm.lora import apply_lora
-    from nextgpt.llm.tokenizer import load_tokenizer, signal_token_ids
-    from nextgpt.projectors.input_projector import build_input_projector
-    from nextgpt.projectors.output_projector import OutputProjector
-
     if cfg.llm.model_path is None:
         raise ValueError("model.llm.model_path is not set; point it at a local HF LLaMA/Vicuna folder")
     tokenizer = load_tokenizer(cfg.llm.model_path, cfg.signal_tokens)

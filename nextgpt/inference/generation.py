@@ -21,6 +21,8 @@ import torch
 
 from nextgpt.config import GenerationConfig
 from nextgpt.constants import Modality
+from nextgpt.llm.conversation import build_generation_prompt
+from nextgpt.llm.splice import splice_media
 from nextgpt.model import NextGPT, NextGPTBatch, as_prompt_embeds
 from nextgpt.signals import SignalSpan, SpanScan, find_signal_spans
 
@@ -53,8 +55,6 @@ class GenerationResult:
 
 
 def _build_prompt_batch(model: NextGPT, turns: list, media: Mapping[Modality, torch.Tensor]) -> NextGPTBatch:
-    from nextgpt.llm.conversation import build_generation_prompt
-
     prompt_ids = torch.tensor([build_generation_prompt(model.tokenizer, turns)], device=model.device)  # (1, L)
     media_on_device = {m: t.to(model.device) for m, t in media.items()}
     return NextGPTBatch(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), media=media_on_device)
@@ -130,8 +130,6 @@ def generate_reply(
     model.eval()
     # 1. Prompt + media → spliced input embeddings.
     batch = _build_prompt_batch(model, turns, media)
-    from nextgpt.llm.splice import splice_media
-
     spliced = splice_media(batch.input_ids, batch.attention_mask, None, model.embed_tokens, model.encode_media(batch))
     # 2. Decode the reply text (KV cache on).
     reply_ids = _decode_text(model, spliced.inputs_embeds, spliced.attention_mask, cfg, streamer)

@@ -20,6 +20,8 @@ from nextgpt.data.catalog import load_catalog
 from nextgpt.data.collate import Collator
 from nextgpt.data.datasets import build_datasets, expected_caption_shapes
 from nextgpt.data.samplers import build_batch_sampler
+from nextgpt.decoders.base import load_decoder
+from nextgpt.decoders.targets import build_target_loader
 from nextgpt.model import NextGPT
 from nextgpt.training.distributed import rank, world_size
 
@@ -38,8 +40,6 @@ class TrainingData:
 def _load_denoising_decoders(cfg: Config) -> dict[Modality, Any] | None:
     if cfg.model.loss.denoise_weight <= 0:
         return None
-    from nextgpt.decoders.base import load_decoder
-
     return {
         m: load_decoder(m, getattr(cfg.model.decoders, m.value), getattr(cfg.model.output_projectors, m.value).out_dim)
         for m in Modality
@@ -56,11 +56,7 @@ def build_training_data(cfg: Config, model: NextGPT) -> TrainingData:
         raise ValueError("data.datasets is empty; name catalog datasets, e.g. data.datasets=[cc3m_enc]")
     catalog = load_catalog(cfg.data.catalog_path)
     decoders = _load_denoising_decoders(cfg)
-    target_loader = None
-    if decoders is not None:
-        from nextgpt.decoders.targets import build_target_loader
-
-        target_loader = build_target_loader(decoders, cfg.model.decoders)
+    target_loader = None if decoders is None else build_target_loader(decoders, cfg.model.decoders)
     datasets = build_datasets(
         cfg.data,
         catalog,

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from nextgpt.config import Config
 from nextgpt.model import NextGPT, build_nextgpt
 from nextgpt.training import checkpoint as ckpt
+from nextgpt.training.data_setup import build_training_data
 from nextgpt.training.distributed import (
     capture_rng_state,
     init_distributed,
@@ -106,8 +107,6 @@ def run(cfg: Config) -> TrainResult:
     Returns:
         TrainResult with the final checkpoint folder and the per-step losses of this process's run.
     """
-    from nextgpt.training.data_setup import build_training_data
-
     # 1. Setup: processes, seeds, model, data, engine.
     init_distributed()
     seed_everything(cfg.seed)

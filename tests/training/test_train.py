@@ -90,3 +90,11 @@ def test_stages_chain_and_merge_gives_the_same_logits(tiny_root: Path, tiny_worl
     # LoRA folded into the weights changes float32 summation order only.
     assert torch.allclose(a.logits, b.logits, atol=1e-4, rtol=1e-4)
     assert torch.allclose(a.signal_embeds[Modality.VIDEO], b.signal_embeds[Modality.VIDEO], atol=1e-4)
+
+
+def test_stage_2_with_the_denoising_loss(tiny_root: Path, tiny_world: Path, tmp_path: Path):
+    extra = ["train.max_steps=3", "train.init_from=", "model.loss.denoise_weight=1.0", "train.log_every=1"]
+    result = run(_cfg(2, tiny_root, tiny_world, tmp_path / "run", *extra))
+    assert len(result.losses) == 3 and all(torch.isfinite(torch.tensor(result.losses)))
+    records = [line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any('"denoise_' in line for line in records), "the denoising term is logged"
