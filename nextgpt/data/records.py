@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
@@ -217,63 +218,78 @@ def _folder(entry: DatasetEntryConfig, modality: Modality) -> Path | None:
     return getattr(entry, f"{modality.value}_dir")
 
 
-def _user_turn(text: str, queues: _Queues, entry: DatasetEntryConfig, spec: SampleSpec) -> str:
-    """Resolve user-side placeholders and inline tags into input files; return the text with placeholders only."""
+def _substitute_media(
+    text: str, on_tag: Callable[[Modality, str], None], on_placeholder: Callable[[Modality], None]
+) -> str:
+    """Replace every inline tag of `text` by its modality's placeholder, calling a handler per placeholder or tag.
+
+    Args:
+        text: one turn's text.
+        on_tag: called with the modality and the tag's content for `<Image>name</Image>`-style tags.
+        on_placeholder: called with the modality for each `<image>`-style placeholder.
+
+    Returns:
+        The text with placeholders only, in the original order.
+    """
 
     def replace(match: re.Match[str]) -> str:
         for m in MODALITIES:
             tagged = match.group(m.value)
             if tagged is not None:
-                name = tagged.strip()
-                if not name or any(ch.isspace() for ch in name):
-                    raise MalformedRecordError(
-                        f"inline <{_TAG_NAMES[m]}> tag in a user turn must name a file, got {tagged!r}"
-                    )
-                spec.input_media.append((m, resolve_media_path(_folder(entry, m), name, m)))
+                on_tag(m, tagged)
                 return PLACEHOLDERS[m]
             if match.group(0) == PLACEHOLDERS[m]:
-                if not queues.inputs[m]:
-                    raise MalformedRecordError(
-                        f"user turns hold more {PLACEHOLDERS[m]} placeholders than the record's input_{m.value} files"
-                    )
-                name = queues.inputs[m].pop(0)
-                spec.input_media.append((m, resolve_media_path(_folder(entry, m), name, m)))
+                on_placeholder(m)
                 return PLACEHOLDERS[m]
         raise AssertionError(f"unmatched media pattern {match.group(0)!r}")
 
     return _MEDIA_PATTERN.sub(replace, text)
+
+
+def _user_turn(text: str, queues: _Queues, entry: DatasetEntryConfig, spec: SampleSpec) -> str:
+    """Resolve user-side placeholders and inline tags into input files; return the text with placeholders only."""
+
+    def add_tagged(m: Modality, tagged: str) -> None:
+        name = tagged.strip()
+        if not name or any(ch.isspace() for ch in name):
+            raise MalformedRecordError(f"inline <{_TAG_NAMES[m]}> tag in a user turn must name a file, got {tagged!r}")
+        spec.input_media.append((m, resolve_media_path(_folder(entry, m), name, m)))
+
+    def add_listed(m: Modality) -> None:
+        if not queues.inputs[m]:
+            raise MalformedRecordError(
+                f"user turns hold more {PLACEHOLDERS[m]} placeholders than the record's input_{m.value} files"
+            )
+        name = queues.inputs[m].pop(0)
+        spec.input_media.append((m, resolve_media_path(_folder(entry, m), name, m)))
+
+    return _substitute_media(text, add_tagged, add_listed)
 
 
 def _assistant_turn(text: str, queues: _Queues, entry: DatasetEntryConfig, spec: SampleSpec) -> str:
     """Resolve assistant-side placeholders and inline tags into generation targets."""
 
-    def replace(match: re.Match[str]) -> str:
-        for m in MODALITIES:
-            tagged = match.group(m.value)
-            if tagged is not None:
-                name = tagged.strip()
-                if name not in queues.named_captions[m]:
-                    raise MalformedRecordError(
-                        f"assistant tag <{_TAG_NAMES[m]}>{name}</{_TAG_NAMES[m]}> has no entry in '{m.value}_list'"
-                    )
-                caption = queues.named_captions[m][name]
-                spec.targets.append(Target(m, caption, _embedding_path(entry, name)))
-                spec.target_media.append(None)
-                return PLACEHOLDERS[m]
-            if match.group(0) == PLACEHOLDERS[m]:
-                if not queues.captions[m]:
-                    raise MalformedRecordError(
-                        f"assistant turns hold more {PLACEHOLDERS[m]} placeholders than the record's {m.value}_captions"
-                    )
-                caption = queues.captions[m].pop(0)
-                embedding = queues.embeddings[m].pop(0) if queues.embeddings[m] else None
-                output = queues.outputs[m].pop(0) if queues.outputs[m] else None
-                spec.targets.append(Target(m, caption, _embedding_path(entry, embedding)))
-                spec.target_media.append(None if output is None else resolve_media_path(_folder(entry, m), output, m))
-                return PLACEHOLDERS[m]
-        raise AssertionError(f"unmatched media pattern {match.group(0)!r}")
+    def add_tagged(m: Modality, tagged: str) -> None:
+        name = tagged.strip()
+        if name not in queues.named_captions[m]:
+            raise MalformedRecordError(
+                f"assistant tag <{_TAG_NAMES[m]}>{name}</{_TAG_NAMES[m]}> has no entry in '{m.value}_list'"
+            )
+        spec.targets.append(Target(m, queues.named_captions[m][name], _embedding_path(entry, name)))
+        spec.target_media.append(None)
 
-    return _MEDIA_PATTERN.sub(replace, text)
+    def add_listed(m: Modality) -> None:
+        if not queues.captions[m]:
+            raise MalformedRecordError(
+                f"assistant turns hold more {PLACEHOLDERS[m]} placeholders than the record's {m.value}_captions"
+            )
+        caption = queues.captions[m].pop(0)
+        embedding = queues.embeddings[m].pop(0) if queues.embeddings[m] else None
+        output = queues.outputs[m].pop(0) if queues.outputs[m] else None
+        spec.targets.append(Target(m, caption, _embedding_path(entry, embedding)))
+        spec.target_media.append(None if output is None else resolve_media_path(_folder(entry, m), output, m))
+
+    return _substitute_media(text, add_tagged, add_listed)
 
 
 def _check_all_used(queues: _Queues) -> None:

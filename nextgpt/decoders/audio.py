@@ -14,6 +14,7 @@ conditioning it receives (generation and denoising loss alike) to keep it where 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,8 @@ from diffusers import AudioLDMPipeline
 from torch import Tensor
 
 from nextgpt.constants import Modality
-from nextgpt.decoders.base import Decoder, check_media_batch, tokenize_captions
+from nextgpt.decoders.base import Decoder
+from nextgpt.decoders.inputs import check_media_batch, tokenize_captions
 
 logger = logging.getLogger(__name__)
 
@@ -77,44 +79,28 @@ class AudioDecoder(Decoder):
         )
         return F.normalize(output.text_embeds, dim=-1).to(dtype=text_encoder.dtype)
 
-    def generate(
-        self,
-        prompt_embeds: Tensor,
-        *,
-        num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
-        seed: int | None = 0,
-        audio_seconds: float | None = None,
-    ) -> list[np.ndarray]:
-        """Generate one waveform per conditioning row (classifier-free guidance against the empty prompt).
+    def resolve_sizes(self, *, audio_seconds: float | None = None) -> dict[str, Any]:
+        """Fill an unset clip length from the config and check it.
 
         Args:
-            prompt_embeds: (B, D) from the output projector or `encode_captions`; normalised here.
-            num_inference_steps: default `cfg.num_inference_steps`.
-            guidance_scale: default `cfg.guidance_scale` (AudioLDM: 2.5); <= 1 disables guidance.
-            seed: seeds the initial latents (CPU generator); None draws fresh noise.
-            audio_seconds: default `cfg.audio_seconds`.
+            audio_seconds: default `cfg.audio_seconds`; the waveform has round_down(audio_seconds * sample_rate)
+                samples.
 
         Returns:
-            B float32 arrays of shape (round_down(audio_seconds * sample_rate),).
+            The pipeline's `audio_length_in_s`.
 
         Raises:
-            ValueError: wrong conditioning shape or a non-positive length.
+            ValueError: a non-positive length.
         """
-        steps, guidance = self.resolve_sampling(num_inference_steps, guidance_scale)
         audio_seconds = self.cfg.audio_seconds if audio_seconds is None else audio_seconds
         if audio_seconds <= 0:
             raise ValueError(
                 f"audio decoder needs audio_seconds > 0, got {audio_seconds}; set model.decoders.audio.audio_seconds"
             )
-        output = self.pipeline(
-            prompt_embeds=self.prepare_conditioning(prompt_embeds.detach()),
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            audio_length_in_s=audio_seconds,
-            generator=self.make_generator(seed),
-            output_type="np",
-        )
+        return {"audio_length_in_s": audio_seconds}
+
+    def collect_media(self, output: Any) -> list[np.ndarray]:
+        """B float32 waveforms (T,) at `sample_rate` from the pipeline's `audios`."""
         return [np.asarray(wave, dtype=np.float32) for wave in output.audios]
 
     @torch.no_grad()
@@ -130,9 +116,7 @@ class AudioDecoder(Decoder):
         """
         hint = f"compute_log_mel(waveform, n_mel={self.num_mel_bins})"
         check_media_batch(target, ("B", 1, "T", self.num_mel_bins), self.modality, hint)
-        vae = self.pipeline.vae
-        posterior = vae.encode(target.to(device=vae.device, dtype=vae.dtype)).latent_dist
-        return posterior.sample(generator=generator) * vae.config.scaling_factor
+        return self.encode_vae_latents(target, generator)
 
     def predict_noise(self, noisy_latents: Tensor, timesteps: Tensor, conditioning: Tensor) -> Tensor:
         """UNet prediction conditioned through `class_labels` (B, D); no cross-attention context."""

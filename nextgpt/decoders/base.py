@@ -10,7 +10,6 @@ text encoder produces, checks projector outputs against it, and drives the pipel
 
 from __future__ import annotations
 
-import json
 import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -20,10 +19,10 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler, DiffusionPipeline
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase
 
 from nextgpt.config import DecoderConfig
 from nextgpt.constants import Modality
+from nextgpt.decoders.inputs import check_pipeline_dir, format_shape
 
 logger = logging.getLogger(__name__)
 
@@ -34,105 +33,12 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
 }
 
 
-def format_shape(shape: tuple[int | str, ...]) -> str:
-    """Format a shape as `(B, 77, 768)` for error messages."""
-    return "(" + ", ".join(str(s) for s in shape) + ")"
-
-
-def convert_to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """Map float pixels in [0, 1] (diffusers `output_type="np"`) to uint8 the way diffusers' PIL export does."""
-    return (np.clip(pixels, 0.0, 1.0) * 255).round().astype(np.uint8)
-
-
-def check_pipeline_dir(modality: Modality, pipeline_path: Path | None, expected_class: str) -> Path:
-    """Check that `pipeline_path` is a local diffusers pipeline folder of the expected class.
-
-    Args:
-        modality: whose decoder (for the config key in messages).
-        pipeline_path: `model.decoders.<modality>.pipeline_path`.
-        expected_class: the `_class_name` model_index.json must carry, e.g. "StableDiffusionPipeline".
-
-    Returns:
-        The folder as a Path.
-
-    Raises:
-        FileNotFoundError: no path, no folder, or no model_index.json.
-        ValueError: the folder holds another pipeline class.
-    """
-    key = f"model.decoders.{modality.value}.pipeline_path"
-    if pipeline_path is None:
-        raise FileNotFoundError(f"{modality.value} decoder needs a local {expected_class} folder, got none; set {key}")
-    pipeline_path = Path(pipeline_path)
-    if not pipeline_path.is_dir():
-        raise FileNotFoundError(f"{modality.value} decoder folder {pipeline_path} does not exist; set {key}")
-    index_path = pipeline_path / "model_index.json"
-    if not index_path.is_file():
-        raise FileNotFoundError(
-            f"{modality.value} decoder folder {pipeline_path} has no model_index.json; "
-            f"set {key} to a diffusers pipeline folder (save_pretrained layout)"
-        )
-    class_name = json.loads(index_path.read_text()).get("_class_name")
-    if class_name != expected_class:
-        raise ValueError(
-            f"{modality.value} decoder expects a {expected_class} folder, got {class_name} in {index_path}; set {key}"
-        )
-    return pipeline_path
-
-
-def tokenize_captions(tokenizer: PreTrainedTokenizerBase, texts: list[str], modality: Modality) -> Any:
-    """Tokenize captions the way the diffusers pipelines do (pad and truncate to `model_max_length`).
-
-    Args:
-        tokenizer: the pipeline's tokenizer.
-        texts: captions.
-        modality: whose decoder (for messages).
-
-    Returns:
-        The tokenizer's batch encoding (`input_ids`, `attention_mask`) as PyTorch tensors.
-
-    Raises:
-        ValueError: `texts` is empty or not a list of strings.
-    """
-    if not texts or not all(isinstance(t, str) for t in texts):
-        raise ValueError(f"{modality.value} decoder encode_captions expects a non-empty list of str, got {texts!r}")
-    max_length = tokenizer.model_max_length
-    num_too_long = sum(len(ids) > max_length for ids in tokenizer(texts).input_ids)
-    if num_too_long:
-        logger.warning(
-            "%d of %d captions exceed the %s text encoder's %d tokens and were truncated (as the pipeline does)",
-            num_too_long,
-            len(texts),
-            modality.value,
-            max_length,
-        )
-    return tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
-
-
-def check_media_batch(target: Tensor, expected_shape: tuple[int | str, ...], modality: Modality, hint: str) -> None:
-    """Check a denoising target's rank and channel count (RGB pixel or mel tensors).
-
-    Args:
-        target: the media batch.
-        expected_shape: e.g. ("B", 3, "H", "W"); ints are checked, strings are free.
-        modality: whose decoder (for messages).
-        hint: which helper builds the tensor, named in the message.
-
-    Raises:
-        ValueError: wrong rank or fixed dimension.
-    """
-    got = tuple(target.shape)
-    fixed_ok = all(isinstance(e, str) or e == g for e, g in zip(expected_shape, got, strict=False))
-    if len(got) != len(expected_shape) or not fixed_ok:
-        raise ValueError(
-            f"{modality.value} denoising target must be {format_shape(expected_shape)}, got {format_shape(got)}; "
-            f"build it with {hint}"
-        )
-
-
 class Decoder(ABC):
     """One frozen diffusers pipeline driven by conditioning embeddings instead of a text prompt.
 
-    Subclasses set `modality` and `pipeline_class` and implement the modality-specific parts.
+    Subclasses set `modality` and `pipeline_class` and implement the modality-specific parts: the conditioning
+    shape, caption encoding, size options (`resolve_sizes`), output conversion (`collect_media`), VAE latents and
+    the UNet call; `generate` runs the same steps for every modality.
 
     Args:
         pipeline: a loaded pipeline of `pipeline_class`.
@@ -280,16 +186,67 @@ class Decoder(ABC):
             (N, *conditioning_shape), the training targets of the output projector.
         """
 
-    @abstractmethod
-    def generate(self, prompt_embeds: Tensor, **kwargs: Any) -> list[np.ndarray]:
-        """Generate one media item per row of `prompt_embeds`.
+    def generate(
+        self,
+        prompt_embeds: Tensor,
+        *,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = 0,
+        **sizes: Any,
+    ) -> list[np.ndarray]:
+        """Generate one media item per conditioning row (classifier-free guidance against the empty prompt).
 
         Args:
-            prompt_embeds: (B, *conditioning_shape).
-            **kwargs: sampling and size options (see the subclasses); unset ones come from the config.
+            prompt_embeds: (B, *conditioning_shape) from the output projector or `encode_captions`.
+            num_inference_steps: default `cfg.num_inference_steps`.
+            guidance_scale: default `cfg.guidance_scale`; <= 1 disables guidance.
+            seed: seeds the initial latents (CPU generator); None draws fresh noise.
+            **sizes: the modality's size options, documented on its `resolve_sizes` (image: `height`, `width`;
+                video: also `num_frames`; audio: `audio_seconds`); unset ones come from the config.
 
         Returns:
             B arrays: uint8 (H, W, 3) images, uint8 (F, H, W, 3) clips or float32 (T,) waveforms.
+
+        Raises:
+            ValueError: wrong conditioning shape, fewer than one step, or a bad size.
+            TypeError: a size option this modality does not have.
+        """
+        steps, guidance = self.resolve_sampling(num_inference_steps, guidance_scale)
+        pipeline_sizes = self.resolve_sizes(**sizes)
+        output = self.pipeline(
+            prompt_embeds=self.prepare_conditioning(prompt_embeds.detach()),
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=self.make_generator(seed),
+            output_type="np",
+            **pipeline_sizes,
+        )
+        return self.collect_media(output)
+
+    @abstractmethod
+    def resolve_sizes(self, **sizes: Any) -> dict[str, Any]:
+        """Fill unset size options from the config and check them.
+
+        Args:
+            **sizes: the modality's size options (see the subclass).
+
+        Returns:
+            The pipeline's size arguments.
+
+        Raises:
+            ValueError: a size the pipeline cannot produce.
+        """
+
+    @abstractmethod
+    def collect_media(self, output: Any) -> list[np.ndarray]:
+        """Turn the pipeline output (`output_type="np"`) into one array per generated item.
+
+        Args:
+            output: what the pipeline returned.
+
+        Returns:
+            B arrays in the layout `generate` documents.
         """
 
     @abstractmethod
@@ -316,6 +273,20 @@ class Decoder(ABC):
         Returns:
             The UNet's prediction (noise, velocity or sample per the scheduler), shaped like the latents.
         """
+
+    def encode_vae_latents(self, media: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Sample the VAE posterior of a media batch and scale it by the VAE scaling factor, as the UNet expects.
+
+        Args:
+            media: (N, C, H, W) pixels or mel spectrograms, already checked by the caller.
+            generator: draws the posterior sample.
+
+        Returns:
+            (N, C_latent, H / f, W / f) in the VAE's dtype.
+        """
+        vae = self.pipeline.vae
+        posterior = vae.encode(media.to(device=vae.device, dtype=vae.dtype)).latent_dist
+        return posterior.sample(generator=generator) * vae.config.scaling_factor
 
     def build_noise_scheduler(self) -> DDPMScheduler:
         """A DDPM scheduler with the pipeline scheduler's training schedule (betas, prediction type).
@@ -360,23 +331,6 @@ class Decoder(ABC):
                 f"set model.decoders.{self.modality.value}.num_inference_steps"
             )
         return steps, guidance
-
-    def check_pixel_size(self, height: int | None, width: int | None) -> None:
-        """Check that requested pixel sizes suit the pipeline (multiples of 8, as diffusers requires).
-
-        Args:
-            height: pixels, or None for the pipeline default.
-            width: pixels, or None for the pipeline default.
-
-        Raises:
-            ValueError: a size that is not a positive multiple of 8.
-        """
-        for name, value in (("height", height), ("width", width)):
-            if value is not None and (value <= 0 or value % 8 != 0):
-                raise ValueError(
-                    f"{self.modality.value} decoder needs {name} to be a positive multiple of 8, got {value}; "
-                    f"set model.decoders.{self.modality.value}.{name}"
-                )
 
 
 def load_decoder(

@@ -27,62 +27,8 @@ NUM_BASE_TOKENS_KEY = "nextgpt_num_base_tokens"
 _STATE_KEYS = ("embed_tokens.new_rows", "lm_head.new_rows", "num_base_tokens")
 
 
-class TokenRowsEmbedding(nn.Module):
-    """Input embedding whose base rows are frozen and whose added rows are a separate trainable parameter.
-
-    Args:
-        base_weight: (V_base, D) original rows (kept frozen).
-        new_rows: (N_new, D) rows of the added tokens (trainable).
-        padding_idx: kept for folding back into `nn.Embedding`.
-    """
-
-    def __init__(self, base_weight: torch.Tensor, new_rows: torch.Tensor, padding_idx: int | None = None) -> None:
-        super().__init__()
-        self.base_weight = nn.Parameter(base_weight, requires_grad=False)
-        self.new_rows = nn.Parameter(new_rows)
-        self.padding_idx = padding_idx
-
-    @property
-    def num_base_tokens(self) -> int:
-        """Rows of the original vocabulary."""
-        return self.base_weight.shape[0]
-
-    @property
-    def num_embeddings(self) -> int:
-        """All rows (base + new), as on `nn.Embedding`."""
-        return self.base_weight.shape[0] + self.new_rows.shape[0]
-
-    @property
-    def embedding_dim(self) -> int:
-        """Row width D, as on `nn.Embedding`."""
-        return self.base_weight.shape[1]
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The full (V, D) matrix, for code that reads `.weight` (a fresh tensor; gradients reach `new_rows`)."""
-        return torch.cat([self.base_weight, self.new_rows], dim=0)
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Look up ids in [0, V); negative or too-large ids raise an index error.
-
-        Args:
-            input_ids: (...,) token ids.
-
-        Returns:
-            (..., D) embeddings.
-        """
-        num_base = self.num_base_tokens
-        is_new = input_ids >= num_base
-        base = F.embedding(input_ids.clamp(max=num_base - 1), self.base_weight)  # (..., D)
-        new = F.embedding((input_ids - num_base).clamp(min=0), self.new_rows)  # (..., D)
-        return torch.where(is_new.unsqueeze(-1), new, base)
-
-    def extra_repr(self) -> str:
-        return f"{self.num_base_tokens} frozen + {self.new_rows.shape[0]} trainable rows, dim {self.embedding_dim}"
-
-
-class TokenRowsHead(nn.Module):
-    """LM head whose base rows are frozen and whose added rows are a separate trainable parameter.
+class _TokenRows(nn.Module):
+    """Frozen base rows (`base_weight`) plus trainable added rows (`new_rows`) of one vocabulary matrix.
 
     Args:
         base_weight: (V_base, D) original rows (kept frozen).
@@ -100,19 +46,68 @@ class TokenRowsHead(nn.Module):
         return self.base_weight.shape[0]
 
     @property
-    def in_features(self) -> int:
-        """Hidden width D, as on `nn.Linear`."""
-        return self.base_weight.shape[1]
+    def num_tokens(self) -> int:
+        """All rows, base + new."""
+        return self.base_weight.shape[0] + self.new_rows.shape[0]
 
     @property
-    def out_features(self) -> int:
-        """Vocabulary size V (base + new), as on `nn.Linear`."""
-        return self.base_weight.shape[0] + self.new_rows.shape[0]
+    def row_dim(self) -> int:
+        """Row width D."""
+        return self.base_weight.shape[1]
 
     @property
     def weight(self) -> torch.Tensor:
         """The full (V, D) matrix, for code that reads `.weight` (a fresh tensor; gradients reach `new_rows`)."""
         return torch.cat([self.base_weight, self.new_rows], dim=0)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_base_tokens} frozen + {self.new_rows.shape[0]} trainable rows, dim {self.row_dim}"
+
+
+class TokenRowsEmbedding(_TokenRows):
+    """Input embedding whose base rows are frozen and whose added rows are a separate trainable parameter.
+
+    Args:
+        base_weight: (V_base, D) original rows (kept frozen).
+        new_rows: (N_new, D) rows of the added tokens (trainable).
+        padding_idx: kept for folding back into `nn.Embedding`.
+    """
+
+    def __init__(self, base_weight: torch.Tensor, new_rows: torch.Tensor, padding_idx: int | None = None) -> None:
+        super().__init__(base_weight, new_rows)
+        self.padding_idx = padding_idx
+
+    # The attribute names of `nn.Embedding`, for code that reads them.
+    num_embeddings = _TokenRows.num_tokens
+    embedding_dim = _TokenRows.row_dim
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Look up ids in [0, V); negative or too-large ids raise an index error.
+
+        Args:
+            input_ids: (...,) token ids.
+
+        Returns:
+            (..., D) embeddings.
+        """
+        num_base = self.num_base_tokens
+        is_new = input_ids >= num_base
+        base = F.embedding(input_ids.clamp(max=num_base - 1), self.base_weight)  # (..., D)
+        new = F.embedding((input_ids - num_base).clamp(min=0), self.new_rows)  # (..., D)
+        return torch.where(is_new.unsqueeze(-1), new, base)
+
+
+class TokenRowsHead(_TokenRows):
+    """LM head whose base rows are frozen and whose added rows are a separate trainable parameter.
+
+    Args:
+        base_weight: (V_base, D) original rows (kept frozen).
+        new_rows: (N_new, D) rows of the added tokens (trainable).
+    """
+
+    # The attribute names of `nn.Linear`, for code that reads them.
+    in_features = _TokenRows.row_dim
+    out_features = _TokenRows.num_tokens
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the whole vocabulary.
@@ -125,9 +120,6 @@ class TokenRowsHead(nn.Module):
         """
         # Two matmuls and a concat keep the weight gradient to (N_new, D) instead of a full (V, D) buffer.
         return torch.cat([F.linear(hidden, self.base_weight), F.linear(hidden, self.new_rows)], dim=-1)  # (..., V)
-
-    def extra_repr(self) -> str:
-        return f"{self.num_base_tokens} frozen + {self.new_rows.shape[0]} trainable rows, dim {self.in_features}"
 
 
 def _hf_model(model: nn.Module) -> PreTrainedModel:

@@ -8,6 +8,7 @@ output_projectors = build_output_projectors(cfg.model.output_projectors, llm_dim
 from nextgpt.projectors.input_projector import (
     INPUT_PROJECTOR_TYPES,
     GroupProjector,
+    InputProjector,
     LinearProjector,
     MLPProjector,
     build_input_projector,
@@ -17,6 +18,7 @@ from nextgpt.projectors.output_projector import OutputProjector, build_output_pr
 __all__ = [
     "INPUT_PROJECTOR_TYPES",
     "GroupProjector",
+    "InputProjector",
     "LinearProjector",
     "MLPProjector",
     "OutputProjector",

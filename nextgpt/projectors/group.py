@@ -144,14 +144,7 @@ class AttnBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the block.
-
-        Args:
-            x: (B, N, C).
-
-        Returns:
-            (B, N, C).
-        """
+        """Apply the block to (B, N, C) tokens; returns (B, N, C)."""
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
@@ -160,7 +153,7 @@ class CrossAttnBlock(nn.Module):
     """Cross-attention block with a post-norm (GroupViT's `pre_assign_attn`): group tokens read the input tokens.
 
     Args:
-        dim: token width.
+        dim: width of the group tokens and the input tokens.
         num_heads: attention heads.
         mlp_ratio: MLP hidden width as a multiple of `dim`.
     """
@@ -183,8 +176,7 @@ class CrossAttnBlock(nn.Module):
             (B, N, C).
         """
         x = query + self.attn(query, key)
-        x = x + self.mlp(self.norm2(x))
-        return self.norm_post(x)
+        return self.norm_post(x + self.mlp(self.norm2(x)))
 
 
 def compute_hard_assignment(logits: torch.Tensor, dim: int, gumbel: bool, tau: float = 1.0) -> torch.Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nextgpt.config import InputProjectorConfig
@@ -22,15 +23,40 @@ logger = logging.getLogger(__name__)
 INPUT_PROJECTOR_TYPES: tuple[str, ...] = ("linear", "mlp", "group")
 
 
-def _check_input(x: torch.Tensor, in_dim: int) -> None:
-    if x.ndim != 2 or x.shape[1] != in_dim:
-        raise ValueError(
-            f"input projector expects encoder vectors of shape (N, {in_dim}), got {tuple(x.shape)}; "
-            f"pass one pooled vector per media item (model.encoder.out_embed_dim={in_dim})"
-        )
+class InputProjector(nn.Module):
+    """What every input projector does: (N, in_dim) encoder vectors -> (N, num_tokens, llm_dim) LLM tokens.
+
+    Subclasses set `in_dim` and `num_tokens` and implement `project`; `forward` checks the input first.
+    """
+
+    in_dim: int
+    num_tokens: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Project.
+
+        Args:
+            x: (N, in_dim) encoder vectors.
+
+        Returns:
+            (N, num_tokens, llm_dim).
+
+        Raises:
+            ValueError: if `x` is not (N, in_dim).
+        """
+        if x.ndim != 2 or x.shape[1] != self.in_dim:
+            raise ValueError(
+                f"input projector expects encoder vectors of shape (N, {self.in_dim}), got {tuple(x.shape)}; "
+                f"pass one pooled vector per media item (model.encoder.out_embed_dim={self.in_dim})"
+            )
+        return self.project(x)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Map checked (N, in_dim) vectors to (N, num_tokens, llm_dim) tokens."""
+        raise NotImplementedError
 
 
-class LinearProjector(nn.Linear):
+class LinearProjector(InputProjector, nn.Linear):
     """One linear map to a single LLM token (paper v1 `llama_proj`; keys `weight`/`bias` as in both codes).
 
     Args:
@@ -41,25 +67,15 @@ class LinearProjector(nn.Linear):
     num_tokens: int = 1
 
     def __init__(self, in_dim: int, llm_dim: int) -> None:
-        super().__init__(in_dim, llm_dim)
+        super().__init__(in_dim, llm_dim)  # reaches nn.Linear: InputProjector adds no constructor
+        self.in_dim = in_dim
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Project.
-
-        Args:
-            x: (N, in_dim) encoder vectors.
-
-        Returns:
-            (N, 1, llm_dim).
-
-        Raises:
-            ValueError: if `x` is not (N, in_dim).
-        """
-        _check_input(x, self.in_features)
-        return super().forward(x).unsqueeze(1)  # (N, D) -> (N, 1, D)
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in_dim) -> (N, 1, llm_dim)."""
+        return F.linear(x, self.weight, self.bias).unsqueeze(1)  # (N, D) -> (N, 1, D)
 
 
-class MLPProjector(nn.Module):
+class MLPProjector(InputProjector):
     """Linear-GELU-Linear to a single LLM token.
 
     Args:
@@ -76,23 +92,12 @@ class MLPProjector(nn.Module):
         # Attribute name `layer` matches the NEW code's MLP projector state dict.
         self.layer = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, llm_dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Project.
-
-        Args:
-            x: (N, in_dim) encoder vectors.
-
-        Returns:
-            (N, 1, llm_dim).
-
-        Raises:
-            ValueError: if `x` is not (N, in_dim).
-        """
-        _check_input(x, self.in_dim)
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in_dim) -> (N, 1, llm_dim)."""
         return self.layer(x).unsqueeze(1)  # (N, D) -> (N, 1, D)
 
 
-class GroupProjector(nn.Module):
+class GroupProjector(InputProjector):
     """GroupViT-style grouping projector (NEW code `GroupProjector`): in_fc -> grouping stages -> LayerNorm -> out_fc.
 
     Stage i (all but the last) owns `num_group_tokens[i]` learned group tokens and ends with a hard grouping
@@ -152,19 +157,8 @@ class GroupProjector(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.out_fc = nn.Linear(width, llm_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Project.
-
-        Args:
-            x: (N, in_dim) encoder vectors.
-
-        Returns:
-            (N, num_tokens, llm_dim).
-
-        Raises:
-            ValueError: if `x` is not (N, in_dim).
-        """
-        _check_input(x, self.in_dim)
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in_dim) -> (N, num_tokens, llm_dim) through the grouping stages."""
         tokens = self.in_fc(x).unsqueeze(1)  # (N, in_dim) -> (N, 1, width)
         group_tokens = None
         for stage in self.layers:
@@ -172,7 +166,7 @@ class GroupProjector(nn.Module):
         return self.out_fc(self.norm(tokens))
 
 
-def build_input_projector(cfg: InputProjectorConfig, in_dim: int, llm_dim: int) -> nn.Module:
+def build_input_projector(cfg: InputProjectorConfig, in_dim: int, llm_dim: int) -> InputProjector:
     """Build the input projector named by `cfg.type`.
 
     Args:
@@ -181,13 +175,13 @@ def build_input_projector(cfg: InputProjectorConfig, in_dim: int, llm_dim: int) 
         llm_dim: LLM hidden width (Vicuna-7B: 4096).
 
     Returns:
-        A module with a `num_tokens` attribute mapping (N, in_dim) to (N, num_tokens, llm_dim).
+        The projector; its `num_tokens` says how many LLM tokens each item becomes.
 
     Raises:
         ValueError: if `cfg.type` is unknown or the group sizes do not fit together.
     """
     if cfg.type == "linear":
-        projector: nn.Module = LinearProjector(in_dim, llm_dim)
+        projector: InputProjector = LinearProjector(in_dim, llm_dim)
     elif cfg.type == "mlp":
         projector = MLPProjector(in_dim, cfg.mlp_hidden_dim, llm_dim)
     elif cfg.type == "group":

@@ -14,12 +14,14 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
     AudioLDMPipeline,
     AutoencoderKL,
     DDIMScheduler,
+    ModelMixin,
     StableDiffusionPipeline,
     TextToVideoSDPipeline,
     UNet2DConditionModel,
@@ -46,6 +48,13 @@ TINY_NUM_MEL_BINS = 16
 """Mel bins of the tiny AudioLDM (real: 64); the VAE and vocoder agree on it."""
 TINY_VOCODER_UPSAMPLE_RATES = (8, 5, 4)
 """Product 160 = the real hop length, so one mel frame is 10 ms at 16 kHz as in AudioLDM."""
+_TINY_UNET_SIZES: dict[str, Any] = {
+    "block_out_channels": (8, 16),
+    "layers_per_block": 1,
+    "in_channels": 4,
+    "out_channels": 4,
+}
+"""Two levels of 8 and 16 channels over 4 latent channels: every tiny UNet (SD, ZeroScope, AudioLDM)."""
 PIPELINE_DIR_NAMES: dict[Modality, str] = {
     Modality.IMAGE: "sd",
     Modality.VIDEO: "zeroscope",
@@ -151,6 +160,38 @@ def _build_clip_text_encoder(hidden_dim: int, tokenizer: CLIPTokenizer) -> CLIPT
     return CLIPTextModel(config)
 
 
+def _build_clip_conditioned_parts(
+    cross_attention_dim: int, work_dir: Path, unet_class: type[ModelMixin], **unet_kwargs: Any
+) -> dict[str, Any]:
+    """The components SD and ZeroScope share: VAE, CLIP text encoder + tokenizer, DDIM scheduler and a small UNet.
+
+    Args:
+        cross_attention_dim: CLIP hidden size = UNet cross-attention width.
+        work_dir: scratch folder for the tokenizer files.
+        unet_class: `UNet2DConditionModel` (SD) or `UNet3DConditionModel` (ZeroScope).
+        **unet_kwargs: the UNet's block types and attention head size.
+
+    Returns:
+        Pipeline constructor arguments `vae`, `text_encoder`, `tokenizer`, `unet`, `scheduler`.
+    """
+    tokenizer = build_tiny_clip_tokenizer(work_dir / "clip_tokenizer")
+    unet = unet_class(
+        **_TINY_UNET_SIZES,
+        sample_size=16,
+        cross_attention_dim=cross_attention_dim,
+        norm_num_groups=2,
+        **unet_kwargs,
+    )
+    # Components draw from the global RNG in this order, so it fixes which weights a seed gives.
+    return {
+        "vae": _build_image_vae(),
+        "text_encoder": _build_clip_text_encoder(cross_attention_dim, tokenizer),
+        "tokenizer": tokenizer,
+        "unet": unet,
+        "scheduler": _build_scheduler(),
+    }
+
+
 def build_tiny_sd_pipeline(image_dim: int, work_dir: Path) -> StableDiffusionPipeline:
     """Build a StableDiffusionPipeline conditioned on (77, image_dim); default output 32x32.
 
@@ -161,29 +202,15 @@ def build_tiny_sd_pipeline(image_dim: int, work_dir: Path) -> StableDiffusionPip
     Returns:
         The pipeline, without safety checker.
     """
-    tokenizer = build_tiny_clip_tokenizer(work_dir / "clip_tokenizer")
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
+    parts = _build_clip_conditioned_parts(
+        image_dim,
+        work_dir,
+        UNet2DConditionModel,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=image_dim,
         attention_head_dim=4,
-        norm_num_groups=2,
     )
-    return StableDiffusionPipeline(
-        vae=_build_image_vae(),
-        text_encoder=_build_clip_text_encoder(image_dim, tokenizer),
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=_build_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
 def build_tiny_zeroscope_pipeline(video_dim: int, work_dir: Path) -> TextToVideoSDPipeline:
@@ -196,26 +223,15 @@ def build_tiny_zeroscope_pipeline(video_dim: int, work_dir: Path) -> TextToVideo
     Returns:
         The pipeline.
     """
-    tokenizer = build_tiny_clip_tokenizer(work_dir / "clip_tokenizer")
-    unet = UNet3DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
+    parts = _build_clip_conditioned_parts(
+        video_dim,
+        work_dir,
+        UNet3DConditionModel,
         down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
         up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        cross_attention_dim=video_dim,
         attention_head_dim=2,
-        norm_num_groups=2,
     )
-    return TextToVideoSDPipeline(
-        vae=_build_image_vae(),
-        text_encoder=_build_clip_text_encoder(video_dim, tokenizer),
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=_build_scheduler(),
-    )
+    return TextToVideoSDPipeline(**parts)
 
 
 def build_tiny_audioldm_pipeline(audio_dim: int, work_dir: Path) -> AudioLDMPipeline:
@@ -245,11 +261,8 @@ def build_tiny_audioldm_pipeline(audio_dim: int, work_dir: Path) -> AudioLDMPipe
         )
     )
     unet = UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
+        **_TINY_UNET_SIZES,
         sample_size=TINY_NUM_MEL_BINS,
-        in_channels=4,
-        out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         # No text cross-attention in AudioLDM: these blocks attend to themselves, so context width = channels.
