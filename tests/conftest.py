@@ -68,15 +68,15 @@ def _catalog_entries(catalog: Path) -> dict:
     return yaml.safe_load(catalog.read_text())["datasets"]
 
 
-TEACH_DATASETS = "[image_instruction,video_instruction,audio_instruction,alpaca_instruction]"
+TEACH_DATASETS = "[image_instruction,video_instruction,audio_instruction,mosit_instruction,alpaca_instruction]"
 
 
 @pytest.fixture(scope="session")
 def taught_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path, tiny_world: Path) -> Path:
     """A stage-3 checkpoint (real training loop) that answers media requests with the right signal spans.
 
-    Trained for a few dozen steps on the synthetic world's T2M requests ("Please generate an image of ...") and
-    Alpaca-style text answers, so inference tests can ask the tiny model for every output modality.
+    Trained for 400 steps on the synthetic world's T2M requests ("Please generate an image of ..."), MosIT-style
+    multi-turn dialogues and Alpaca-style text answers, so inference tests can ask for every output modality.
     """
     from nextgpt.config import load_config
     from nextgpt.tiny.build import tiny_path_overrides
@@ -85,8 +85,8 @@ def taught_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path,
     out_dir = tmp_path_factory.mktemp("taught")
     overrides = [
         *tiny_path_overrides(tiny_root), f"data.catalog_path={tiny_world}", f"train.output_dir={out_dir}",
-        f"data.datasets={TEACH_DATASETS}", "train.init_from=", "train.max_steps=80", "train.micro_batch_size=8",
-        "train.lr=5e-3", "train.save_every=100000", "train.warmup_ratio=0", "train.schedule=constant",
+        f"data.datasets={TEACH_DATASETS}", "train.init_from=", "train.max_steps=400", "train.micro_batch_size=8",
+        "train.lr=5e-3", "train.save_every=100000", "train.warmup_ratio=0", "train.schedule=cosine",
     ]
     result = run(load_config(REPO_ROOT / "configs" / "tiny_stage_3.yaml", overrides=overrides))
     return result.final_dir

@@ -41,15 +41,18 @@ def tiny_path_overrides(root: Path) -> list[str]:
     return overrides
 
 
-def build_tiny_checkpoints(root: Path, cfg: Config, seed: int = 0) -> Path:
+def build_tiny_checkpoints(root: Path, cfg: Config, seed: int = 0, pretrain: bool = True) -> Path:
     """Write the tiny LLM, ImageBind file and the three decoder pipelines under `root`.
 
-    Sizes come from `cfg` (configs/tiny.yaml), so the files always match the config that will load them.
+    Sizes come from `cfg` (configs/tiny.yaml), so the files always match the config that will load them. By
+    default the LLM and ImageBind are then briefly pretrained on the synthetic world (`nextgpt.tiny.pretrain`,
+    `nextgpt.tiny.pretrain_encoder`), so that stage 1 has something to align; the decoders stay random.
 
     Args:
         root: output folder (created).
         cfg: the tiny config (encoder sizes, output-projector widths = decoder conditioning widths).
-        seed: random seed of every weight.
+        seed: random seed of every weight and of the pretraining.
+        pretrain: False keeps the LLM and ImageBind random (faster, for tests of formats only).
 
     Returns:
         `root`.
@@ -57,12 +60,17 @@ def build_tiny_checkpoints(root: Path, cfg: Config, seed: int = 0) -> Path:
     from nextgpt.tiny.decoders import write_tiny_decoders
     from nextgpt.tiny.imagebind import write_tiny_imagebind
     from nextgpt.tiny.llm import write_tiny_llm
+    from nextgpt.tiny.pretrain import build_world_conversations, pretrain_tiny_llm
+    from nextgpt.tiny.pretrain_encoder import pretrain_tiny_imagebind
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     write_tiny_llm(root / LLM_SUBDIR, seed=seed)
     write_tiny_imagebind(root / IMAGEBIND_FILE, cfg.model.encoder, seed=seed)
+    if pretrain:
+        pretrain_tiny_imagebind(root / IMAGEBIND_FILE, cfg.model.encoder, seed=seed)
+        pretrain_tiny_llm(root / LLM_SUBDIR, build_world_conversations(seed=seed), seed=seed)
     widths = cfg.model.output_projectors
     written = write_tiny_decoders(
         root / "decoders",

@@ -33,10 +33,17 @@ IMU_PATCH_FEATURES = 48
 IMU_TOKENS = 2000 // 8 + 1
 UNUSED_LOGIT_SCALES: dict[str, float] = {"text": 1 / 0.07, "depth": 5.0, "thermal": 10.0, "imu": 5.0}
 """Official initial temperatures of the unused towers (text's is a learned parameter, the others buffers)."""
+POS_EMBED_STD = 1.5
+"""Position embeddings about as large as the patch contents, so that tokens know where they are."""
+QUERY_KEY_GAIN = 3.0
+"""Query/key rows of every attention get 3x the default scale: sharper, position-dependent attention at init lets
+the tiny towers learn where a shape is within their short pretraining (`nextgpt.tiny.pretrain_encoder`); with the
+default scales the class token averages all patches alike and position stays at chance for hundreds of steps."""
 
 
 def _randomize(state: dict[str, torch.Tensor], norm_keys: set[str], gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """Fill every tensor with seeded values: LayerNorm weights 1 + noise, matrices scaled by 1/sqrt(fan-in)."""
+    """Fill every tensor with seeded values: LayerNorm weights 1 + noise, position embeddings `POS_EMBED_STD`,
+    matrices scaled by 1/sqrt(fan-in) (query/key rows by `QUERY_KEY_GAIN` more)."""
     out: dict[str, torch.Tensor] = {}
     for key, ref in state.items():
         noise = torch.randn(ref.shape, generator=gen)
@@ -44,8 +51,13 @@ def _randomize(state: dict[str, torch.Tensor], norm_keys: set[str], gen: torch.G
             out[key] = ref.clone()
         elif key in norm_keys:
             out[key] = 1.0 + 0.1 * noise
+        elif key.endswith("pos_embed"):
+            out[key] = POS_EMBED_STD * noise
         elif ref.ndim >= 2 and ref.shape[0] != 1:
             out[key] = noise / math.sqrt(math.prod(ref.shape[1:]))
+            if key.endswith("attn.in_proj_weight"):
+                width = ref.shape[1]
+                out[key][: 2 * width] *= QUERY_KEY_GAIN  # rows [q; k; v]: scale q and k only
         else:
             out[key] = 0.1 * noise
     return out

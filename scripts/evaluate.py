@@ -1,0 +1,105 @@
+"""Evaluate checkpoints on the held-out split of the tiny world and write a JSON report (metrics, chance, targets).
+
+python scripts/evaluate.py --checkpoint-dir runs/tiny/stage_1/final runs/tiny/stage_2/final runs/tiny/stage_3/final
+python scripts/evaluate.py --checkpoint-dir runs/tiny/stage_2/final --baseline --max-items 16 --output /tmp/eval.json
+python scripts/evaluate.py --checkpoint-dir runs/tiny/merged --stage 3 --metrics switching
+
+Each folder gets its stage's metrics (stage 1: attribute accuracy of captions; stage 2: cosine and caption retrieval
+of the projected signal tokens; stage 3: modality switching and text replies, plus the other two). --baseline adds
+the same architecture with untrained project weights. --require-targets exits 1 when an acceptance target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nextgpt.config import ConfigError  # noqa: E402
+from nextgpt.utils.logging import setup_logging  # noqa: E402
+
+logger = logging.getLogger("nextgpt.scripts.evaluate")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint-dir", type=Path, nargs="+", required=True, help="checkpoint or merged folders")
+    parser.add_argument("--stage", type=int, nargs="+", help="stage of each folder (default: its config's)")
+    parser.add_argument("--catalog", type=Path, help="catalog with the held-out entries (default: the config's)")
+    parser.add_argument(
+        "--metrics", nargs="+", choices=["captioning", "alignment", "switching"], help="default: the stage's"
+    )
+    parser.add_argument("--max-items", type=int, default=None, help="records per held-out dataset (default: all)")
+    parser.add_argument("--baseline", action="store_true", help="also evaluate untrained project weights")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--output", type=Path, default=Path("runs/tiny/eval.json"), help="JSON report path")
+    parser.add_argument("--require-targets", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the checkpoints' configs")
+    return parser
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _summary_lines(report: dict) -> list[str]:
+    """One line per headline metric (with chance where it has one), then the targets."""
+    lines = []
+    for run in report["runs"]:
+        for label, metrics in (("trained", run["metrics"]), ("untrained", run.get("untrained"))):
+            if metrics is None:
+                continue
+            head = f"stage {run['stage']} {label:9s}"
+            if "captioning" in metrics:
+                m = metrics["captioning"]
+                lines.append(f"{head} attribute accuracy {_fmt(m['accuracy'])} (chance {_fmt(m['chance'])})")
+            if "alignment" in metrics:
+                m = metrics["alignment"]
+                lines.append(
+                    f"{head} retrieval accuracy {_fmt(m['retrieval_accuracy'])} (chance {_fmt(m['chance'])}), "
+                    f"mean cosine {_fmt(m['mean_cosine'])}"
+                )
+            if "switching" in metrics:
+                m = metrics["switching"]
+                lines.append(
+                    f"{head} modality-switch accuracy {_fmt(m['modality_switch_accuracy'])}, "
+                    f"text-reply accuracy {_fmt(m['text_reply_accuracy'])}"
+                )
+    for target in report["targets"]:
+        status = "met" if target["passed"] else "MISSED"
+        lines.append(f"target {target['name']}: {_fmt(target['value'])} {target['target']} -> {status}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    setup_logging()
+    logger.info("arguments: %s", vars(args))
+    try:
+        from nextgpt.eval.report import evaluate_checkpoints, write_report
+
+        report = evaluate_checkpoints(
+            args.checkpoint_dir,
+            args.stage,
+            catalog_path=args.catalog,
+            metrics=args.metrics,
+            max_items=args.max_items,
+            baseline=args.baseline,
+            device=args.device,
+            overrides=args.overrides,
+        )
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    write_report(report, args.output)
+    print("\n".join(_summary_lines(report)))
+    print(f"report: {args.output}")
+    missed = [t for t in report["targets"] if not t["passed"]]
+    return 1 if args.require_targets and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

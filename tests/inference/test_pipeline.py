@@ -1,0 +1,68 @@
+"""NextGPTPipeline loading (eager / low-memory decoders, dtype) and decoder options, on the tiny checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from nextgpt.constants import MODALITIES, Modality
+from nextgpt.inference.pipeline import DecoderOptions, DecoderPool, NextGPTPipeline
+from nextgpt.inference.requests import Message
+
+
+def test_decoder_options_map_to_each_decoders_arguments():
+    options = DecoderOptions(num_inference_steps=3, guidance_scale=2.0, height=64, num_frames=8, audio_seconds=2.5)
+    assert options.to_kwargs(Modality.IMAGE) == {"num_inference_steps": 3, "guidance_scale": 2.0, "height": 64}
+    assert options.to_kwargs(Modality.VIDEO) == {
+        "num_inference_steps": 3,
+        "guidance_scale": 2.0,
+        "height": 64,
+        "num_frames": 8,
+    }
+    assert options.to_kwargs(Modality.AUDIO) == {"num_inference_steps": 3, "guidance_scale": 2.0, "audio_seconds": 2.5}
+    assert DecoderOptions().to_kwargs(Modality.VIDEO) == {}
+    for bad, message in [
+        (DecoderOptions(num_frames=0), "num_frames must be >= 1"),
+        (DecoderOptions(guidance_scale=-1.0), "guidance_scale must be >= 0"),
+        (DecoderOptions(audio_seconds=0.0), "audio_seconds must be > 0"),
+        (DecoderOptions(width=36), "width must be a positive multiple of 8"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            bad.check(Modality.VIDEO)
+
+
+def test_low_memory_pool_loads_a_decoder_only_when_it_renders(taught_checkpoint):
+    from nextgpt.config import load_config
+
+    cfg = load_config(taught_checkpoint / "config.yaml")
+    without_video = dataclasses.replace(
+        cfg.model.decoders, video=dataclasses.replace(cfg.model.decoders.video, pipeline_path=None)
+    )
+    pool = DecoderPool(dataclasses.replace(cfg.model, decoders=without_video), torch.device("cpu"), low_memory=True)
+    assert pool.available == (Modality.IMAGE, Modality.AUDIO) and Modality.VIDEO not in pool
+    assert Modality.AUDIO in pool and pool.loaded == () and pool.sample_rate is None  # membership loads nothing
+    width = cfg.model.output_projectors.audio.out_dim
+    waves = pool[Modality.AUDIO].generate(torch.randn(1, width), seed=0, audio_seconds=0.5)
+    assert pool.loaded == (Modality.AUDIO,) and pool.sample_rate == 16000
+    assert waves[0].shape == (8000,) and waves[0].dtype == np.float32
+    with pytest.raises(KeyError):
+        pool[Modality.VIDEO]
+
+
+def test_from_pretrained_eager_decoders_and_dtype(taught_checkpoint, tmp_path):
+    pipeline = NextGPTPipeline.from_pretrained(taught_checkpoint, device="cpu", dtype="bfloat16")
+    assert pipeline.decoders.loaded == MODALITIES
+    assert pipeline.model.llm.dtype == torch.bfloat16
+    assert next(pipeline.model.output_projectors.parameters()).dtype == torch.bfloat16
+    assert pipeline.decoders.load(Modality.IMAGE).dtype == torch.bfloat16
+    generation = pipeline.generation_config(temperature=0.0, max_new_tokens=4)
+    reply = pipeline.reply([Message("user", "Describe the sound.")], tmp_path, generation=generation)
+    assert reply.message.role == "assistant" and len(reply.result.token_ids) <= 4
+    assert all(item.path.is_file() for item in reply.saved)
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+        pipeline.generation_config(max_new_tokens=0)
+    with pytest.raises(ValueError, match="top_p must be in"):
+        pipeline.generation_config(top_p=1.5)
