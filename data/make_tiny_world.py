@@ -25,7 +25,9 @@ logger = logging.getLogger("nextgpt.data.make_tiny_world")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("data/tiny"), help="output folder (its catalog: datasets.yaml)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("data/tiny"), help="output folder (its catalog: datasets.yaml)"
+    )
     parser.add_argument("--num-train", type=int, default=96, help="training items per modality")
     parser.add_argument("--num-eval", type=int, default=32, help="held-out items per modality")
     parser.add_argument("--seed", type=int, default=0, help="seed of every attribute draw")

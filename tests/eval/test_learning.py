@@ -1,9 +1,10 @@
 """Training moves the held-out metrics the right way: trained checkpoints beat the same models untrained.
 
-A reduced version of the quickstart's evaluation on the session's small world: a short stage-2 run raises the cosine
-between projected signal tokens and the caption embeddings; a short stage-3 run on its checkpoint switches to the
-requested modality where the untrained model never does. The stage-3 check goes through scripts/evaluate.py and its
-JSON report.
+A reduced version of the quickstart's evaluation on the session's small world: a short stage-1 run writes captions that
+name the held-out items' attributes far more often than the untrained input projector; a short stage-2 run raises the
+cosine between projected signal tokens and the caption embeddings; a short stage-3 run on its checkpoint switches to
+the requested modality where the untrained model never does. The stage-3 check goes through scripts/evaluate.py and
+its JSON report.
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ def _train(stage: int, out_dir: Path, tiny_root: Path, catalog: Path, *extra: st
 
 
 @pytest.fixture(scope="module")
+def stage_1_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path, tiny_world: Path) -> Path:
+    """A short stage-1 run (input projector + token rows, caption CE) on the small world's X -> caption records."""
+    out_dir = tmp_path_factory.mktemp("stage_1")
+    return _train(1, out_dir, tiny_root, tiny_world, "train.max_steps=80", "train.lr=1e-2")
+
+
+@pytest.fixture(scope="module")
 def stage_2_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path, tiny_world: Path) -> Path:
     """A short stage-2 run (output projectors + token rows, CE + L2) on the small world's generation records."""
     out_dir = tmp_path_factory.mktemp("stage_2")
@@ -58,6 +66,16 @@ def stage_3_checkpoint(
     out_dir = tmp_path_factory.mktemp("stage_3")
     init = f"train.init_from={stage_2_checkpoint}"
     return _train(3, out_dir, tiny_root, tiny_world, init, datasets, "train.max_steps=300", "train.lr=1e-2")
+
+
+def test_stage_1_training_names_the_heldout_attributes_better_than_chance(stage_1_checkpoint: Path):
+    from nextgpt.eval.report import evaluate_checkpoint
+
+    report = evaluate_checkpoint(stage_1_checkpoint, baseline=True)
+    trained, untrained = report["metrics"]["captioning"], report["untrained"]["captioning"]
+    assert trained["num_scored"] == untrained["num_scored"] == 2 * (3 + 3 + 2)  # 2 held-out items per modality
+    assert trained["accuracy"] > untrained["accuracy"]
+    assert trained["accuracy"] > trained["chance"] + 0.2
 
 
 def test_stage_2_training_brings_projections_closer_to_the_caption_embeddings(stage_2_checkpoint: Path):
