@@ -145,6 +145,15 @@ class DecoderConfig:
     audio_seconds: float = 5.0
     """Audio only."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    channels_last: bool = False
+    """Keep the UNet's (and VAE's) 4-D weights and activations in channels-last memory order (faster convs on GPU)."""
+    fuse_qkv: bool = False
+    """Fuse each attention block's q/k/v projections into one matmul (same numbers, fewer kernel launches)."""
+    compile: bool = False
+    """`torch.compile` the UNet once at load; the first call pays the compile time."""
+    scheduler: Literal["default", "dpm_solver", "unipc", "euler"] = "default"
+    """`default` keeps the pipeline's own scheduler; the others swap in a fewer-step solver built from its config
+    (set `num_inference_steps` to match, e.g. 20-25). Never changed behind the user's back."""
 
 
 @dataclass
@@ -194,6 +203,8 @@ class GenerationConfig:
     seed: int = 0
     max_outputs_per_modality: int = 5
     """At most this many media items of one modality per reply (extra spans are reported and skipped)."""
+    fast_decode: bool = False
+    """Decode with a static KV cache and a compiled step (CUDA graphs on GPU); same tokens as the plain path."""
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -228,7 +239,11 @@ class DataConfig:
     """`skip`: a missing/corrupt media file or malformed record is skipped, counted and logged; `error`: stop."""
     num_workers: int = 0
     feature_cache_dir: Path | None = None
-    """Folder of precomputed ImageBind features; when set, the datasets read features instead of media files."""
+    """Folder of precomputed ImageBind features (preprocess_features.py); when set, the datasets read features
+    instead of media files and the frozen encoder is not run (or loaded) during training."""
+    packing: bool = False
+    """Pack several samples into each row (up to model.llm.max_length) instead of padding; attention never crosses
+    a sample boundary, so the loss equals the padded one."""
 
 
 @dataclass
@@ -260,6 +275,9 @@ class TrainConfig:
     keep_last: int = 2
     log_every: int = 10
     tensorboard: bool = True
+    prefix_reuse: bool = False
+    """Stages with a frozen LLM (1 and 2): compute the conversation prefix every sample shares (system prompt and
+    role tag) once, keep its KV cache, and run only the rest of each sample; the loss equals the plain one."""
 
     def __post_init__(self) -> None:
         if self.stage not in (1, 2, 3):
