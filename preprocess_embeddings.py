@@ -10,7 +10,6 @@ training and inference: a cache made with SD-1.5 (77x768) does not fit SD-2 (77x
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -36,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("arguments: %s", vars(args))
     try:
         from nextgpt.data.catalog import load_catalog, validate_datasets
+        from nextgpt.data.records import load_records
         from nextgpt.decoders.base import load_decoder
         from nextgpt.decoders.caption_cache import cache_caption_embeddings, record_modalities
 
@@ -47,16 +47,14 @@ def main(argv: list[str] | None = None) -> int:
             entry = catalog[name]
             if entry.caption_embed_dir is None:
                 raise ValueError(f"dataset {name} has no caption_embed_dir in the catalog; add one to cache embeddings")
-            records = json.loads(Path(entry.annotation_path).read_text())
-            for modality in record_modalities(records):
+            records = load_records(Path(entry.annotation_path))
+            for modality in record_modalities(records, entry):
                 if modality not in decoders:
                     width = getattr(cfg.model.output_projectors, modality.value).out_dim
                     decoders[modality] = load_decoder(
                         modality, getattr(cfg.model.decoders, modality.value), width, device=args.device
                     )
-                cache_caption_embeddings(
-                    records, modality, decoders[modality], entry.caption_embed_dir, args.batch_size
-                )
+                cache_caption_embeddings(records, entry, modality, decoders[modality], args.batch_size)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -5,7 +5,7 @@ paired by position; spec 3.2). Each embedding is the configured decoder's own te
 SD / ZeroScope last hidden state (77, D), AudioLDM normalised CLAP `text_embeds` (512,). Finished files are skipped, so
 an interrupted run simply continues.
 
-    written = cache_caption_embeddings(records, Modality.IMAGE, decoder, embed_dir, batch_size=64)
+    written = cache_caption_embeddings(records, catalog["cc3m_dec"], Modality.IMAGE, decoder, batch_size=64)
 """
 
 from __future__ import annotations
@@ -18,64 +18,65 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from nextgpt.config import DatasetEntryConfig
 from nextgpt.constants import MODALITIES, Modality
 
 logger = logging.getLogger(__name__)
 
 
-def iter_caption_targets(records: Iterable[dict[str, Any]], modality: Modality) -> Iterator[tuple[str, str]]:
-    """Yield (caption, embedding file name) pairs of one modality from official-format records.
+def iter_caption_targets(
+    records: Iterable[dict[str, Any]], entry: DatasetEntryConfig, modality: Modality
+) -> Iterator[tuple[str, Path]]:
+    """Yield (caption, embedding file) pairs of one modality, read exactly as the training datasets read them.
 
-    Raises:
-        ValueError: a record whose caption and embedding-name lists differ in length.
+    The records go through the same parser as training (`nextgpt.data.records.parse_record`), so every format's
+    targets are found (paired `{x}_captions` lists, MosIT `{x}_list` captions of assistant-side media) under the same
+    file names. Malformed records are left to the datasets, which skip and report them.
     """
-    for index, record in enumerate(records):
-        captions = record.get(f"{modality.value}_captions")
-        names = record.get(f"{modality.value}_caption_embeddings")
-        if captions is None or names is None:
+    from nextgpt.data.records import MalformedRecordError, parse_record
+
+    for record in records:
+        try:
+            targets = parse_record(record, entry).targets
+        except MalformedRecordError:
             continue
-        captions = [captions] if isinstance(captions, str) else list(captions)
-        names = [names] if isinstance(names, str) else list(names)
-        if len(captions) != len(names):
-            raise ValueError(
-                f"record {index} has {len(captions)} {modality.value}_captions but {len(names)} "
-                f"{modality.value}_caption_embeddings; they pair by position"
-            )
-        yield from zip(captions, names, strict=True)
+        for target in targets:
+            if target.modality is modality and target.embedding_path is not None:
+                yield target.caption, target.embedding_path
 
 
-def record_modalities(records: list[dict[str, Any]]) -> list[Modality]:
+def record_modalities(records: list[dict[str, Any]], entry: DatasetEntryConfig) -> list[Modality]:
     """Modalities that have caption targets in these records."""
-    return [m for m in MODALITIES if any(f"{m.value}_captions" in r for r in records)]
+    return [m for m in MODALITIES if next(iter_caption_targets(records, entry, m), None) is not None]
 
 
 def cache_caption_embeddings(
     records: list[dict[str, Any]],
+    entry: DatasetEntryConfig,
     modality: Modality,
     decoder: Any,
-    embed_dir: Path,
     batch_size: int = 64,
 ) -> int:
     """Encode every not-yet-cached caption of one modality and write one `.npy` per embedding name.
 
     Args:
         records: official-format records.
+        entry: their catalog entry (its caption_embed_dir receives the files).
         modality: which targets.
         decoder: the loaded decoder of that modality (its `encode_captions` defines the target space).
-        embed_dir: output folder.
         batch_size: captions per text-encoder call.
 
     Returns:
         Number of files written (already present ones are skipped).
     """
-    from nextgpt.data.embeddings import caption_embedding_path, save_caption_embedding
+    from nextgpt.data.embeddings import save_caption_embedding
 
-    embed_dir = Path(embed_dir)
-    embed_dir.mkdir(parents=True, exist_ok=True)
     todo: dict[Path, str] = {}
-    for caption, name in iter_caption_targets(records, modality):
-        path = caption_embedding_path(embed_dir, name)
+    total = 0
+    for caption, path in iter_caption_targets(records, entry, modality):
+        total += 1
         if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
             todo.setdefault(path, caption)
     items = list(todo.items())
     for start in tqdm(range(0, len(items), batch_size), desc=f"{modality.value} captions", unit="batch"):
@@ -88,7 +89,7 @@ def cache_caption_embeddings(
         "%s: wrote %d caption embeddings to %s (%d already there)",
         modality.value,
         len(items),
-        embed_dir,
-        sum(1 for _ in iter_caption_targets(records, modality)) - len(items),
+        entry.caption_embed_dir,
+        total - len(items),
     )
     return len(items)
