@@ -4,6 +4,7 @@ python predict.py --checkpoint-dir runs/stage_3/final --prompt "Please generate 
 python predict.py --checkpoint-dir checkpoints/nextgpt-7b-merged --image cat.jpg --prompt "Turn this into a video."
 python predict.py --checkpoint-dir runs/stage_3/final --conversation chat.json --prompt "Now the sound of it."
 python predict.py --checkpoint-dir runs/stage_3/final --batch requests.jsonl --low-memory --dtype float16
+python predict.py --checkpoint-dir runs/stage_3/final --prompt "Draw a cat." --fast-decode   # static cache + CUDA graphs
 
 Files given without a placeholder in the prompt are put in front of it, one `<image>`/`<video>`/`<audio>` per file.
 Per-modality decoder settings beyond the flags: pass config overrides, e.g. model.decoders.audio.guidance_scale=3.
@@ -44,6 +45,12 @@ def _build_parser() -> argparse.ArgumentParser:
     text.add_argument("--top-p", type=float, help="nucleus sampling mass (default 1.0)")
     text.add_argument("--max-new-tokens", type=int, help="reply length limit (default 512)")
     text.add_argument("--seed", type=int, help="seeds text sampling and the decoders' initial noise (default 0)")
+    text.add_argument(
+        "--fast-decode",
+        action="store_true",
+        default=None,
+        help="static KV cache + compiled decode step, same tokens (same as generation.fast_decode=true)",
+    )
     media = parser.add_argument_group("media generation (default: the checkpoint's model.decoders)")
     media.add_argument("--guidance-scale", type=float, help="every decoder (default 7.5; audio 2.5)")
     media.add_argument("--num-inference-steps", type=int, help="every decoder (default 50)")
@@ -138,7 +145,11 @@ def run(args: argparse.Namespace) -> Path:
         args.checkpoint_dir, device=device, dtype=args.dtype, low_memory=args.low_memory, overrides=args.overrides
     )
     generation = pipeline.generation_config(
-        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        fast_decode=args.fast_decode,
     )
     results = []
     for request in requests:

@@ -78,6 +78,10 @@ class LLMConfig:
     max_length: int = 512
     """Longest training sequence in tokens (media rows included)."""
     gradient_checkpointing: bool = False
+    cudnn_attention: bool = False
+    """Let PyTorch's sdpa pick its cuDNN kernels on CUDA. Off by default: cuDNN builds a kernel for every new
+    sequence length, which costs up to a second per step when lengths vary (docs/benchmarks.md); the flash and
+    memory-efficient kernels are used instead. Process-wide (torch.backends.cuda.enable_cudnn_sdp)."""
 
 
 @dataclass
@@ -150,7 +154,8 @@ class DecoderConfig:
     fuse_qkv: bool = False
     """Fuse each attention block's q/k/v projections into one matmul (same numbers, fewer kernel launches)."""
     compile: bool = False
-    """`torch.compile` the UNet once at load; the first call pays the compile time."""
+    """`torch.compile` the UNet once at load; the first call pays the compile time. Sampling only: the denoising
+    loss runs the UNet eagerly (compiled input gradients were wrong on CPU)."""
     scheduler: Literal["default", "dpm_solver", "unipc", "euler"] = "default"
     """`default` keeps the pipeline's own scheduler; the others swap in a fewer-step solver built from its config
     (set `num_inference_steps` to match, e.g. 20-25). Never changed behind the user's back."""
@@ -288,6 +293,11 @@ class TrainConfig:
         unknown = set(self.trainable) - valid
         if unknown:
             raise ConfigError(f"train.trainable has unknown groups {sorted(unknown)}; valid: {sorted(valid)}")
+        if self.prefix_reuse and "lora" in self.trainable:
+            raise ConfigError(
+                "train.prefix_reuse needs a frozen LLM but train.trainable includes lora; set train.prefix_reuse=false "
+                "for this stage"
+            )
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,13 +21,17 @@ from nextgpt.config import ModelConfig
 from nextgpt.constants import MODALITIES, Modality
 from nextgpt.encoders.imagebind import load_imagebind
 from nextgpt.llm.backbone import load_llm
+from nextgpt.llm.conversation import system_prefix_ids
 from nextgpt.llm.lora import apply_lora
-from nextgpt.llm.splice import splice_media
+from nextgpt.llm.packing import build_block_causal_mask, splice_layout
+from nextgpt.llm.prefix_cache import PrefixKVCache, TokenRows, shared_prefix_length, strip_prefix
+from nextgpt.llm.splice import SplicedInputs, splice_media
 from nextgpt.llm.tokenizer import load_tokenizer, signal_token_ids
 from nextgpt.projectors.input_projector import build_input_projector
 from nextgpt.projectors.output_projector import OutputProjector
 from nextgpt.signals import SpanScan, find_signal_spans, gather_span_rows
 from nextgpt.training.losses import compute_caption_l2_loss, compute_lm_loss
+from nextgpt.training.stages import TOKEN_ROW_MARKER
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +49,9 @@ class NextGPTBatch:
         caption_embeds: per modality, the decoder's caption embedding for each signal span, in span order:
             (N_spans, Q, D), or (N_spans, D) for audio.
         denoise_targets: per modality, target media tensors for the optional denoising loss, in span order.
+        position_ids: (B, L) for packed rows (`data.packing`): each token's position within its sample, restarting
+            at 0 at every sample's first token (token space, before splicing; the model derives the LLM positions and
+            the block-diagonal mask after splicing, see `nextgpt.llm.packing`). None: one sample per row.
     """
 
     input_ids: torch.Tensor
@@ -53,6 +61,7 @@ class NextGPTBatch:
     media_features: dict[Modality, torch.Tensor] = field(default_factory=dict)
     caption_embeds: dict[Modality, torch.Tensor] = field(default_factory=dict)
     denoise_targets: dict[Modality, torch.Tensor] = field(default_factory=dict)
+    position_ids: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> NextGPTBatch:
         """Move every tensor to `device`."""
@@ -68,6 +77,7 @@ class NextGPTBatch:
             media_features=move(self.media_features),
             caption_embeds=move(self.caption_embeds),
             denoise_targets=move(self.denoise_targets),
+            position_ids=None if self.position_ids is None else self.position_ids.to(device),
         )
 
 
@@ -78,9 +88,11 @@ class NextGPTOutput:
     Attributes:
         loss: weighted total (None when nothing was supervised, e.g. at inference).
         loss_terms: unweighted terms, e.g. {"ce": ..., "l2_image": ..., "denoise_audio": ...}.
-        logits: (B, L', V) over the spliced sequence.
+        logits: (B, L', V) over the spliced sequence (packed rows: over the packed row).
         signal_embeds: projected conditioning per modality, (N_spans, Q, out_dim).
         spans: where the complete signal spans were found, plus problems.
+        num_prefix_tokens: tokens of the shared prefix served from its cache (prefix reuse); `logits` and `spans`
+            then start after it, in every sample.
     """
 
     loss: torch.Tensor | None
@@ -88,6 +100,7 @@ class NextGPTOutput:
     logits: torch.Tensor
     signal_embeds: dict[Modality, torch.Tensor]
     spans: SpanScan
+    num_prefix_tokens: int = 0
 
 
 class NextGPT(nn.Module):
@@ -101,6 +114,12 @@ class NextGPT(nn.Module):
         input_projector: module (N, encoder_dim) -> (N, k, llm_dim).
         output_projectors: one module per modality name, (N, T, llm_dim) x2 -> (N, Q, out_dim).
         signal_ids: the signal-token ids of each modality.
+
+    Attributes:
+        prefix_reuse: serve the conversation prefix every sample shares from a KV cache computed once
+            (`train.prefix_reuse`; off by default). Only valid while the LLM is frozen (signal-token rows may train);
+            `forward` raises otherwise.
+        prefix_kv: that cache (`PrefixKVCache`; `num_computed` counts prefix passes).
     """
 
     def __init__(
@@ -121,10 +140,20 @@ class NextGPT(nn.Module):
         self.input_projector = input_projector
         self.output_projectors = output_projectors
         self.signal_ids = signal_ids
+        self.prefix_reuse = False
+        self.prefix_kv = PrefixKVCache()
+        self._template_prefix_ids: list[int] | None = None
 
     @property
     def device(self) -> torch.device:
         return next(self.input_projector.parameters()).device
+
+    @property
+    def template_prefix_ids(self) -> list[int]:
+        """The ids every conversation opens with (BOS, system prompt, "USER:"), tokenised once."""
+        if self._template_prefix_ids is None:
+            self._template_prefix_ids = system_prefix_ids(self.tokenizer)
+        return self._template_prefix_ids
 
     def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings of non-negative token ids: (B, L) -> (B, L, D)."""
@@ -190,23 +219,22 @@ class NextGPT(nn.Module):
         Returns:
             NextGPTOutput with the total loss and its terms.
         """
-        # 1. Media → LLM tokens, spliced at the placeholders.
+        # 1. Media → LLM tokens, spliced at the placeholders; with prefix reuse the shared prefix is cut off first.
         media_tokens = self.encode_media(batch)
-        spliced = splice_media(batch.input_ids, batch.attention_mask, batch.labels, self.embed_tokens, media_tokens)
+        rows = TokenRows(batch.input_ids, batch.attention_mask, batch.labels, batch.position_ids)
+        num_prefix = self._shared_prefix_length(rows) if self.prefix_reuse else 0
+        if num_prefix:
+            rows = strip_prefix(rows, num_prefix)
+        spliced = splice_media(rows.input_ids, rows.attention_mask, rows.labels, self.embed_tokens, media_tokens)
         # 2. LLM pass; the last hidden layer feeds the output projectors.
-        out = self.llm(
-            inputs_embeds=spliced.inputs_embeds,
-            attention_mask=spliced.attention_mask,
-            output_hidden_states=True,
-            use_cache=False,
-        )
+        logits, hidden = self._run_llm(spliced, rows, media_tokens, num_prefix)
         # 3. Signal spans → decoder conditioning.
         scan = find_signal_spans(spliced.token_ids, self.signal_ids)
-        signal_embeds = self.project_signals(out.hidden_states[-1], spliced.token_ids, scan)
+        signal_embeds = self.project_signals(hidden, spliced.token_ids, scan)
         # 4. Loss terms.
         terms: dict[str, torch.Tensor] = {}
         if spliced.labels is not None:
-            terms["ce"] = compute_lm_loss(out.logits, spliced.labels)
+            terms["ce"] = compute_lm_loss(logits, spliced.labels)
         for modality, target in batch.caption_embeds.items():
             predicted = signal_embeds.get(modality)
             if predicted is None or predicted.shape[0] != target.shape[0]:
@@ -221,10 +249,80 @@ class NextGPT(nn.Module):
         return NextGPTOutput(
             loss=self._weighted_total(terms),
             loss_terms=terms,
-            logits=out.logits,
+            logits=logits,
             signal_embeds=signal_embeds,
             spans=scan,
+            num_prefix_tokens=num_prefix,
         )
+
+    def _shared_prefix_length(self, rows: TokenRows) -> int:
+        """Tokens of the template's opening that every sample shares and may skip (prefix reuse).
+
+        Raises:
+            ValueError: an LLM weight other than the signal-token rows trains, or gradient checkpointing is on.
+        """
+        trainable = [n for n, p in self.llm.named_parameters() if p.requires_grad and TOKEN_ROW_MARKER not in n]
+        if trainable:
+            raise ValueError(
+                f"train.prefix_reuse needs a frozen LLM, but {len(trainable)} LLM parameters train (e.g. "
+                f"{trainable[0]}); set train.prefix_reuse=false in stages that train LoRA"
+            )
+        if self.cfg.llm.gradient_checkpointing:
+            raise ValueError(
+                "train.prefix_reuse does not work with model.llm.gradient_checkpointing=true (transformers drops the "
+                "cache inside checkpointed layers); turn one of them off"
+            )
+        return shared_prefix_length(
+            self.template_prefix_ids, rows.input_ids, rows.attention_mask, rows.labels, rows.position_ids
+        )
+
+    def _run_llm(
+        self,
+        spliced: SplicedInputs,
+        rows: TokenRows,
+        media_tokens: dict[Modality, torch.Tensor],
+        num_prefix: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """LLM pass over the spliced rows: padded rows as they are, packed rows and rows after a cached prefix with
+        per-sample positions and a block-diagonal mask (flash_attention_2: positions over the flattened batch).
+
+        Returns:
+            (B, L', V) logits and (B, L', D) last-layer hidden states.
+        """
+        embeds = spliced.inputs_embeds  # (B, L', D)
+        inputs: dict[str, Any] = {"attention_mask": spliced.attention_mask}
+        packed = rows.position_ids is not None
+        flatten = False
+        if packed or num_prefix:
+            widths = {m: t.shape[1] for m, t in media_tokens.items()}
+            layout = splice_layout(rows.input_ids, rows.attention_mask, rows.position_ids, widths)
+            inputs["position_ids"] = layout.position_ids + num_prefix  # (B, L')
+            if num_prefix:
+                inputs["past_key_values"] = self.prefix_kv.expanded(
+                    self.llm, self.embed_tokens, self.template_prefix_ids[:num_prefix], embeds.shape[0], embeds.device
+                )
+            if self.cfg.llm.attn_implementation != "flash_attention_2":
+                inputs["attention_mask"] = build_block_causal_mask(layout.segment_ids, num_prefix, embeds.dtype)
+            elif num_prefix and packed:
+                raise ValueError(
+                    "data.packing with train.prefix_reuse needs model.llm.attn_implementation sdpa or eager "
+                    "(flash_attention_2 cannot mask a shared cached prefix across packed samples); turn one off"
+                )
+            elif num_prefix:
+                prefix_mask = spliced.attention_mask.new_ones(embeds.shape[0], num_prefix)
+                inputs["attention_mask"] = torch.cat([prefix_mask, spliced.attention_mask], dim=1)  # (B, P + L')
+            else:
+                # flash_attention_2 finds packed samples from positions restarting at 0, on a batch of one row only.
+                flatten = True
+                embeds = embeds.reshape(1, -1, embeds.shape[-1])  # (B, L', D) -> (1, B * L', D)
+                inputs["position_ids"] = inputs["position_ids"].reshape(1, -1)  # (B, L') -> (1, B * L')
+                inputs["attention_mask"] = None
+        out = self.llm(inputs_embeds=embeds, output_hidden_states=True, use_cache=False, **inputs)
+        logits, hidden = out.logits, out.hidden_states[-1]
+        if flatten:
+            logits = logits.reshape(*spliced.token_ids.shape, -1)  # (1, B * L', V) -> (B, L', V)
+            hidden = hidden.reshape(*spliced.token_ids.shape, -1)  # (1, B * L', D) -> (B, L', D)
+        return logits, hidden
 
     def _denoising_terms(
         self, batch: NextGPTBatch, signal_embeds: dict[Modality, torch.Tensor], decoders: dict | None

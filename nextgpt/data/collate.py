@@ -24,6 +24,7 @@ import torch
 
 from nextgpt.constants import IGNORE_INDEX, MODALITIES, SENTINEL_IDS, Modality
 from nextgpt.data.datasets import SkippedSample
+from nextgpt.data.packing import pack_first_fit
 from nextgpt.model import NextGPTBatch
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class CollatedBatch:
         skip_reasons: one "dataset[index]: reason (path)" line per skipped item.
         num_truncated: kept items that lost trailing rounds to fit `max_length`.
         num_tokenization_mismatches: kept items whose per-segment ids differ from one-piece tokenisation.
-        datasets: the dataset name of each kept row.
+        datasets: the dataset name of each kept sample, in batch order (packed order when packing).
     """
 
     batch: NextGPTBatch | None
@@ -72,12 +73,15 @@ class Collator:
         pad_id: token id used for padding input_ids (its labels are `IGNORE_INDEX`, its mask 0).
         max_length: longest sequence after splicing (config `model.llm.max_length`).
         tokens_per_media: LLM rows each media item becomes (the input projector's `num_tokens`).
+        packing: put several samples into each row of at most `max_length` (after splicing), first-fit decreasing,
+            instead of one padded row per sample (`data.packing`); the batch then carries per-sample `position_ids`
+            and lists its samples (media, caption embeddings, `datasets`) in packed order.
 
     Raises:
         ValueError: on construction with a non-positive `max_length` / `tokens_per_media` or a negative pad id.
     """
 
-    def __init__(self, pad_id: int, max_length: int, tokens_per_media: int = 1) -> None:
+    def __init__(self, pad_id: int, max_length: int, tokens_per_media: int = 1, packing: bool = False) -> None:
         if max_length < 1 or tokens_per_media < 1 or pad_id < 0:
             raise ValueError(
                 f"Collator needs max_length >= 1, tokens_per_media >= 1 and pad_id >= 0, got {max_length}, "
@@ -86,6 +90,7 @@ class Collator:
         self.pad_id = pad_id
         self.max_length = max_length
         self.tokens_per_media = tokens_per_media
+        self.packing = packing
         self._warned_incomplete: set[tuple[str, Modality]] = set()
 
     def spliced_lengths(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -114,11 +119,12 @@ class Collator:
         kept = dict(item)
         kept["input_ids"], kept["labels"] = input_ids[:cut], labels[:cut]
         kept["length"] = cut
-        kept["media"] = {}
-        for modality, tensors in item["media"].items():
-            num_kept = int((input_ids[:cut] == SENTINEL_IDS[modality]).sum())
-            if num_kept:
-                kept["media"][modality] = tensors[:num_kept]
+        for key in ("media", "media_features"):  # raw media or cached ImageBind vectors, placeholder order
+            kept[key] = {}
+            for modality, tensors in item.get(key, {}).items():
+                num_kept = int((input_ids[:cut] == SENTINEL_IDS[modality]).sum())
+                if num_kept:
+                    kept[key][modality] = tensors[:num_kept]
         starts = {m: [s for s in item["signal_span_starts"].get(m, []) if s < cut] for m in MODALITIES}
         kept["signal_span_starts"] = {m: s for m, s in starts.items() if s}
         for key in ("caption_embeds", "denoise_targets"):
@@ -146,29 +152,49 @@ class Collator:
         result.num_skipped = len(result.skip_reasons)
         result.num_samples = len(kept)
         result.num_tokenization_mismatches = sum(bool(item.get("tokenization_mismatch")) for item in kept)
+        kept, rows = self._pack(kept)
         result.datasets = [item["dataset"] for item in kept]
         if kept:
-            result.batch = self._build_batch(kept)
+            result.batch = self._build_batch(kept, rows)
         return result
 
-    def _build_batch(self, items: list[dict[str, Any]]) -> NextGPTBatch:
-        # 2. Right-pad ids / labels / mask.
-        max_len = max(len(item["input_ids"]) for item in items)
-        input_ids = torch.full((len(items), max_len), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(items), max_len), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(items), max_len), dtype=torch.long)
-        for row, item in enumerate(items):
-            length = len(item["input_ids"])
-            input_ids[row, :length] = item["input_ids"]
-            labels[row, :length] = item["labels"]
-            attention_mask[row, :length] = 1
+    def _pack(self, items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[list[int]]]:
+        """Items in packed order and the item indices (into that order) of every row."""
+        if not self.packing:
+            return items, [[i] for i in range(len(items))]
+        lengths = [int(self.spliced_lengths(item["input_ids"])[-1]) for item in items]
+        bins = pack_first_fit(lengths, self.max_length)
+        ordered = [items[i] for row in bins for i in row]
+        starts = [sum(len(row) for row in bins[:r]) for r in range(len(bins))]
+        return ordered, [list(range(start, start + len(row))) for start, row in zip(starts, bins, strict=True)]
+
+    def _build_batch(self, items: list[dict[str, Any]], rows: list[list[int]]) -> NextGPTBatch:
+        # 2. Right-pad ids / labels / mask; packed rows concatenate their samples, positions restarting at 0.
+        row_lengths = [sum(len(items[i]["input_ids"]) for i in row) for row in rows]
+        max_len = max(row_lengths)
+        input_ids = torch.full((len(rows), max_len), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), max_len), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), max_len), dtype=torch.long)
+        position_ids = torch.zeros((len(rows), max_len), dtype=torch.long) if self.packing else None
+        for row, members in enumerate(rows):
+            start = 0
+            for i in members:
+                length = len(items[i]["input_ids"])
+                input_ids[row, start : start + length] = items[i]["input_ids"]
+                labels[row, start : start + length] = items[i]["labels"]
+                if position_ids is not None:
+                    position_ids[row, start : start + length] = torch.arange(length)
+                start += length
+            attention_mask[row, :start] = 1
         # 3. Media, caption embeddings and denoising targets: row-major, placeholder / span order within a row.
         num_spans = {m: sum(len(item["signal_span_starts"].get(m, [])) for item in items) for m in MODALITIES}
         return NextGPTBatch(
             input_ids=input_ids,
             attention_mask=attention_mask,
             labels=labels,
+            position_ids=position_ids,
             media=self._stack(items, "media", None),
+            media_features=self._stack(items, "media_features", None),
             caption_embeds=self._stack(items, "caption_embeds", num_spans),
             denoise_targets=self._stack(items, "denoise_targets", num_spans),
         )
@@ -179,7 +205,7 @@ class Collator:
         """Stack one per-modality list field across rows; span-aligned fields are kept only when complete."""
         stacked: dict[Modality, torch.Tensor] = {}
         for modality in MODALITIES:
-            tensors = [t for item in items for t in item[key].get(modality, [])]
+            tensors = [t for item in items for t in item.get(key, {}).get(modality, [])]
             if not tensors:
                 continue
             if num_spans is not None and len(tensors) != num_spans[modality]:

@@ -1,8 +1,8 @@
 """Training datasets: one `ConversationDataset` per catalog entry, turning records into token ids + media tensors.
 
 Every format (X->text, text->X, instruction, MosIT) goes through the same path: record -> `SampleSpec`
-(records.py) -> Vicuna v1 ids/labels (llm/conversation.py) -> media tensors (encoders/transforms.py) and cached
-caption embeddings (embeddings.py). A bad sample (missing/corrupt file, malformed record, unreadable embedding,
+(records.py) -> Vicuna v1 ids/labels (llm/conversation.py) -> media tensors (encoders/transforms.py), or cached
+ImageBind vectors (features.py) when `data.feature_cache_dir` is set, and cached caption embeddings (embeddings.py). A bad sample (missing/corrupt file, malformed record, unreadable embedding,
 nothing supervised) becomes a `SkippedSample` under policy "skip" and raises `BadSampleError` under "error".
 
     datasets = build_datasets(cfg.data, load_catalog(cfg.data.catalog_path), tokenizer, signal_ids, cfg.model.encoder)
@@ -24,6 +24,7 @@ from nextgpt.config import DataConfig, DatasetEntryConfig, ImageBindConfig, Outp
 from nextgpt.constants import IGNORE_INDEX, MODALITIES, Modality
 from nextgpt.data.catalog import validate_datasets
 from nextgpt.data.embeddings import caption_embedding_shape, load_caption_embedding
+from nextgpt.data.features import FeatureCache, load_feature_cache, media_key
 from nextgpt.data.records import MalformedRecordError, SampleSpec, load_records, parse_record
 from nextgpt.signals import find_signal_spans
 
@@ -97,6 +98,8 @@ class ConversationDataset(Dataset):
         caption_embed_shapes: expected shape of each modality's caption embedding (see
             `expected_caption_shapes`); None accepts any shape.
         target_loader: loads target media for the denoising loss; None leaves `denoise_targets` empty.
+        feature_cache: this dataset's precomputed ImageBind vectors; when given, input media come as
+            `media_features` and the media files are not read (a file missing from the cache is a bad sample).
 
     Raises:
         FileNotFoundError / ValueError: unreadable annotation file.
@@ -114,6 +117,7 @@ class ConversationDataset(Dataset):
         policy: BadSamplePolicy = "skip",
         caption_embed_shapes: dict[Modality, tuple[int, ...]] | None = None,
         target_loader: TargetLoader | None = None,
+        feature_cache: FeatureCache | None = None,
     ) -> None:
         if policy not in ("skip", "error"):
             raise ValueError(f"bad-sample policy must be 'skip' or 'error', got {policy!r}")
@@ -125,6 +129,7 @@ class ConversationDataset(Dataset):
         self.policy = policy
         self.caption_embed_shapes = caption_embed_shapes or {}
         self.target_loader = target_loader
+        self.feature_cache = feature_cache
         self.num_tokenization_mismatches = 0
         self._logged: set[int] = set()
         if source is None or isinstance(source, (str, Path)):
@@ -192,7 +197,8 @@ class ConversationDataset(Dataset):
         """Sample `index` as a dict, or a `SkippedSample` when it is bad and the policy is "skip".
 
         Returns:
-            `input_ids`, `labels`: (L,) long tensors; `media`: {Modality: [tensor, ...]} in placeholder order;
+            `input_ids`, `labels`: (L,) long tensors; `media`: {Modality: [tensor, ...]} in placeholder order, or
+            `media_features`: {Modality: [(encoder_dim,) tensor, ...]} with a feature cache (the other one empty);
             `caption_embeds`, `denoise_targets`: {Modality: [tensor, ...]} in signal-span order;
             `signal_span_starts`: {Modality: [position, ...]}; `modality` tag; `length` (= L); `dataset`, `index`;
             `tokenization_mismatch`.
@@ -218,10 +224,14 @@ class ConversationDataset(Dataset):
         # 1. Token ids and labels (Vicuna v1; placeholders -> sentinels, assistant placeholders -> signal spans).
         input_ids, labels, mismatch = self._tokenize(index, spec)
         span_starts = self._signal_span_starts(index, spec, input_ids)
-        # 2. Input media in placeholder order, per modality.
+        # 2. Input media (or their cached ImageBind vectors) in placeholder order, per modality.
         media: dict[Modality, list[torch.Tensor]] = {}
+        media_features: dict[Modality, list[torch.Tensor]] = {}
         for modality, path in spec.input_media:
-            media.setdefault(modality, []).append(self._load_media(modality, path))
+            if self.feature_cache is None:
+                media.setdefault(modality, []).append(self._load_media(modality, path))
+            else:
+                media_features.setdefault(modality, []).append(self._cached_features(modality, path))
         # 3. Caption embeddings (and optional target media) in span order, per modality.
         caption_embeds: dict[Modality, list[torch.Tensor]] = {}
         denoise_targets: dict[Modality, list[torch.Tensor]] = {}
@@ -236,6 +246,7 @@ class ConversationDataset(Dataset):
             "input_ids": torch.tensor(input_ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
             "media": media,
+            "media_features": media_features,
             "caption_embeds": caption_embeds,
             "denoise_targets": denoise_targets,
             "signal_span_starts": span_starts,
@@ -293,6 +304,13 @@ class ConversationDataset(Dataset):
 
         return self._guarded(path, lambda: load_media(modality, path, self.encoder_cfg))
 
+    def _cached_features(self, modality: Modality, path: Path) -> torch.Tensor:
+        key = media_key(getattr(self.entry, f"{modality.value}_dir"), path)
+        features = self.feature_cache.lookup(modality, key)
+        if features is None:
+            raise _BadSample(path, self.feature_cache.missing_reason(modality, key))
+        return features
+
     def _load_caption(self, target: Any) -> torch.Tensor:
         path = target.embedding_path
         shape = self.caption_embed_shapes.get(target.modality)
@@ -320,12 +338,17 @@ def build_datasets(
         target_loader: optional target-media loader for the denoising loss.
 
     Returns:
-        The datasets.
+        The datasets; with `data_cfg.feature_cache_dir` set, each reads its input media from its feature cache.
 
     Raises:
-        ValueError: unknown dataset names or missing files/folders (see `validate_datasets`).
+        ValueError: unknown dataset names or missing files/folders (see `validate_datasets`), or a feature cache
+            written by another encoder (`FeatureCacheError`).
+        FileNotFoundError: `data_cfg.feature_cache_dir` is set but has no cache for a dataset.
     """
     validate_datasets(list(data_cfg.datasets), catalog)
+    caches: dict[str, FeatureCache | None] = {name: None for name in data_cfg.datasets}
+    if data_cfg.feature_cache_dir is not None:
+        caches = {name: load_feature_cache(data_cfg.feature_cache_dir, name, encoder_cfg) for name in caches}
     return [
         ConversationDataset(
             name,
@@ -337,6 +360,7 @@ def build_datasets(
             policy=data_cfg.bad_sample_policy,
             caption_embed_shapes=caption_embed_shapes,
             target_loader=target_loader,
+            feature_cache=caches[name],
         )
         for name in data_cfg.datasets
     ]

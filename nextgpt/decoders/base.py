@@ -22,6 +22,7 @@ from torch import Tensor
 
 from nextgpt.config import DecoderConfig
 from nextgpt.constants import Modality
+from nextgpt.decoders.acceleration import apply_decoder_speedups
 from nextgpt.decoders.inputs import check_pipeline_dir, format_shape
 
 logger = logging.getLogger(__name__)
@@ -350,11 +351,12 @@ def load_decoder(
         show_progress: keep the pipeline's per-step progress bar.
 
     Returns:
-        The decoder.
+        The decoder, with the config's speed switches applied (`apply_decoder_speedups`).
 
     Raises:
         FileNotFoundError: the pipeline folder or its model_index.json is missing.
-        ValueError: wrong pipeline class, or `expected_dim` differs from the text encoder's width.
+        ValueError: wrong pipeline class, `expected_dim` differs from the text encoder's width, or a scheduler
+            that cannot drive this pipeline.
     """
     from nextgpt.decoders.audio import AudioDecoder
     from nextgpt.decoders.image import ImageDecoder
@@ -373,4 +375,7 @@ def load_decoder(
             f"but the output projector produces {expected_dim}; "
             f"set model.output_projectors.{modality.value}.out_dim={decoder.conditioning_dim}"
         )
-    return decoder.to(device)
+    decoder.to(device)
+    # After the move: the compile mode depends on the device, and fused layers are built where the weights are.
+    apply_decoder_speedups(decoder.pipeline, cfg)
+    return decoder

@@ -23,6 +23,7 @@ from diffusers import DDPMScheduler
 from PIL import Image
 from torch import Tensor
 
+from nextgpt.decoders.acceleration import run_eagerly_under_autograd
 from nextgpt.decoders.base import Decoder
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,8 @@ def compute_denoising_loss(
     ).to(latents.device)
     noise = torch.randn(latents.shape, generator=generator, device=draw_device).to(latents.device)
     noisy_latents = scheduler.add_noise(latents, noise, timesteps)
-    prediction = decoder.predict_noise(noisy_latents, timesteps, prepared)
+    with run_eagerly_under_autograd(decoder.pipeline.unet):  # compiled gradients were wrong; see there
+        prediction = decoder.predict_noise(noisy_latents, timesteps, prepared)
     expected = compute_denoising_target(scheduler, latents, noise, timesteps)
     squared_error = F.mse_loss(prediction.float(), expected.float(), reduction="none")
     per_sample = squared_error.flatten(1).mean(dim=1)  # (B, ...) -> (B,): weights apply per sample

@@ -1,8 +1,8 @@
 """Generation core: conversation + input media → reply text + images / videos / audio.
 
-Numbered steps, one helper each: build the prompt, splice media, decode text with the KV cache, find complete signal
-spans in the reply (malformed ones are reported, never a crash), re-read their hidden states, project them, and call
-the decoders.
+Numbered steps, one helper each: build the prompt, splice media, decode text with the KV cache (HF `generate`, or
+`FastDecoder` when `generation.fast_decode` is on), find complete signal spans in the reply (malformed ones are
+reported, never a crash), re-read their hidden states, project them, and call the decoders.
 
     result = generate_reply(model, [Turn("user", "<image>\nDraw this as a video")], {Modality.IMAGE: pixels},
                             cfg.generation, decoders)
@@ -21,6 +21,7 @@ import torch
 
 from nextgpt.config import GenerationConfig
 from nextgpt.constants import Modality
+from nextgpt.inference.fast_decode import FastDecoder
 from nextgpt.llm.conversation import build_generation_prompt
 from nextgpt.llm.splice import splice_media
 from nextgpt.model import NextGPT, NextGPTBatch, as_prompt_embeds
@@ -66,9 +67,24 @@ def _decode_text(
     attention_mask: torch.Tensor,
     cfg: GenerationConfig,
     streamer: Any | None,
+    fast_decoder: FastDecoder | None = None,
 ) -> torch.Tensor:
     """Sample the reply with the KV cache on; returns only the new ids, (G,)."""
     tokenizer = model.tokenizer
+    if cfg.fast_decode:
+        if fast_decoder is None:
+            # Built per call here (and compiled per call on CUDA); NextGPTPipeline keeps one between calls.
+            fast_decoder = FastDecoder(model.llm, inputs_embeds.shape[1] + cfg.max_new_tokens)
+        fast_decoder.reserve(inputs_embeds.shape[1] + cfg.max_new_tokens)
+        torch.manual_seed(cfg.seed)  # sampling draws from the global RNG, like `generate` below
+        return fast_decoder.generate(
+            inputs_embeds,
+            cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            eos_token_ids=[tokenizer.eos_token_id],
+            streamer=streamer,
+        )
     sampling = cfg.temperature > 0
     kwargs: dict[str, Any] = {"do_sample": sampling}
     if sampling:
@@ -111,6 +127,7 @@ def generate_reply(
     decoders: Mapping[Modality, Any] | None = None,
     decoder_options: Mapping[Modality, dict[str, Any]] | None = None,
     streamer: Any | None = None,
+    fast_decoder: FastDecoder | None = None,
 ) -> GenerationResult:
     """Generate one reply to a conversation, rendering every complete signal span with its decoder.
 
@@ -123,6 +140,8 @@ def generate_reply(
             media and reports the spans as skipped.
         decoder_options: per-modality keyword overrides for `Decoder.generate` (steps, guidance, size, frames, ...).
         streamer: an HF streamer (e.g. TextStreamer) receiving text as it is generated.
+        fast_decoder: the decoder to reuse when `cfg.fast_decode` is on (its cache grows if the request needs it);
+            None builds one for this call.
 
     Returns:
         GenerationResult.
@@ -131,8 +150,8 @@ def generate_reply(
     # 1. Prompt + media → spliced input embeddings.
     batch = _build_prompt_batch(model, turns, media)
     spliced = splice_media(batch.input_ids, batch.attention_mask, None, model.embed_tokens, model.encode_media(batch))
-    # 2. Decode the reply text (KV cache on).
-    reply_ids = _decode_text(model, spliced.inputs_embeds, spliced.attention_mask, cfg, streamer)
+    # 2. Decode the reply text (KV cache on; static and compiled with generation.fast_decode).
+    reply_ids = _decode_text(model, spliced.inputs_embeds, spliced.attention_mask, cfg, streamer, fast_decoder)
     result = GenerationResult(
         text=model.tokenizer.decode(reply_ids, skip_special_tokens=True).strip(), token_ids=reply_ids.tolist()
     )

@@ -22,6 +22,7 @@ import torch
 from nextgpt.config import Config, GenerationConfig, ModelConfig
 from nextgpt.constants import MODALITIES, Modality
 from nextgpt.decoders.base import TORCH_DTYPES, Decoder, load_decoder
+from nextgpt.inference.fast_decode import FastDecoder
 from nextgpt.inference.generation import GenerationResult, generate_reply
 from nextgpt.inference.media_io import DEFAULT_VIDEO_FPS, SavedMedia, load_inputs, save_outputs
 from nextgpt.inference.requests import Message, build_turns, check_conversation
@@ -98,11 +99,19 @@ class Reply:
 
 
 class _VisitingDecoder:
-    """A decoder parked on CPU that moves to the device for one `generate` call and is offloaded after."""
+    """A decoder parked on CPU that moves to the device for one `generate` call and is offloaded after.
+
+    Its VAE decodes one latent at a time (diffusers' VAE slicing): a ZeroScope clip is decoded frame by frame
+    instead of all 24 frames in one batch, which is what pushes a 7B LLM plus ZeroScope past 24 GB. The pixels are
+    the same; only the peak memory changes.
+    """
 
     def __init__(self, decoder: Decoder, device: torch.device):
         self.decoder = decoder
         self.device = device
+        vae = getattr(decoder.pipeline, "vae", None)
+        if vae is not None and hasattr(vae, "enable_slicing"):
+            vae.enable_slicing()
 
     def generate(self, prompt_embeds: torch.Tensor, **kwargs: Any) -> list:
         self.decoder.to(self.device)
@@ -201,6 +210,7 @@ class NextGPTPipeline:
         self.cfg = cfg
         self.decoders = decoders
         self.max_input_bytes = max_input_bytes
+        self._fast_decoder: FastDecoder | None = None
 
     @classmethod
     def from_pretrained(
@@ -282,9 +292,31 @@ class NextGPTPipeline:
         media = load_inputs(files, self.cfg.model.encoder, self.max_input_bytes)
         # 3. Reply text, signal spans and media.
         kwargs = {m: o.to_kwargs(m) for m, o in options.items()}
-        return generate_reply(
-            self.model, turns, media, generation or self.cfg.generation, self.decoders, kwargs, streamer
-        )
+        generation = generation or self.cfg.generation
+        fast_decoder = self.fast_decoder(generation.max_new_tokens) if generation.fast_decode else None
+        return generate_reply(self.model, turns, media, generation, self.decoders, kwargs, streamer, fast_decoder)
+
+    def fast_decoder(self, max_new_tokens: int) -> FastDecoder:
+        """The pipeline's static-cache decoder (`generation.fast_decode`), built on first use and kept.
+
+        Keeping it means one compilation and one CUDA-graph capture per loaded model; its cache starts at
+        `model.llm.max_length + max_new_tokens` tokens and grows when a longer request comes.
+
+        Args:
+            max_new_tokens: the reply limit of the first fast request (sizes the cache).
+
+        Returns:
+            The kept FastDecoder (compiled on CUDA, eager on CPU).
+        """
+        if self._fast_decoder is None:
+            max_cache_len = self.cfg.model.llm.max_length + max_new_tokens
+            self._fast_decoder = FastDecoder(self.model.llm, max_cache_len)
+            logger.info(
+                "fast decoding: static KV cache of %d tokens, compiled step: %s",
+                max_cache_len,
+                self._fast_decoder.compile,
+            )
+        return self._fast_decoder
 
     def reply(
         self,

@@ -94,6 +94,15 @@ def _enable_checkpointing(model: PreTrainedModel) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def configure_attention_kernels(cfg: LLMConfig) -> None:
+    """Allow or forbid the cuDNN sdpa kernels (`model.llm.cudnn_attention`); a no-op without CUDA or sdpa.
+
+    The switch is process-wide in PyTorch, so it is set where the LLM is loaded, before its first forward.
+    """
+    if cfg.attn_implementation == "sdpa" and torch.cuda.is_available():
+        torch.backends.cuda.enable_cudnn_sdp(cfg.cudnn_attention)
+
+
 def load_llm(cfg: LLMConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     """Load the causal LM frozen, with the rows of the tokenizer's added tokens trainable.
 
@@ -110,6 +119,7 @@ def load_llm(cfg: LLMConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedMo
         FileNotFoundError: the folder, its config.json or its weights are missing.
     """
     model_path = _check_llm_dir(cfg.model_path)
+    configure_attention_kernels(cfg)
     model = AutoModelForCausalLM.from_pretrained(
         model_path, dtype=getattr(torch, cfg.dtype), attn_implementation=cfg.attn_implementation
     )

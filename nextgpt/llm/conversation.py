@@ -240,6 +240,29 @@ def build_generation_prompt(
     return _encode_segments(tokenizer, segments).input_ids
 
 
+def system_prefix_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The ids every rendered conversation opens with: BOS, the system prompt and the first user role tag.
+
+    Text is cut before the space that follows "USER:", where whole-string tokenisation has a boundary anyway, so for
+    sentencepiece vocabularies these ids are a prefix of every `build_training_example` / `build_generation_prompt`.
+    Shared-prefix reuse (`nextgpt.llm.prefix_cache`) still checks each batch against them.
+
+    Args:
+        tokenizer: the LLM tokenizer.
+
+    Returns:
+        E.g. `[BOS, ...ids of "A chat ... questions. USER:"]`.
+
+    Raises:
+        ValueError: the tokenizer has no BOS token.
+    """
+    if tokenizer.bos_token_id is None:
+        raise ValueError("the tokenizer has no BOS token; the Vicuna template needs a LLaMA-style tokenizer")
+    template = VICUNA_V1
+    text = f"{template.system}{template.sep}{template.user_role}:"
+    return [tokenizer.bos_token_id, *encode_chunk(tokenizer, text, "start")]
+
+
 def check_tokenization(
     tokenizer: PreTrainedTokenizerBase,
     turns: list[Turn],

@@ -81,6 +81,7 @@ def build_training_data(cfg: Config, model: NextGPT) -> TrainingData:
         pad_id=model.tokenizer.pad_token_id,
         max_length=cfg.model.llm.max_length,
         tokens_per_media=model.input_projector.num_tokens,
+        packing=cfg.data.packing,
     )
     loader = DataLoader(
         ConcatDataset(datasets),

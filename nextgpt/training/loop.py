@@ -64,6 +64,7 @@ def build_model_for_training(cfg: Config) -> NextGPT:
     if cfg.train.init_from is not None:
         ckpt.load_project_weights(model, cfg.train.init_from, cfg)
     apply_trainable_groups(model, cfg.train.trainable)
+    model.prefix_reuse = cfg.train.prefix_reuse  # checked against the trainable set on the first forward
     return model
 
 

@@ -52,6 +52,22 @@ def test_low_memory_pool_loads_a_decoder_only_when_it_renders(taught_checkpoint)
         pool[Modality.VIDEO]
 
 
+def test_low_memory_video_decodes_frame_by_frame_with_the_same_pixels(taught_checkpoint):
+    from nextgpt.config import load_config
+
+    cfg = load_config(taught_checkpoint / "config.yaml")
+    eager = DecoderPool(cfg.model, torch.device("cpu"))[Modality.VIDEO]
+    visiting = DecoderPool(cfg.model, torch.device("cpu"), low_memory=True)[Modality.VIDEO]
+    assert visiting.pipeline.vae.use_slicing and not eager.pipeline.vae.use_slicing
+    conditioning = torch.randn(1, *visiting.conditioning_shape)
+    frames_low = visiting.generate(conditioning, seed=0, num_frames=4)[0]
+    frames_eager = eager.generate(conditioning, seed=0, num_frames=4)[0]
+    assert np.asarray(frames_low).shape == np.asarray(frames_eager).shape
+    np.testing.assert_allclose(
+        np.asarray(frames_low, dtype=np.float32), np.asarray(frames_eager, dtype=np.float32), atol=2
+    )
+
+
 def test_from_pretrained_eager_decoders_and_dtype(taught_checkpoint, tmp_path):
     pipeline = NextGPTPipeline.from_pretrained(taught_checkpoint, device="cpu", dtype="bfloat16")
     assert pipeline.decoders.loaded == MODALITIES

@@ -1,0 +1,246 @@
+"""FastDecoder (static KV cache + compiled step) against HF `generate` on the tiny LLM: same tokens, same replies."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import pytest
+import torch
+from transformers.generation.streamers import BaseStreamer
+
+import predict
+from nextgpt.config import load_config
+from nextgpt.constants import Modality
+from nextgpt.inference import fast_decode
+from nextgpt.inference.fast_decode import FastDecoder, decode_tokens_per_second
+from nextgpt.inference.generation import generate_reply
+from nextgpt.inference.pipeline import NextGPTPipeline
+from nextgpt.inference.requests import Message, build_turns
+from nextgpt.llm.conversation import Turn, build_generation_prompt
+from nextgpt.llm.lora import merge_lora
+from nextgpt.model import build_nextgpt
+
+PROMPTS = (
+    "Please generate an image of a red circle.",
+    "Describe the sound of a high tone, then show me a picture of a blue star moving left.",
+    "hello",
+)
+MEDIA_REQUESTS = (
+    "Please generate an image of a red circle on the left.",
+    "Please generate a video of a blue square moving up.",
+    "Please generate a sound of a steady low tone.",
+)
+
+
+@pytest.fixture(scope="module")
+def lora_model(tiny_root, tiny_cfg_path):
+    """The tiny NextGPT with LoRA whose B matrices are random (so the adapters change the logits)."""
+    from nextgpt.tiny.build import tiny_path_overrides
+
+    cfg = load_config(tiny_cfg_path, overrides=[*tiny_path_overrides(tiny_root), "model.lora.enabled=true"])
+    torch.manual_seed(0)
+    model = build_nextgpt(cfg.model, load_encoder=False).eval()
+    with torch.no_grad():
+        for name, param in model.llm.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.05)
+    return model
+
+
+def _prompt_embeds(model, text: str, llm=None) -> torch.Tensor:
+    ids = torch.tensor([build_generation_prompt(model.tokenizer, [Turn("user", text)])])  # (1, L)
+    vocab = (llm or model.llm).get_input_embeddings()
+    with torch.no_grad():
+        return vocab(ids)  # (1, L, D)
+
+
+def _plain(llm, embeds: torch.Tensor, max_new_tokens: int, stop_id: int, **sampling) -> list[int]:
+    with torch.no_grad():
+        out = llm.generate(
+            inputs_embeds=embeds,
+            attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=stop_id,
+            pad_token_id=0,
+            do_sample=bool(sampling),
+            **sampling,
+        )
+    return out[0].tolist()
+
+
+def test_greedy_tokens_match_generate_for_several_prompts_reusing_the_cache(lora_model):
+    eos = lora_model.tokenizer.eos_token_id
+    decoder = FastDecoder(lora_model.llm, max_cache_len=160, compile=False)
+    assert not decoder.compile
+    lengths, cache_ptrs = [], set()
+    # The last request runs without a stop id, to the limit, on a cache that held longer prompts before.
+    for text, stop_ids in [*((t, [eos]) for t in PROMPTS), (PROMPTS[0], [])]:
+        embeds = _prompt_embeds(lora_model, text)
+        expected = _plain(lora_model.llm, embeds, 40, stop_ids[0] if stop_ids else -1)
+        assert decoder.generate(embeds, 40, eos_token_ids=stop_ids).tolist() == expected
+        lengths.append(len(expected))
+        cache_ptrs.add(decoder.cache.layers[0].keys.data_ptr())
+    assert len(cache_ptrs) == 1 and decoder.max_cache_len == 160  # reset between calls, never reallocated
+    assert lengths[-1] == 40 and all(n < 40 for n in lengths[:-1])  # the replies ended by end-of-sequence did end
+
+
+@pytest.mark.parametrize("variant", ["merged", "bfloat16"])
+def test_greedy_tokens_match_generate_for_merged_and_bf16_llms(lora_model, variant):
+    llm = merge_lora(copy.deepcopy(lora_model.llm))
+    if variant == "bfloat16":
+        llm = llm.to(torch.bfloat16)
+    decoder = FastDecoder(llm, max_cache_len=128, compile=False)
+    for text in PROMPTS[:2]:
+        embeds = _prompt_embeds(lora_model, text, llm)
+        assert embeds.dtype == llm.dtype
+        expected = _plain(llm, embeds, 30, stop_id=-1)
+        assert decoder.generate(embeds, 30).tolist() == expected
+    assert decoder.cache.layers[0].keys.dtype == llm.dtype
+
+
+def test_sampling_with_a_fixed_generator_matches_the_seeded_plain_sampler(lora_model):
+    eos = lora_model.tokenizer.eos_token_id
+    decoder = FastDecoder(lora_model.llm, max_cache_len=128, compile=False)
+    embeds = _prompt_embeds(lora_model, PROMPTS[1])
+    draws = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        expected = _plain(lora_model.llm, embeds, 30, eos, temperature=0.8, top_p=0.9, top_k=0)
+        generator = torch.Generator().manual_seed(seed)
+        fast = decoder.generate(embeds, 30, temperature=0.8, top_p=0.9, eos_token_ids=[eos], generator=generator)
+        assert fast.tolist() == expected
+        draws.append(expected)
+    assert draws[0] != draws[1]  # the seed matters, so equality above is not a greedy coincidence
+    torch.manual_seed(1)  # generator=None draws from the global RNG, like `generate`
+    assert decoder.generate(embeds, 30, temperature=0.8, top_p=0.9, eos_token_ids=[eos]).tolist() == draws[0]
+
+
+def test_reply_ends_at_the_first_stop_id_wherever_it_falls(lora_model, monkeypatch):
+    monkeypatch.setattr(fast_decode, "STOP_CHECK_INTERVAL", 4)  # several check windows within a short reply
+    decoder = FastDecoder(lora_model.llm, max_cache_len=160, compile=False)
+    embeds = _prompt_embeds(lora_model, PROMPTS[2])
+    unstopped = decoder.generate(embeds, 24).tolist()
+    # A stop id at each position where its token first appears, inside and at the end of check windows.
+    tested = [index for index, token in enumerate(unstopped) if token not in unstopped[:index]]
+    assert {3, 7} <= set(tested)  # stop ids on the last token of a check window
+    for index in tested:
+        expected = _plain(lora_model.llm, embeds, 24, stop_id=unstopped[index])
+        assert expected == unstopped[: index + 1]
+        assert decoder.generate(embeds, 24, eos_token_ids=[unstopped[index], 10_000]).tolist() == expected
+
+
+class _Recorder(BaseStreamer):
+    def __init__(self):
+        self.puts: list[list[int]] = []
+        self.ended = False
+
+    def put(self, value: torch.Tensor) -> None:
+        self.puts.append(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        self.ended = True
+
+
+def test_streamer_gets_the_prompt_then_every_token_like_generate(lora_model):
+    eos = lora_model.tokenizer.eos_token_id
+    embeds = _prompt_embeds(lora_model, PROMPTS[0])
+    plain, fast = _Recorder(), _Recorder()
+    with torch.no_grad():
+        lora_model.llm.generate(
+            inputs_embeds=embeds, max_new_tokens=30, do_sample=False, eos_token_id=eos, pad_token_id=0, streamer=plain
+        )
+    tokens = FastDecoder(lora_model.llm, 160, compile=False).generate(embeds, 30, eos_token_ids=[eos], streamer=fast)
+    assert fast.puts[0] == plain.puts[0] == [] and fast.ended and plain.ended  # streamers skip the first put
+    assert sum(fast.puts[1:], []) == sum(plain.puts[1:], []) == tokens.tolist()
+
+
+def test_too_long_request_fails_with_the_fix_and_reserve_grows_the_cache(lora_model):
+    decoder = FastDecoder(lora_model.llm, max_cache_len=24, compile=False)
+    embeds = _prompt_embeds(lora_model, PROMPTS[0])  # (1, L, D) with L > 16
+    with pytest.raises(ValueError, match=r"exceeds the static KV cache of 24; build the FastDecoder with a larger"):
+        decoder.generate(embeds, 8)
+    with pytest.raises(ValueError, match=r"one prompt, inputs_embeds \(1, L, D\)"):
+        decoder.generate(embeds.expand(2, -1, -1), 2)
+    decoder.reserve(embeds.shape[1] + 8)
+    assert decoder.max_cache_len == 256
+    assert decoder.generate(embeds, 8).tolist() == _plain(lora_model.llm, embeds, 8, stop_id=-1)
+
+
+def test_compiled_step_on_cpu_gives_the_same_tokens(lora_model):
+    decoder = FastDecoder(lora_model.llm, max_cache_len=128, compile=True)
+    for text in PROMPTS[:2]:
+        embeds = _prompt_embeds(lora_model, text)
+        assert decoder.generate(embeds, 12).tolist() == _plain(lora_model.llm, embeds, 12, stop_id=-1)
+
+
+def test_tokens_per_second_helper_runs_both_paths(lora_model):
+    for fast in (False, True):
+        rate = decode_tokens_per_second(lora_model.llm, prompt_len=8, new_tokens=4, fast=fast)
+        assert np.isfinite(rate) and rate > 0
+
+
+class _RecordingDecoders(Mapping):
+    """Real decoders whose conditioning inputs are kept, to compare what two replies fed them."""
+
+    def __init__(self, decoders: Mapping):
+        self.decoders = decoders
+        self.prompt_embeds: list[tuple[Modality, torch.Tensor]] = []
+
+    def __getitem__(self, modality: Modality):
+        decoder, seen = self.decoders[modality], self.prompt_embeds
+
+        class _Recording:
+            def generate(self, prompt_embeds: torch.Tensor, **kwargs):
+                seen.append((modality, prompt_embeds.detach().clone()))
+                return decoder.generate(prompt_embeds, **kwargs)
+
+        return _Recording()
+
+    def __iter__(self) -> Iterator[Modality]:
+        return iter(self.decoders)
+
+    def __len__(self) -> int:
+        return len(self.decoders)
+
+
+def _reply(pipeline: NextGPTPipeline, request: str, generation) -> tuple:
+    turns, _ = build_turns([Message("user", request)])
+    decoders = _RecordingDecoders(pipeline.decoders)
+    kept = pipeline.fast_decoder(generation.max_new_tokens) if generation.fast_decode else None
+    return generate_reply(pipeline.model, turns, {}, generation, decoders, fast_decoder=kept), decoders.prompt_embeds
+
+
+def test_reply_with_fast_decode_equals_the_plain_reply(taught_checkpoint):
+    pipeline = NextGPTPipeline.from_pretrained(taught_checkpoint, device="cpu")
+    num_rendered = 0
+    for request in MEDIA_REQUESTS:
+        plain, plain_seen = _reply(pipeline, request, pipeline.generation_config(temperature=0.0, fast_decode=False))
+        fast, fast_seen = _reply(pipeline, request, pipeline.generation_config(temperature=0.0, fast_decode=True))
+        assert fast.token_ids == plain.token_ids and fast.text == plain.text and fast.problems == plain.problems
+        assert [m for m, _ in fast_seen] == [m for m, _ in plain_seen]
+        for (_, fast_embeds), (_, plain_embeds) in zip(fast_seen, plain_seen, strict=True):
+            torch.testing.assert_close(fast_embeds, plain_embeds)
+        for modality in Modality:
+            assert len(fast.outputs(modality)) == len(plain.outputs(modality))
+            for fast_item, plain_item in zip(fast.outputs(modality), plain.outputs(modality), strict=True):
+                np.testing.assert_allclose(fast_item, plain_item, atol=1e-5)
+        num_rendered += len(plain_seen)
+    assert num_rendered >= 2  # the taught model answers (at least) the video and audio requests with their spans
+    # The pipeline keeps its decoder: a sampled request through `generate` reuses it and matches plain sampling.
+    kept = pipeline.fast_decoder(1)
+    messages = [Message("user", MEDIA_REQUESTS[1])]
+    sampled = {
+        fast: pipeline.generate(messages, pipeline.generation_config(temperature=0.7, seed=5, fast_decode=fast))
+        for fast in (False, True)
+    }
+    assert pipeline.fast_decoder(1) is kept and sampled[True].token_ids == sampled[False].token_ids
+
+
+def test_predict_fast_decode_flag_and_override_set_the_generation_switch(tiny_cfg_path):
+    argv = ["--checkpoint-dir", "runs/stage_3/final", "--prompt", "hi"]
+    assert predict._build_parser().parse_args(argv).fast_decode is None  # the config's value stays
+    assert predict._build_parser().parse_args([*argv, "--fast-decode"]).fast_decode is True
+    assert load_config(tiny_cfg_path).generation.fast_decode is False
+    assert load_config(tiny_cfg_path, overrides=["generation.fast_decode=true"]).generation.fast_decode is True

@@ -1,0 +1,123 @@
+"""Sequence packing (`data.packing`): the collator fills rows first-fit, and a packed batch trains exactly like the
+padded batch of the same samples (loss, per-sample logits, signal conditioning, gradients), with no attention across
+sample boundaries."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import pytest
+import torch
+from batch_helpers import (
+    AUD,
+    IMG,
+    STAGE_1,
+    STAGE_2,
+    build_model,
+    collate,
+    logits_by_sample,
+    make_items,
+    max_grad_difference,
+    run_step,
+    signal_embeds_by_sample,
+)
+
+from nextgpt.data.packing import pack_first_fit
+from nextgpt.llm.conversation import Turn
+
+
+def test_pack_first_fit_places_longest_first_into_the_first_row_with_room():
+    assert pack_first_fit([120, 30, 200, 90], capacity=256) == [[2, 1], [0, 3]]
+    assert pack_first_fit([5, 5, 5], capacity=5) == [[0], [1], [2]]
+    assert pack_first_fit([], capacity=8) == []
+    with pytest.raises(ValueError, match="longer than the packing capacity 256"):
+        pack_first_fit([100, 300], capacity=256)
+
+
+@pytest.fixture(scope="module")
+def group_model(tiny_root, tiny_cfg_path):
+    """8 LLM rows per media item, so splicing changes lengths a lot."""
+    return build_model(tiny_root, tiny_cfg_path, 2, "model.input_projector.type=group")
+
+
+def test_collator_packs_samples_into_rows_with_restarting_positions(group_model):
+    model = group_model
+    items = make_items(model, STAGE_1 + STAGE_2)
+    tokens_per_media = model.input_projector.num_tokens
+    padded = collate(model, items, packing=False, max_length=384)
+    packed = collate(model, items, packing=True, max_length=384)
+    assert padded.batch.position_ids is None
+    batch = packed.batch
+    by_name = {item["dataset"]: item for item in items}
+    assert sorted(packed.datasets) == sorted(by_name) and packed.num_samples == len(items)
+    assert batch.input_ids.shape[0] < len(items)
+    samples = iter(packed.datasets)
+    for row in range(batch.input_ids.shape[0]):
+        valid = batch.attention_mask[row].bool()
+        ids, positions, labels = batch.input_ids[row][valid], batch.position_ids[row][valid], batch.labels[row][valid]
+        assert int(torch.where(ids < 0, tokens_per_media, 1).sum()) <= 384  # the row fits after splicing
+        assert not valid[int(valid.sum()) :].any()  # right padding
+        starts = [*(positions == 0).nonzero().flatten().tolist(), len(ids)]
+        for start, end in pairwise(starts):
+            item = by_name[next(samples)]
+            assert torch.equal(ids[start:end], item["input_ids"])
+            assert torch.equal(labels[start:end], item["labels"])
+            assert torch.equal(positions[start:end], torch.arange(end - start))
+    assert next(samples, None) is None
+    # Media and caption embeddings are listed in packed order, like the spans the model will find.
+    for modality in (IMG, AUD):
+        expected = [f for name in packed.datasets for f in by_name[name]["media_features"].get(modality, [])]
+        assert torch.equal(batch.media_features[modality], torch.stack(expected))
+        captions = [c for name in packed.datasets for c in by_name[name]["caption_embeds"].get(modality, [])]
+        assert torch.equal(batch.caption_embeds[modality], torch.stack(captions))
+
+
+@pytest.mark.parametrize(
+    ("projector", "attention"), [("linear", "sdpa"), ("group", "eager")], ids=["linear-sdpa", "group-eager"]
+)
+def test_packed_batch_trains_like_the_padded_batch(tiny_root, tiny_cfg_path, projector, attention):
+    model = build_model(
+        tiny_root,
+        tiny_cfg_path,
+        2,
+        f"model.input_projector.type={projector}",
+        f"model.llm.attn_implementation={attention}",
+    )
+    items = make_items(model, STAGE_1 + STAGE_2)
+    padded, packed = collate(model, items, packing=False), collate(model, items, packing=True)
+    assert packed.batch.input_ids.shape[0] < padded.batch.input_ids.shape[0]
+    plain, pack = run_step(model, padded.batch), run_step(model, packed.batch)
+
+    assert set(pack.out.loss_terms) == set(plain.out.loss_terms) == {"ce", "l2_image", "l2_video", "l2_audio"}
+    for name, value in plain.out.loss_terms.items():
+        assert torch.allclose(pack.out.loss_terms[name], value, atol=1e-5), name
+    assert torch.allclose(pack.out.loss, plain.out.loss, atol=1e-5)
+    k = model.input_projector.num_tokens
+    plain_logits = logits_by_sample(plain.out, padded.batch, padded.datasets, k)
+    packed_logits = logits_by_sample(pack.out, packed.batch, packed.datasets, k)
+    for name, logits in plain_logits.items():
+        assert torch.allclose(packed_logits[name], logits, atol=1e-5), name
+    plain_signals = signal_embeds_by_sample(plain.out, padded.datasets, items)
+    packed_signals = signal_embeds_by_sample(pack.out, packed.datasets, items)
+    assert plain_signals.keys() == packed_signals.keys() and len(plain_signals) == 5
+    for key, embeds in plain_signals.items():
+        assert torch.allclose(packed_signals[key], embeds, atol=1e-5), key
+    assert {n.split(".")[0] for n in plain.grads} == {"input_projector", "output_projectors", "llm"}
+    assert max_grad_difference(plain, pack) < 1e-5
+
+
+def test_packed_samples_do_not_attend_to_each_other(group_model):
+    model = group_model
+    first = [Turn("user", "<image>\nDescribe the picture."), Turn("assistant", "A red circle on the left.")]
+    second = [Turn("user", "Make a sound of rain."), Turn("assistant", "Sure <audio>")]
+    changed = [Turn("user", "Play a loud thunderstorm, please!"), Turn("assistant", "Here you go: <audio>")]
+    k = model.input_projector.num_tokens
+    logits = []
+    for conversation in (second, changed):
+        collated = collate(model, make_items(model, [first, conversation]), packing=True)
+        assert collated.batch.input_ids.shape[0] == 1  # both samples share the row
+        with torch.no_grad():
+            out = model(collated.batch)
+        logits.append(logits_by_sample(out, collated.batch, collated.datasets, k))
+    assert torch.allclose(logits[0]["s0"], logits[1]["s0"], atol=1e-6)
+    assert logits[0]["s1"].shape != logits[1]["s1"].shape or not torch.allclose(logits[0]["s1"], logits[1]["s1"])
