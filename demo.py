@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from nextgpt.config import ConfigError
+from nextgpt.utils.cli import run_reporting_errors
 from nextgpt.utils.logging import setup_logging
 
 logger = logging.getLogger("nextgpt.demo")
@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     setup_logging()
     logger.info("arguments: %s", vars(args))
-    try:
+
+    def body() -> None:
         import torch
 
         from nextgpt.inference.pipeline import NextGPTPipeline
@@ -57,10 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             args.checkpoint_dir, device=device, dtype=args.dtype, low_memory=args.low_memory, overrides=args.overrides
         )
         launch_demo(build_demo(pipeline, settings), settings, block=True)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_reporting_errors(body)
 
 
 if __name__ == "__main__":

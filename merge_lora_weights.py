@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from nextgpt.config import ConfigError
+from nextgpt.utils.cli import run_reporting_errors
 from nextgpt.utils.logging import setup_logging
 
 logger = logging.getLogger("nextgpt.merge")
@@ -27,14 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     logger.info("arguments: %s", vars(args))
-    try:
+
+    def body() -> None:
         from nextgpt.training.merge import merge_checkpoint
 
         merge_checkpoint(args.checkpoint_dir, args.output_dir, args.overrides)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_reporting_errors(body)
 
 
 if __name__ == "__main__":

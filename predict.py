@@ -19,7 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from nextgpt.config import ConfigError
+from nextgpt.utils.cli import run_reporting_errors
 from nextgpt.utils.logging import setup_logging
 
 logger = logging.getLogger("nextgpt.predict")
@@ -184,12 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     setup_logging()
     logger.info("arguments: %s", vars(args))
-    try:
+
+    def body() -> None:
         run(args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_reporting_errors(body)
 
 
 if __name__ == "__main__":

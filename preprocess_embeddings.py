@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from nextgpt.config import Config, ConfigError, DatasetEntryConfig, load_config
+from nextgpt.config import Config, DatasetEntryConfig, load_config
+from nextgpt.utils.cli import run_reporting_errors
 from nextgpt.utils.logging import setup_logging
 
 logger = logging.getLogger("nextgpt.preprocess_embeddings")
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     logger.info("arguments: %s", vars(args))
-    try:
+
+    def body() -> None:
         from nextgpt.data.records import load_records
         from nextgpt.decoders.base import load_decoder
         from nextgpt.decoders.caption_cache import cache_caption_embeddings, record_modalities
@@ -80,10 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                         modality, getattr(cfg.model.decoders, modality.value), width, device=args.device
                     )
                 cache_caption_embeddings(records, entry, modality, decoders[modality], args.batch_size)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_reporting_errors(body)
 
 
 if __name__ == "__main__":

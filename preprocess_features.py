@@ -17,8 +17,8 @@ import logging
 import sys
 from pathlib import Path
 
-from nextgpt.config import ConfigError
 from nextgpt.data.feature_writer import DEFAULT_SHARD_ROWS
+from nextgpt.utils.cli import run_reporting_errors
 from nextgpt.utils.logging import setup_logging
 from preprocess_embeddings import build_parser, load_run_inputs
 
@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     logger.info("arguments: %s", vars(args))
-    try:
+
+    def body() -> None:
         from nextgpt.data.records import load_records
         from nextgpt.encoders.imagebind import load_imagebind
         from nextgpt.encoders.precompute import cache_dataset_features
@@ -47,10 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             records = load_records(Path(catalog[name].annotation_path))
             options = {"batch_size": args.batch_size, "num_workers": args.num_workers, "shard_rows": args.shard_size}
             cache_dataset_features(records, catalog[name], name, encoder, Path(cache_dir), **options)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_reporting_errors(body)
 
 
 if __name__ == "__main__":

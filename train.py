@@ -12,7 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
-from nextgpt.config import ConfigError, load_config, to_dict
+from nextgpt.config import load_config, to_dict
+from nextgpt.utils.cli import run_reporting_errors
 from nextgpt.utils.logging import setup_logging
 
 logger = logging.getLogger("nextgpt.train")
@@ -24,16 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args, _ = parser.parse_known_args(argv)  # the deepspeed launcher appends --local_rank=N
     setup_logging()
-    try:
+
+    def body() -> None:
         cfg = load_config(args.config, overrides=[o for o in args.overrides if not o.startswith("--")])
         logger.info("config: %s", to_dict(cfg))
         from nextgpt.training.loop import run
 
         run(cfg)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_reporting_errors(body)
 
 
 if __name__ == "__main__":
