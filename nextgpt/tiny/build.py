@@ -45,14 +45,16 @@ def build_tiny_checkpoints(root: Path, cfg: Config, seed: int = 0, pretrain: boo
     """Write the tiny LLM, ImageBind file and the three decoder pipelines under `root`.
 
     Sizes come from `cfg` (configs/tiny.yaml), so the files always match the config that will load them. By
-    default the LLM and ImageBind are then briefly pretrained on the synthetic world (`nextgpt.tiny.pretrain`,
-    `nextgpt.tiny.pretrain_encoder`), so that stage 1 has something to align; the decoders stay random.
+    default the LLM, ImageBind and the decoders' text encoders are then briefly pretrained on the synthetic world
+    (`nextgpt.tiny.pretrain`, `nextgpt.tiny.pretrain_encoder`, `nextgpt.tiny.pretrain_text_encoders`), so that stage 1
+    has something to align and the stage-2 caption embeddings tell the captions apart; the UNets, VAEs and vocoder
+    stay random.
 
     Args:
         root: output folder (created).
         cfg: the tiny config (encoder sizes, output-projector widths = decoder conditioning widths).
         seed: random seed of every weight and of the pretraining.
-        pretrain: False keeps the LLM and ImageBind random (faster, for tests of formats only).
+        pretrain: False keeps every weight random (faster, for tests of formats only).
 
     Returns:
         `root`.
@@ -62,6 +64,7 @@ def build_tiny_checkpoints(root: Path, cfg: Config, seed: int = 0, pretrain: boo
     from nextgpt.tiny.llm import write_tiny_llm
     from nextgpt.tiny.pretrain import build_world_conversations, pretrain_tiny_llm
     from nextgpt.tiny.pretrain_encoder import pretrain_tiny_imagebind
+    from nextgpt.tiny.pretrain_text_encoders import pretrain_tiny_text_encoders
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -82,5 +85,7 @@ def build_tiny_checkpoints(root: Path, cfg: Config, seed: int = 0, pretrain: boo
     for modality, path in written.items():
         expected = root / DECODER_SUBDIRS[modality.value]
         assert Path(path) == expected, f"tiny {modality.value} decoder written to {path}, expected {expected}"
+    if pretrain:
+        pretrain_tiny_text_encoders(root / "decoders", seed=seed)
     logger.info("tiny checkpoints written to %s in %.1f s", root, time.perf_counter() - start)
     return root
