@@ -43,8 +43,8 @@ def prompt_embeds(model, feature_dim: int, text: str = IMAGE_PROMPT) -> tuple[to
     return spliced.token_ids, spliced.inputs_embeds
 
 
-def naive_generate(llm, embeds: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    """Plain `generate`: dynamic KV cache, greedy, exactly `new_tokens` tokens."""
+def _hf_greedy(llm, embeds: torch.Tensor, new_tokens: int, **cache: str) -> torch.Tensor:
+    """HF `generate`, greedy, exactly `new_tokens` tokens (`cache`: extra cache arguments)."""
     with torch.no_grad():
         return llm.generate(
             inputs_embeds=embeds,
@@ -54,22 +54,18 @@ def naive_generate(llm, embeds: torch.Tensor, new_tokens: int) -> torch.Tensor:
             do_sample=False,
             use_cache=True,
             pad_token_id=0,
+            **cache,
         )
+
+
+def naive_generate(llm, embeds: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """Plain `generate`: dynamic KV cache, greedy, exactly `new_tokens` tokens."""
+    return _hf_greedy(llm, embeds, new_tokens)
 
 
 def static_generate(llm, embeds: torch.Tensor, new_tokens: int) -> torch.Tensor:
     """HF `generate` with a static cache (transformers compiles the decode step itself on CUDA): a design probe."""
-    with torch.no_grad():
-        return llm.generate(
-            inputs_embeds=embeds,
-            attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device),
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            use_cache=True,
-            cache_implementation="static",
-            pad_token_id=0,
-        )
+    return _hf_greedy(llm, embeds, new_tokens, cache_implementation="static")
 
 
 def fast_decoder(llm, max_cache_len: int, compile_step: bool):

@@ -18,26 +18,11 @@ from pathlib import Path
 
 import torch
 
-VICUNA_7B = dict(
-    hidden_size=4096,
-    intermediate_size=11008,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=32,
-    max_position_embeddings=4096,
-    vocab_size=32000,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.components import SMOKE, VICUNA_7B  # noqa: E402
 
-TINY = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=4,
-    max_position_embeddings=1024,
-    vocab_size=1000,
-)
+TINY = SMOKE.llm
 """`--smoke` shapes: the same script end to end on a CPU in a minute."""
 
 
