@@ -248,22 +248,23 @@ def build_tokenizer(work_dir: Path, shapes: Shapes):
     return load_tokenizer(folder, SignalTokenConfig(**shapes.signal_tokens))
 
 
+def llama_config(shape: dict[str, int], **extra: Any):
+    """A `LlamaConfig` at `shape` with Vicuna's norm epsilon, untied head and the tokenizer's special ids."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        **shape, rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0, **extra
+    )
+
+
 def build_llm(shapes: Shapes, tokenizer, device: str | torch.device, dtype: torch.dtype, gradient_checkpointing: bool):
     """A random LLaMA at the shape's sizes, frozen, with trainable signal-token rows (as `load_llm` returns it)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from nextgpt.llm.backbone import _enable_checkpointing
     from nextgpt.llm.token_rows import attach_token_rows
 
-    config = LlamaConfig(
-        **shapes.llm,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        attn_implementation="sdpa",
-    )
+    config = llama_config(shapes.llm, attn_implementation="sdpa")
     with default_dtype(dtype), torch.device(device):
         llm = LlamaForCausalLM(config)
     llm.requires_grad_(False)

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.components import SMOKE, VICUNA_7B  # noqa: E402
+from bench.components import SMOKE, VICUNA_7B, llama_config  # noqa: E402
 
 TINY = SMOKE.llm
 """`--smoke` shapes: the same script end to end on a CPU in a minute."""
@@ -28,7 +28,7 @@ TINY = SMOKE.llm
 
 def write_vicuna_shaped_llm(out_dir: Path, shape: dict, device: str) -> Path:
     """A 7B-shaped LLaMA folder: the tiny sentencepiece tokenizer padded to 32000 tokens, random bf16 weights."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     from nextgpt.tiny.llm import write_tiny_llm
 
@@ -38,15 +38,7 @@ def write_vicuna_shaped_llm(out_dir: Path, shape: dict, device: str) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(out_dir)
     tokenizer.add_tokens([f"<pad_{i:05d}>" for i in range(shape["vocab_size"] - len(tokenizer))])
     tokenizer.save_pretrained(out_dir)
-    config = LlamaConfig(
-        **shape,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        torch_dtype="bfloat16",
-    )
+    config = llama_config(shape, torch_dtype="bfloat16")
     torch.set_default_dtype(torch.bfloat16)
     with torch.device(device):
         model = LlamaForCausalLM(config)
