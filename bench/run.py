@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = build_tokenizer(args.work, shapes)
     results: dict[str, Any] = {
         **_environment(device, shapes, tokenizer),
-        "command": "python bench/run.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "command": _command(argv or sys.argv[1:]),
         "config": {
             **settings,
             "unet_compile_mode": args.unet_compile_mode or "project default",
@@ -239,6 +239,15 @@ def main(argv: list[str] | None = None) -> int:
         results["sections"].update(run_training_sections(wanted, shapes, tokenizer, device, settings, args.cap_gib))
     results["wall_s"] = time.perf_counter() - start
     return _finish(results, args)
+
+
+def _command(argv: list[str]) -> str:
+    """The command line as the report prints it: output files by name only (no folders of the machine that ran it)."""
+    shown, after_out = [], False
+    for arg in argv:
+        shown.append(Path(arg).name if after_out else arg)
+        after_out = arg in ("--out", "--doc", "--work")
+    return "python bench/run.py " + " ".join(shlex.quote(a) for a in shown)
 
 
 def _save(results: dict[str, Any], path: Path) -> None:

@@ -1,14 +1,18 @@
 """Stage-1 and stage-3 training steps: the naive path next to ours, on the same model, samples and step count.
 
-A step is `model(batch)` -> `loss.backward()` -> AdamW step on the trainable parameters (the same torch AdamW for both
-paths; the DeepSpeed wrapper of `train.py` is left out). Batches are collated before timing, as a data loader's
-workers would; the host-to-device copy of each batch is timed.
+A step is `model(batch)` -> `loss.backward()` -> AdamW step on the trainable parameters (torch AdamW: the default
+multi-tensor kernel in naive, the fused one in ours; the DeepSpeed wrapper of `train.py` is left out). Batches are
+collated before timing, as a data loader's workers would; the host-to-device copy of each batch is timed.
 
 - naive: raw media through ImageBind-Huge every step, one padded row per sample (padded to the batch's longest), the
   system prompt recomputed in every sample, HF LLaMA sdpa (+ peft LoRA and gradient checkpointing in stage 3, as
   configs/stage_3.yaml ships).
-- ours: cached ImageBind features (`data.feature_cache_dir`), packed rows (`data.packing`, `model.llm.max_length`),
-  in stage 1 the shared prefix served from its KV cache (`train.prefix_reuse`), in stage 3 no gradient checkpointing
+- naive_no_cudnn (GPU only): the naive path with cuDNN's attention kernels off, the stricter baseline.
+- ours_compiled (stage 1, GPU only): ours with varlen attention and compiled layers instead of prefix reuse.
+- ours: fused AdamW (`train.fused_optimizer`), cached ImageBind features (`data.feature_cache_dir`), packed rows
+  (`data.packing`, `model.llm.max_length`), in stage 1 the shared prefix served from its KV cache
+  (`train.prefix_reuse`); in stage 3 per-sample attention over the packed rows (`model.llm.attn_implementation=varlen`),
+  compiled decoder layers on CUDA (`model.llm.compile_layers`) and no gradient checkpointing
   (`model.llm.gradient_checkpointing=false`).
 
     result = run_stage1(model, shapes, "cuda", micro_batch=32, steps=8)
@@ -37,6 +41,7 @@ from bench.timing import (
 from bench.workloads import caption_items, chunk, instruction_items
 from nextgpt.constants import Modality
 from nextgpt.data.collate import Collator
+from nextgpt.llm.backbone import compile_decoder_layers
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +61,34 @@ def set_checkpointing(model, enabled: bool) -> None:
     model.cfg.llm.gradient_checkpointing = enabled
 
 
-def _optimizer(model) -> torch.optim.Optimizer:
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+def set_attention(model, implementation: str) -> None:
+    """Switch `model.llm.attn_implementation` on the built model (HF config and the model's config)."""
+    from nextgpt.llm.varlen import VARLEN_ATTENTION, register_varlen_attention
+
+    hf_name = implementation
+    if implementation == "varlen":
+        register_varlen_attention()
+        hf_name = VARLEN_ATTENTION
+    hf_model = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
+    hf_model.config._attn_implementation = hf_name
+    model.cfg.llm.attn_implementation = implementation
+
+
+def set_compiled(model, enabled: bool) -> None:
+    """Compile the decoder layers (`model.llm.compile_layers`) or return them to eager."""
+    from nextgpt.llm.backbone import decoder_layers
+
+    if enabled:
+        compile_decoder_layers(model.llm)
+    else:
+        for layer in decoder_layers(model.llm):
+            layer._compiled_call_impl = None
+    model.cfg.llm.compile_layers = enabled
+
+
+def _optimizer(model, fused: bool = False) -> torch.optim.Optimizer:
+    """Naive: torch AdamW as it comes (multi-tensor); ours: the fused kernel (`train.fused_optimizer`)."""
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=fused or None)
 
 
 NAIVE_CUDNN_ATTENTION = True
@@ -84,13 +115,31 @@ def _step(model, optimizer, batch, device: str):
     return out
 
 
+def measure_naive_without_cudnn(model, batches, groups, device: str, warmup: int, shapes: Shapes):
+    """The naive path again with cuDNN's attention kernels switched off (PyTorch's flash / memory-efficient ones):
+    the stricter baseline, so a speed-up is not just the kernel choice. None on CPU (no cuDNN attention there)."""
+    if not torch.cuda.is_available():
+        return None
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        return measure_steps(model, batches, groups, device, warmup, shapes)
+    finally:
+        use_attention_kernels(model, naive=True)
+
+
 def _sample_lengths(items: list[dict[str, Any]]) -> list[int]:
     """LLM rows of each sample after splicing (one row per media item: the linear input projector)."""
     return [len(item["input_ids"]) for item in items]
 
 
 def measure_steps(
-    model, batches: list, groups: list[list[dict[str, Any]]], device: str, warmup: int, shapes: Shapes
+    model,
+    batches: list,
+    groups: list[list[dict[str, Any]]],
+    device: str,
+    warmup: int,
+    shapes: Shapes,
+    fused: bool = False,
 ) -> dict[str, Any]:
     """Run `warmup` untimed steps, then time the rest; tokens, samples, padding, peak memory and MFU.
 
@@ -101,11 +150,12 @@ def measure_steps(
         device: where the model lives.
         warmup: untimed steps first.
         shapes: sizes (for the FLOP count).
+        fused: the fused AdamW kernel (ours) instead of torch's default one.
 
     Returns:
         samples/s, sample tokens/s, computed tokens/s, MFU, padding share, peak GiB, the last loss.
     """
-    optimizer = _optimizer(model)
+    optimizer = _optimizer(model, fused)
     reset_peak()
     for batch in batches[:warmup]:
         _step(model, optimizer, batch, device)
@@ -195,19 +245,28 @@ def run_stage1(
     batches, groups = _collate(naive_items, micro_batch, 2048, packing=False)
     result["naive"] = measure_steps(model, batches, groups, device, warmup, shapes)
     logger.info("stage 1 naive: %.1f samples/s", result["naive"]["samples_per_s"])
+    result["naive_no_cudnn"] = measure_naive_without_cudnn(model, batches, groups, device, warmup, shapes)
     # ours: no encoder in memory, features, packing, prefix reuse
     encoder, model.encoder = model.encoder, None
     model.prefix_reuse = True
     use_attention_kernels(model, naive=False)
     batches, groups = _collate(ours_items, micro_batch, pack_length, packing=True)
     free_memory()
-    result["ours"] = measure_steps(model, batches, groups, device, warmup, shapes)
+    result["ours"] = measure_steps(model, batches, groups, device, warmup, shapes, fused=True)
     logger.info("stage 1 ours: %.1f samples/s", result["ours"]["samples_per_s"])
     if profile:
-        optimizer = _optimizer(model)
+        optimizer = _optimizer(model, fused=True)
         result["profile_ours"] = profile_top_kernels(lambda: _step(model, optimizer, batches[-1], device))
-    model.encoder = encoder
     model.prefix_reuse = False
+    if device == "cuda":
+        # ours, compiled: the other fast stage-1 setup (prefix reuse and compiled layers do not combine)
+        set_attention(model, "varlen")
+        set_compiled(model, True)
+        result["ours_compiled"] = measure_steps(model, batches, groups, device, warmup, shapes, fused=True)
+        logger.info("stage 1 ours compiled: %.1f samples/s", result["ours_compiled"]["samples_per_s"])
+        set_compiled(model, False)
+        set_attention(model, "sdpa")
+    model.encoder = encoder
     result["precompute"] = precompute_rate(model, shapes, device, batch=256 if device == "cuda" else 8)
     train_rate = result["ours"]["samples_per_s"]
     image_rate = result["precompute"]["images_per_s"]
@@ -259,33 +318,41 @@ def run_stage3(
     result["naive"] = measure_steps(model, batches, groups, device, warmup, shapes)
     result["naive"]["gradient_checkpointing"] = True
     logger.info("stage 3 naive: %.0f tokens/s", result["naive"]["tokens_per_s"])
-    # ours: features, packing, no checkpointing
+    result["naive_no_cudnn"] = measure_naive_without_cudnn(model, batches, groups, device, warmup, shapes)
+    # ours: features, packing with per-sample (varlen) attention
     encoder, model.encoder = model.encoder, None
-    set_checkpointing(model, False)
+    set_attention(model, "varlen")
     use_attention_kernels(model, naive=False)
     batches, groups = _collate(ours_items, micro_batch, pack_length, packing=True)
-    free_memory()
-    result["ours"] = measure_steps(model, batches, groups, device, warmup, shapes)
-    result["ours"]["gradient_checkpointing"] = False
-    logger.info("stage 3 ours: %.0f tokens/s", result["ours"]["tokens_per_s"])
-    if profile:
-        optimizer = _optimizer(model)
-        result["profile_ours"] = profile_top_kernels(lambda: _step(model, optimizer, batches[-1], device))
-    result["ratio"] = result["ours"]["tokens_per_s"] / result["naive"]["tokens_per_s"]
-    # ours with gradient checkpointing on a 24 GB budget
+    # first with gradient checkpointing on a 24 GB budget (eager layers: compiled ones are measured next) ...
     set_checkpointing(model, True)
     free_memory()
     capped: dict[str, Any] = {"cap_gib": cap_gib, "gradient_checkpointing": True}
     try:
         with memory_cap(cap_gib):
-            capped.update(measure_steps(model, batches[: warmup + 2], groups[: warmup + 2], device, warmup, shapes))
+            capped.update(
+                measure_steps(model, batches[: warmup + 2], groups[: warmup + 2], device, warmup, shapes, fused=True)
+            )
         capped["fits"] = True
     except torch.OutOfMemoryError as error:
         capped["fits"] = False
         capped["error"] = str(error).splitlines()[0]
         capped["peak_gib"] = peak_gib()
-    result["ours_capped"] = capped
+    # ... then at full speed: no checkpointing, compiled decoder layers
     set_checkpointing(model, False)
+    if device == "cuda":
+        set_compiled(model, True)
+    free_memory()
+    result["ours"] = measure_steps(model, batches, groups, device, warmup, shapes, fused=True)
+    result["ours"]["gradient_checkpointing"] = False
+    result["ours"]["compile_layers"] = device == "cuda"
+    logger.info("stage 3 ours: %.0f tokens/s", result["ours"]["tokens_per_s"])
+    if profile:
+        optimizer = _optimizer(model, fused=True)
+        result["profile_ours"] = profile_top_kernels(lambda: _step(model, optimizer, batches[-1], device))
+    result["ratio"] = result["ours"]["tokens_per_s"] / result["naive"]["tokens_per_s"]
+    result["ours_capped"] = capped
+    set_compiled(model, False)
     model.encoder = encoder
     free_memory()
     return result

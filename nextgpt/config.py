@@ -74,10 +74,15 @@ class LLMConfig:
     model_path: Path | None = None
     """Local HF folder (config.json, weights, tokenizer.model / tokenizer.json)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "varlen"] = "sdpa"
+    """`varlen`: packed rows attend sample by sample (PyTorch's flash varlen kernel on CUDA) instead of masking the
+    whole row; other batches as sdpa (`nextgpt.llm.varlen`)."""
     max_length: int = 512
     """Longest training sequence in tokens (media rows included)."""
     gradient_checkpointing: bool = False
+    compile_layers: bool = False
+    """`torch.compile` each decoder layer (dynamic shapes): fewer kernel launches and fused elementwise work per step;
+    the first steps pay the compile time."""
     cudnn_attention: bool = False
     """Let PyTorch's sdpa pick its cuDNN kernels on CUDA. Off by default: cuDNN builds a kernel for every new
     sequence length, which costs up to a second per step when lengths vary (docs/benchmarks.md); the flash and
@@ -280,6 +285,9 @@ class TrainConfig:
     keep_last: int = 2
     log_every: int = 10
     tensorboard: bool = True
+    fused_optimizer: bool = False
+    """AdamW's fused kernel (one launch for every parameter) instead of its multi-tensor one; the same update up to
+    rounding."""
     prefix_reuse: bool = False
     """Stages with a frozen LLM (1 and 2): compute the conversation prefix every sample shares (system prompt and
     role tag) once, keep its KV cache, and run only the rest of each sample; the loss equals the plain one."""

@@ -27,6 +27,7 @@ from nextgpt.llm.packing import build_block_causal_mask, splice_layout
 from nextgpt.llm.prefix_cache import PrefixKVCache, TokenRows, shared_prefix_length, strip_prefix
 from nextgpt.llm.splice import SplicedInputs, splice_media
 from nextgpt.llm.tokenizer import load_tokenizer, signal_token_ids
+from nextgpt.llm.varlen import varlen_kwargs
 from nextgpt.projectors.input_projector import build_input_projector
 from nextgpt.projectors.output_projector import OutputProjector
 from nextgpt.signals import SpanScan, find_signal_spans, gather_span_rows
@@ -259,7 +260,8 @@ class NextGPT(nn.Module):
         """Tokens of the template's opening that every sample shares and may skip (prefix reuse).
 
         Raises:
-            ValueError: an LLM weight other than the signal-token rows trains, or gradient checkpointing is on.
+            ValueError: an LLM weight other than the signal-token rows trains, or gradient checkpointing or layer
+                compilation is on.
         """
         trainable = [n for n, p in self.llm.named_parameters() if p.requires_grad and TOKEN_ROW_MARKER not in n]
         if trainable:
@@ -271,6 +273,11 @@ class NextGPT(nn.Module):
             raise ValueError(
                 "train.prefix_reuse does not work with model.llm.gradient_checkpointing=true (transformers drops the "
                 "cache inside checkpointed layers); turn one of them off"
+            )
+        if self.cfg.llm.compile_layers:
+            raise ValueError(
+                "train.prefix_reuse does not work with model.llm.compile_layers=true (each layer reads its own cache "
+                "slot, so every layer would compile again); turn one of them off"
             )
         return shared_prefix_length(
             self.template_prefix_ids, rows.input_ids, rows.attention_mask, rows.labels, rows.position_ids
@@ -301,7 +308,8 @@ class NextGPT(nn.Module):
                 inputs["past_key_values"] = self.prefix_kv.expanded(
                     self.llm, self.embed_tokens, self.template_prefix_ids[:num_prefix], embeds.shape[0], embeds.device
                 )
-            if self.cfg.llm.attn_implementation != "flash_attention_2":
+            attention = self.cfg.llm.attn_implementation
+            if attention not in ("flash_attention_2", "varlen") or (attention == "varlen" and num_prefix):
                 inputs["attention_mask"] = build_block_causal_mask(layout.segment_ids, num_prefix, embeds.dtype)
             elif num_prefix and packed:
                 raise ValueError(
@@ -312,11 +320,13 @@ class NextGPT(nn.Module):
                 prefix_mask = spliced.attention_mask.new_ones(embeds.shape[0], num_prefix)
                 inputs["attention_mask"] = torch.cat([prefix_mask, spliced.attention_mask], dim=1)  # (B, P + L')
             else:
-                # flash_attention_2 finds packed samples from positions restarting at 0, on a batch of one row only.
+                # flash_attention_2 and varlen find packed samples from positions restarting at 0, on one row only.
                 flatten = True
                 embeds = embeds.reshape(1, -1, embeds.shape[-1])  # (B, L', D) -> (1, B * L', D)
                 inputs["position_ids"] = inputs["position_ids"].reshape(1, -1)  # (B, L') -> (1, B * L')
                 inputs["attention_mask"] = None
+                if attention == "varlen":
+                    inputs.update(varlen_kwargs(inputs["position_ids"]))
         out = self.llm(inputs_embeds=embeds, output_hidden_states=True, use_cache=False, **inputs)
         logits, hidden = out.logits, out.hidden_states[-1]
         if flatten:

@@ -22,8 +22,10 @@ from batch_helpers import (
     signal_embeds_by_sample,
 )
 
+import nextgpt.llm.varlen
 from nextgpt.data.packing import pack_first_fit
 from nextgpt.llm.conversation import Turn
+from nextgpt.llm.varlen import sample_boundaries, varlen_kwargs
 
 
 def test_pack_first_fit_places_longest_first_into_the_first_row_with_room():
@@ -73,9 +75,11 @@ def test_collator_packs_samples_into_rows_with_restarting_positions(group_model)
 
 
 @pytest.mark.parametrize(
-    ("projector", "attention"), [("linear", "sdpa"), ("group", "eager")], ids=["linear-sdpa", "group-eager"]
+    ("projector", "attention"),
+    [("linear", "sdpa"), ("group", "eager"), ("linear", "varlen")],
+    ids=["linear-sdpa", "group-eager", "linear-varlen"],
 )
-def test_packed_batch_trains_like_the_padded_batch(tiny_root, tiny_cfg_path, projector, attention):
+def test_packed_batch_trains_like_the_padded_batch(tiny_root, tiny_cfg_path, projector, attention, monkeypatch):
     model = build_model(
         tiny_root,
         tiny_cfg_path,
@@ -86,7 +90,14 @@ def test_packed_batch_trains_like_the_padded_batch(tiny_root, tiny_cfg_path, pro
     items = make_items(model, STAGE_1 + STAGE_2)
     padded, packed = collate(model, items, packing=False), collate(model, items, packing=True)
     assert packed.batch.input_ids.shape[0] < padded.batch.input_ids.shape[0]
-    plain, pack = run_step(model, padded.batch), run_step(model, packed.batch)
+    per_sample_calls = []  # varlen: the packed pass must attend sample by sample in every layer
+    reference = nextgpt.llm.varlen._reference
+    monkeypatch.setattr(nextgpt.llm.varlen, "_reference", lambda *a: per_sample_calls.append(1) or reference(*a))
+    plain = run_step(model, padded.batch)
+    assert not per_sample_calls
+    pack = run_step(model, packed.batch)
+    expected_calls = model.llm.config.num_hidden_layers if attention == "varlen" else 0
+    assert len(per_sample_calls) == expected_calls
 
     assert set(pack.out.loss_terms) == set(plain.out.loss_terms) == {"ce", "l2_image", "l2_video", "l2_audio"}
     for name, value in plain.out.loss_terms.items():
@@ -121,3 +132,28 @@ def test_packed_samples_do_not_attend_to_each_other(group_model):
         logits.append(logits_by_sample(out, collated.batch, collated.datasets, k))
     assert torch.allclose(logits[0]["s0"], logits[1]["s0"], atol=1e-6)
     assert logits[0]["s1"].shape != logits[1]["s1"].shape or not torch.allclose(logits[0]["s1"], logits[1]["s1"])
+
+
+def test_sample_boundaries_open_a_sample_at_every_position_zero():
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0, 0, 1, 2, 3]])
+    assert sample_boundaries(positions).tolist() == [0, 3, 5, 6, 10]
+    kwargs = varlen_kwargs(positions)
+    assert kwargs["max_length_q"] == kwargs["max_length_k"] == 4
+    assert kwargs["cu_seq_lens_q"].dtype == torch.int32
+
+
+@pytest.mark.gpu
+def test_flash_varlen_kernel_matches_the_per_sample_reference_on_cuda():
+    from nextgpt.llm.varlen import _flash, _reference
+
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    positions = torch.cat([torch.arange(n) for n in (37, 300, 5, 129)]).unsqueeze(0).cuda()
+    cu = sample_boundaries(positions)
+    q, k, v = (torch.randn(1, 8, positions.shape[1], 64, device="cuda", generator=generator) for _ in range(3))
+    expected = _reference(q, k, v, cu, 0.125)
+    q16, k16, v16 = (x.to(torch.bfloat16).requires_grad_() for x in (q, k, v))
+    out = _flash(q16, k16, v16, cu, 300, 0.125)
+    assert out.shape == expected.shape
+    assert torch.allclose(out.float(), expected, atol=2e-2)
+    out.float().square().sum().backward()
+    assert all(x.grad is not None and torch.isfinite(x.grad).all() for x in (q16, k16, v16))
