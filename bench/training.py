@@ -8,11 +8,11 @@ collated before timing, as a data loader's workers would; the host-to-device cop
   system prompt recomputed in every sample, HF LLaMA sdpa (+ peft LoRA and gradient checkpointing in stage 3, as
   configs/stage_3.yaml ships).
 - naive_no_cudnn (GPU only): the naive path with cuDNN's attention kernels off, the stricter baseline.
-- ours_compiled (stage 1, GPU only): ours with varlen attention and compiled layers instead of prefix reuse.
+- ours_eager (stage 1): ours with masked sdpa and eager layers, to show what varlen + compiled layers add.
 - ours: fused AdamW (`train.fused_optimizer`), cached ImageBind features (`data.feature_cache_dir`), packed rows
-  (`data.packing`, `model.llm.max_length`), in stage 1 the shared prefix served from its KV cache
-  (`train.prefix_reuse`); in stage 3 per-sample attention over the packed rows (`model.llm.attn_implementation=varlen`),
-  compiled decoder layers on CUDA (`model.llm.compile_layers`) and no gradient checkpointing
+  (`data.packing`, `model.llm.max_length`), per-sample attention over the packed rows
+  (`model.llm.attn_implementation=varlen`), compiled decoder layers on CUDA (`model.llm.compile_layers`); in stage 1
+  the shared prefix served from its KV cache (`train.prefix_reuse`), in stage 3 no gradient checkpointing
   (`model.llm.gradient_checkpointing=false`).
 
     result = run_stage1(model, shapes, "cuda", micro_batch=32, steps=8)
@@ -76,13 +76,12 @@ def set_attention(model, implementation: str) -> None:
 
 def set_compiled(model, enabled: bool) -> None:
     """Compile the decoder layers (`model.llm.compile_layers`) or return them to eager."""
-    from nextgpt.llm.backbone import decoder_layers
+    from nextgpt.llm.backbone import uncompile_decoder_layers
 
     if enabled:
         compile_decoder_layers(model.llm)
     else:
-        for layer in decoder_layers(model.llm):
-            layer._compiled_call_impl = None
+        uncompile_decoder_layers(model.llm)
     model.cfg.llm.compile_layers = enabled
 
 
@@ -246,26 +245,25 @@ def run_stage1(
     result["naive"] = measure_steps(model, batches, groups, device, warmup, shapes)
     logger.info("stage 1 naive: %.1f samples/s", result["naive"]["samples_per_s"])
     result["naive_no_cudnn"] = measure_naive_without_cudnn(model, batches, groups, device, warmup, shapes)
-    # ours: no encoder in memory, features, packing, prefix reuse
+    # ours: no encoder in memory, features, packing, prefix reuse; first with eager layers and masked sdpa ...
     encoder, model.encoder = model.encoder, None
     model.prefix_reuse = True
     use_attention_kernels(model, naive=False)
     batches, groups = _collate(ours_items, micro_batch, pack_length, packing=True)
     free_memory()
+    result["ours_eager"] = measure_steps(model, batches, groups, device, warmup, shapes, fused=True)
+    # ... then with varlen attention (the prefix joined per sample) and compiled layers on CUDA
+    set_attention(model, "varlen")
+    set_compiled(model, device == "cuda")
     result["ours"] = measure_steps(model, batches, groups, device, warmup, shapes, fused=True)
+    result["ours"]["compile_layers"] = device == "cuda"
     logger.info("stage 1 ours: %.1f samples/s", result["ours"]["samples_per_s"])
     if profile:
         optimizer = _optimizer(model, fused=True)
         result["profile_ours"] = profile_top_kernels(lambda: _step(model, optimizer, batches[-1], device))
+    set_compiled(model, False)
+    set_attention(model, "sdpa")
     model.prefix_reuse = False
-    if device == "cuda":
-        # ours, compiled: the other fast stage-1 setup (prefix reuse and compiled layers do not combine)
-        set_attention(model, "varlen")
-        set_compiled(model, True)
-        result["ours_compiled"] = measure_steps(model, batches, groups, device, warmup, shapes, fused=True)
-        logger.info("stage 1 ours compiled: %.1f samples/s", result["ours_compiled"]["samples_per_s"])
-        set_compiled(model, False)
-        set_attention(model, "sdpa")
     model.encoder = encoder
     result["precompute"] = precompute_rate(model, shapes, device, batch=256 if device == "cuda" else 8)
     train_rate = result["ours"]["samples_per_s"]

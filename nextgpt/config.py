@@ -81,8 +81,9 @@ class LLMConfig:
     """Longest training sequence in tokens (media rows included)."""
     gradient_checkpointing: bool = False
     compile_layers: bool = False
-    """`torch.compile` each decoder layer (dynamic shapes): fewer kernel launches and fused elementwise work per step;
-    the first steps pay the compile time."""
+    """Training: `torch.compile` each decoder layer (dynamic shapes): fewer kernel launches and fused elementwise work
+    per step; the first steps pay the compile time. Inference keeps eager layers (`generation.fast_decode` compiles its
+    own step)."""
     cudnn_attention: bool = False
     """Let PyTorch's sdpa pick its cuDNN kernels on CUDA. Off by default: cuDNN builds a kernel for every new
     sequence length, which costs up to a second per step when lengths vary (docs/benchmarks.md); the flash and

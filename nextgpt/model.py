@@ -20,14 +20,14 @@ from torch import nn
 from nextgpt.config import ModelConfig
 from nextgpt.constants import MODALITIES, Modality
 from nextgpt.encoders.imagebind import load_imagebind
-from nextgpt.llm.backbone import load_llm
+from nextgpt.llm.backbone import decoder_layers, load_llm
 from nextgpt.llm.conversation import system_prefix_ids
 from nextgpt.llm.lora import apply_lora
 from nextgpt.llm.packing import build_block_causal_mask, splice_layout
 from nextgpt.llm.prefix_cache import PrefixKVCache, TokenRows, shared_prefix_length, strip_prefix
 from nextgpt.llm.splice import SplicedInputs, splice_media
 from nextgpt.llm.tokenizer import load_tokenizer, signal_token_ids
-from nextgpt.llm.varlen import varlen_kwargs
+from nextgpt.llm.varlen import attached_prefix, varlen_kwargs
 from nextgpt.projectors.input_projector import build_input_projector
 from nextgpt.projectors.output_projector import OutputProjector
 from nextgpt.signals import SpanScan, find_signal_spans, gather_span_rows
@@ -274,10 +274,10 @@ class NextGPT(nn.Module):
                 "train.prefix_reuse does not work with model.llm.gradient_checkpointing=true (transformers drops the "
                 "cache inside checkpointed layers); turn one of them off"
             )
-        if self.cfg.llm.compile_layers:
+        if self.cfg.llm.compile_layers and self.cfg.llm.attn_implementation != "varlen":
             raise ValueError(
-                "train.prefix_reuse does not work with model.llm.compile_layers=true (each layer reads its own cache "
-                "slot, so every layer would compile again); turn one of them off"
+                "train.prefix_reuse with model.llm.compile_layers=true needs model.llm.attn_implementation=varlen "
+                "(with a cache every layer reads its own slot and would compile again); set it, or turn one off"
             )
         return shared_prefix_length(
             self.template_prefix_ids, rows.input_ids, rows.attention_mask, rows.labels, rows.position_ids
@@ -291,43 +291,60 @@ class NextGPT(nn.Module):
         num_prefix: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """LLM pass over the spliced rows: padded rows as they are, packed rows and rows after a cached prefix with
-        per-sample positions and a block-diagonal mask (flash_attention_2: positions over the flattened batch).
+        per-sample positions and a block-diagonal mask (flash_attention_2 and varlen: one flattened row with positions
+        restarting per sample).
 
         Returns:
             (B, L', V) logits and (B, L', D) last-layer hidden states.
         """
         embeds = spliced.inputs_embeds  # (B, L', D)
         inputs: dict[str, Any] = {"attention_mask": spliced.attention_mask}
+        prefix = None  # varlen with a cached prefix: its per-layer keys and values, attached to the attention modules
         packed = rows.position_ids is not None
         flatten = False
         if packed or num_prefix:
             widths = {m: t.shape[1] for m, t in media_tokens.items()}
             layout = splice_layout(rows.input_ids, rows.attention_mask, rows.position_ids, widths)
-            inputs["position_ids"] = layout.position_ids + num_prefix  # (B, L')
-            if num_prefix:
-                inputs["past_key_values"] = self.prefix_kv.expanded(
-                    self.llm, self.embed_tokens, self.template_prefix_ids[:num_prefix], embeds.shape[0], embeds.device
-                )
             attention = self.cfg.llm.attn_implementation
-            if attention not in ("flash_attention_2", "varlen") or (attention == "varlen" and num_prefix):
-                inputs["attention_mask"] = build_block_causal_mask(layout.segment_ids, num_prefix, embeds.dtype)
-            elif num_prefix and packed:
-                raise ValueError(
-                    "data.packing with train.prefix_reuse needs model.llm.attn_implementation sdpa or eager "
-                    "(flash_attention_2 cannot mask a shared cached prefix across packed samples); turn one off"
-                )
-            elif num_prefix:
-                prefix_mask = spliced.attention_mask.new_ones(embeds.shape[0], num_prefix)
-                inputs["attention_mask"] = torch.cat([prefix_mask, spliced.attention_mask], dim=1)  # (B, P + L')
-            else:
-                # flash_attention_2 and varlen find packed samples from positions restarting at 0, on one row only.
+            if attention == "varlen":
+                # One flattened row; every sample attends to the shared prefix (if any) and to itself only.
                 flatten = True
+                positions = layout.position_ids.reshape(1, -1)  # (B, L') -> (1, B * L')
                 embeds = embeds.reshape(1, -1, embeds.shape[-1])  # (B, L', D) -> (1, B * L', D)
-                inputs["position_ids"] = inputs["position_ids"].reshape(1, -1)  # (B, L') -> (1, B * L')
+                inputs["position_ids"] = positions + num_prefix
                 inputs["attention_mask"] = None
-                if attention == "varlen":
-                    inputs.update(varlen_kwargs(inputs["position_ids"]))
-        out = self.llm(inputs_embeds=embeds, output_hidden_states=True, use_cache=False, **inputs)
+                if num_prefix:
+                    prefix_ids = self.template_prefix_ids[:num_prefix]
+                    prefix = self.prefix_kv.key_values(self.llm, self.embed_tokens, prefix_ids, embeds.device)
+                inputs.update(varlen_kwargs(positions, num_prefix))
+            else:
+                inputs["position_ids"] = layout.position_ids + num_prefix  # (B, L')
+                if num_prefix:
+                    inputs["past_key_values"] = self.prefix_kv.expanded(
+                        self.llm,
+                        self.embed_tokens,
+                        self.template_prefix_ids[:num_prefix],
+                        embeds.shape[0],
+                        embeds.device,
+                    )
+                if attention != "flash_attention_2":
+                    inputs["attention_mask"] = build_block_causal_mask(layout.segment_ids, num_prefix, embeds.dtype)
+                elif num_prefix and packed:
+                    raise ValueError(
+                        "data.packing with train.prefix_reuse needs model.llm.attn_implementation sdpa, eager or "
+                        "varlen (flash_attention_2 cannot mask a shared cached prefix across packed samples); turn one off"
+                    )
+                elif num_prefix:
+                    prefix_mask = spliced.attention_mask.new_ones(embeds.shape[0], num_prefix)
+                    inputs["attention_mask"] = torch.cat([prefix_mask, spliced.attention_mask], dim=1)  # (B, P + L')
+                else:
+                    # flash_attention_2 finds packed samples from positions restarting at 0, on one row only.
+                    flatten = True
+                    embeds = embeds.reshape(1, -1, embeds.shape[-1])  # (B, L', D) -> (1, B * L', D)
+                    inputs["position_ids"] = inputs["position_ids"].reshape(1, -1)  # (B, L') -> (1, B * L')
+                    inputs["attention_mask"] = None
+        with attached_prefix(decoder_layers(self.llm) if prefix else None, prefix):
+            out = self.llm(inputs_embeds=embeds, output_hidden_states=True, use_cache=False, **inputs)
         logits, hidden = out.logits, out.hidden_states[-1]
         if flatten:
             logits = logits.reshape(*spliced.token_ids.shape, -1)  # (1, B * L', V) -> (B, L', V)

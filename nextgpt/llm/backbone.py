@@ -12,6 +12,7 @@ reloads with the same rows trainable and nothing added twice.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -116,19 +117,36 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def compile_decoder_layers(model: nn.Module) -> int:
-    """`torch.compile` every decoder layer in place, with dynamic sequence lengths (`model.llm.compile_layers`).
+    """`torch.compile` the decoder layers' forward, with dynamic sequence lengths (`model.llm.compile_layers`).
 
-    Layers share their code, so one compiled graph serves all of them; compiling lazily at the first forward also
-    covers LoRA modules injected later. What it buys: far fewer kernel launches per step (the host no longer waits on
-    Python for every RMSNorm, rotary and LoRA op) and fused elementwise work.
+    One compiled function (the layer class's `forward`) serves every layer: the layer is an argument, its weights are
+    graph inputs. The forward is compiled rather than the module call so that transformers' output-capturing hooks
+    (which read a ContextVar that torch.compile cannot trace) run eagerly around it instead of breaking the graph.
+    Compiling happens lazily at the first forward, so LoRA modules injected later are covered. What it buys: far fewer
+    kernel launches per step (the host no longer waits on Python for every RMSNorm, rotary and LoRA op) and fused
+    elementwise work.
 
     Returns:
         The number of layers compiled.
     """
     layers = decoder_layers(model)
+    compiled = torch.compile(type(layers[0]).forward, dynamic=True)
     for layer in layers:
-        layer.compile(dynamic=True)
+        layer.forward = functools.partial(compiled, layer)  # instance attribute: shadows the class's forward
     return len(layers)
+
+
+def uncompile_decoder_layers(model: nn.Module) -> None:
+    """Return the decoder layers to their eager forward (undoes `compile_decoder_layers`) and drop what torch.compile
+    cached for them, so a later compile starts afresh."""
+    for layer in decoder_layers(model):
+        layer.__dict__.pop("forward", None)
+    torch._dynamo.reset()
+
+
+def layers_compiled(model: nn.Module) -> bool:
+    """Whether `compile_decoder_layers` was applied (every layer), for checks and tests."""
+    return all(isinstance(layer.__dict__.get("forward"), functools.partial) for layer in decoder_layers(model))
 
 
 def load_llm(cfg: LLMConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
@@ -160,8 +178,6 @@ def load_llm(cfg: LLMConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedMo
     attach_token_rows(model, num_base_tokens, len(tokenizer))
     if cfg.gradient_checkpointing:
         _enable_checkpointing(model)
-    if cfg.compile_layers:
-        compile_decoder_layers(model)
     num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(
         "loaded LLM from %s (%s, %s): %d trainable parameters (token rows)",

@@ -154,7 +154,8 @@ class PrefixKVCache:
             was_training = llm.training
             llm.eval()
             try:
-                with torch.no_grad():
+                # Eager even with compiled layers: filling a cache reads each layer's slot, which would recompile.
+                with torch.no_grad(), torch.compiler.set_stance("force_eager"):
                     embeds = embed_tokens(torch.tensor([list(prefix_ids)], device=device))  # (1, P) -> (1, P, D)
                     llm(inputs_embeds=embeds, past_key_values=cache, use_cache=True)
             finally:

@@ -4,8 +4,9 @@ A packed row of n samples through sdpa needs a block-diagonal mask, and the mask
 row's L x L scores, blocked ones included: n times the attention work of the samples alone. Here the LLM attends each
 sample to itself only, from cumulative sample boundaries (`cu_seq_lens_q`, the names transformers gives the flash
 kwargs): on CUDA through PyTorch's flash `varlen_attn`; elsewhere through one causal sdpa call per sample (the
-reference the CUDA kernel is checked against). Calls without boundaries (padded batches, rows after a cached prefix)
-are plain sdpa with the mask transformers builds for sdpa.
+reference the CUDA kernel is checked against). With a shared prefix served from its cache (`train.prefix_reuse`),
+each sample's keys are the prefix's followed by its own, and its queries see all of the prefix. Calls without
+boundaries (padded batches) are plain sdpa with the mask transformers builds for sdpa.
 
     register_varlen_attention()
     llm = AutoModelForCausalLM.from_pretrained(path, attn_implementation=VARLEN_ATTENTION)
@@ -15,10 +16,14 @@ are plain sdpa with the mask transformers builds for sdpa.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from itertools import pairwise
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 VARLEN_ATTENTION = "nextgpt_varlen"
 """The name the attention function is registered under in transformers."""
@@ -41,11 +46,47 @@ def sample_boundaries(position_ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([starts, end]).to(torch.int32)
 
 
-def varlen_kwargs(position_ids: torch.Tensor) -> dict[str, Any]:
-    """The keyword arguments the LLM passes down to `varlen_attention_forward` for a flattened packed row."""
+def prefix_gather_index(cu: torch.Tensor, num_prefix: int) -> torch.Tensor:
+    """Where each key of the prefixed samples comes from in `cat([prefix keys, row keys])`.
+
+    Sample i's keys are the P prefix keys followed by its own n_i keys, so the gathered key row holds T + n x P keys.
+
+    Args:
+        cu: (n + 1,) sample boundaries of the row (`sample_boundaries`).
+        num_prefix: P.
+
+    Returns:
+        (T + n x P,) long indices into the P + T concatenated keys.
+    """
+    lengths = (cu[1:] - cu[:-1]).long() + num_prefix  # (n,) keys per sample
+    starts = torch.cumsum(lengths, 0) - lengths  # (n,) first gathered key of each sample
+    sample = torch.repeat_interleave(torch.arange(len(lengths), device=cu.device), lengths)
+    offset = torch.arange(int(lengths.sum()), device=cu.device) - starts[sample]  # position among the sample's keys
+    return torch.where(offset < num_prefix, offset, cu.long()[sample] + offset)
+
+
+def varlen_kwargs(position_ids: torch.Tensor, num_prefix: int = 0) -> dict[str, Any]:
+    """The keyword arguments the LLM passes down to `varlen_attention_forward` for a flattened packed row.
+
+    Args:
+        position_ids: (1, T) positions within each sample, restarting at 0 (before any prefix offset).
+        num_prefix: tokens of a shared prefix every sample attends to first (its keys and values are attached to the
+            attention modules with `attached_prefix`), or 0.
+    """
     cu = sample_boundaries(position_ids)
     longest = int((cu[1:] - cu[:-1]).max())
-    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
+    kwargs: dict[str, Any] = {"cu_seq_lens_q": cu, "max_length_q": longest}
+    if not num_prefix:
+        # The same keys with or without a prefix: compiled layers guard on them, and a key missing from one call
+        # would make torch.compile's recompilation check fail on the other.
+        return {**kwargs, "cu_seq_lens_k": cu, "max_length_k": longest, "prefix_index": None}
+    steps = torch.arange(len(cu), device=cu.device, dtype=cu.dtype) * num_prefix
+    return {
+        **kwargs,
+        "cu_seq_lens_k": cu + steps,  # (n + 1,) each sample's keys grow by P
+        "max_length_k": longest + num_prefix,
+        "prefix_index": prefix_gather_index(cu, num_prefix),
+    }
 
 
 def _repeat_heads(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -53,27 +94,66 @@ def _repeat_heads(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
 
-def _reference(query, key, value, cu: torch.Tensor, scaling: float | None) -> torch.Tensor:
-    """One causal sdpa call per sample: (1, H, T, D) -> (1, T, H, D)."""
-    bounds = cu.tolist()
-    outs = [
-        F.scaled_dot_product_attention(
-            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scaling
+def _reference(query, key, value, cu_q: torch.Tensor, cu_k: torch.Tensor, scaling: float | None) -> torch.Tensor:
+    """One sdpa call per sample, causal from the bottom right (a sample's extra leading keys, a shared prefix, are
+    seen by all its queries): query (1, H, T, D), keys (1, H, T_k, D) -> (1, T, H, D)."""
+    outs = []
+    for (qs, qe), (ks, ke) in zip(pairwise(cu_q.tolist()), pairwise(cu_k.tolist()), strict=True):
+        n, m = qe - qs, ke - ks
+        allowed = torch.ones(n, m, dtype=torch.bool, device=query.device).tril(diagonal=m - n)  # (n, m)
+        outs.append(
+            F.scaled_dot_product_attention(
+                query[:, :, qs:qe], key[:, :, ks:ke], value[:, :, ks:ke], attn_mask=allowed, scale=scaling
+            )
         )
-        for s, e in zip(bounds[:-1], bounds[1:], strict=True)
-    ]
     return torch.cat(outs, dim=2).transpose(1, 2)
 
 
-def _flash(query, key, value, cu: torch.Tensor, longest: int, scaling: float | None) -> torch.Tensor:
-    """PyTorch's flash varlen kernel: (1, H, T, D) -> (1, T, H, D)."""
+def _flash(query, key, value, cu_q, cu_k, max_q: int, max_k: int, scaling: float | None) -> torch.Tensor:
+    """PyTorch's flash varlen kernel, causal from the bottom right: (1, H, T, D) -> (1, T, H, D)."""
     from torch.nn.attention.varlen import varlen_attn
 
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # (1, H, T, D) -> (T, H, D)
     params = inspect.signature(varlen_attn).parameters
     causal = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
-    out = varlen_attn(q, k, v, cu, cu, longest, longest, scale=scaling, **causal)  # (T, H, D)
+    out = varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scaling, **causal)  # (T, H, D)
     return out.unsqueeze(0)
+
+
+PREFIX_ATTRIBUTE = "nextgpt_prefix_kv"
+"""Attention-module attribute holding the layer's shared-prefix (keys, values) during one forward (`attached_prefix`)."""
+
+
+@contextmanager
+def attached_prefix(layers: nn.ModuleList, prefix: list[tuple[torch.Tensor, torch.Tensor]] | None) -> Iterator[None]:
+    """Give every attention module its own layer's prefix keys and values for the duration of one forward.
+
+    Held on the module rather than passed down as one list: a compiled layer would pick its entry by `layer_idx` and
+    compile again for every layer; as a tensor attribute of the module it is just another input of one shared graph.
+
+    Args:
+        layers: the LLM's decoder layers (`decoder_layers`), each with `self_attn`.
+        prefix: per layer (keys, values) of shape (1, H_kv, P, D), or None (nothing attached).
+    """
+    if not prefix:
+        yield
+        return
+    modules = [layer.self_attn for layer in layers]
+    for module, key_values in zip(modules, prefix, strict=True):
+        setattr(module, PREFIX_ATTRIBUTE, key_values)
+    try:
+        yield
+    finally:
+        for module in modules:
+            delattr(module, PREFIX_ATTRIBUTE)
+
+
+def _with_prefix(module: nn.Module, key: torch.Tensor, value: torch.Tensor, index: torch.Tensor):
+    """Each sample's keys and values preceded by the shared prefix's: (1, H_kv, T, D) -> (1, H_kv, T + n x P, D)."""
+    prefix_keys, prefix_values = getattr(module, PREFIX_ATTRIBUTE)  # (1, H_kv, P, D) each
+    keys = torch.cat([prefix_keys.to(key.dtype), key], dim=2).index_select(2, index)
+    values = torch.cat([prefix_values.to(value.dtype), value], dim=2).index_select(2, index)
+    return keys, values
 
 
 def flash_varlen_available(device: torch.device, dtype: torch.dtype) -> bool:
@@ -105,7 +185,7 @@ def varlen_attention_forward(
         attention_mask: ignored when `cu_seq_lens_q` is given (the boundaries say everything).
         dropout: attention dropout (must be 0 with boundaries: training here never uses it).
         scaling: softmax scale.
-        kwargs: `cu_seq_lens_q` / `max_length_q` from `varlen_kwargs`, or nothing.
+        kwargs: `cu_seq_lens_q`, `cu_seq_lens_k`, ... from `varlen_kwargs`, or nothing.
 
     Returns:
         (1, T, H, D) attention output, no weights.
@@ -117,11 +197,15 @@ def varlen_attention_forward(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling)
     if query.shape[0] != 1 or dropout:
         raise ValueError("varlen attention takes one flattened row and no attention dropout")
+    if kwargs.get("prefix_index") is not None:
+        key, value = _with_prefix(module, key, value, kwargs["prefix_index"])
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = _repeat_heads(key, groups), _repeat_heads(value, groups)
+    cu_k = kwargs["cu_seq_lens_k"]
     if flash_varlen_available(query.device, query.dtype):
-        return _flash(query, key, value, cu, int(kwargs["max_length_q"]), scaling), None
-    return _reference(query, key, value, cu, scaling), None
+        max_q, max_k = int(kwargs["max_length_q"]), int(kwargs["max_length_k"])
+        return _flash(query, key, value, cu, cu_k, max_q, max_k, scaling), None
+    return _reference(query, key, value, cu, cu_k, scaling), None
 
 
 def register_varlen_attention() -> None:

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from nextgpt.config import Config
+from nextgpt.llm.backbone import compile_decoder_layers
 from nextgpt.model import NextGPT, build_nextgpt
 from nextgpt.training import checkpoint as ckpt
 from nextgpt.training.data_setup import build_training_data
@@ -65,6 +66,8 @@ def build_model_for_training(cfg: Config) -> NextGPT:
         ckpt.load_project_weights(model, cfg.train.init_from, cfg)
     apply_trainable_groups(model, cfg.train.trainable)
     model.prefix_reuse = cfg.train.prefix_reuse  # checked against the trainable set on the first forward
+    if cfg.model.llm.compile_layers:
+        compile_decoder_layers(model.llm)
     return model
 
 

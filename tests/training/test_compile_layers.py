@@ -7,7 +7,7 @@ import pytest
 import torch
 from batch_helpers import STAGE_1, STAGE_2, build_model, collate, make_items, max_grad_difference, run_step
 
-from nextgpt.llm.backbone import decoder_layers
+from nextgpt.llm.backbone import compile_decoder_layers, layers_compiled
 from nextgpt.training.stages import apply_trainable_groups
 
 STAGE_3 = ("lora", "input_projector", "output_projectors", "token_rows")
@@ -29,11 +29,10 @@ def test_compiled_layers_give_the_plain_loss_and_gradients(tiny_root, tiny_cfg_p
     if checkpointing:
         fast_model.train()  # transformers recomputes layers only in training mode
     fast_model.load_state_dict(plain_model.state_dict())
+    compile_decoder_layers(fast_model.llm)  # what the training build does with model.llm.compile_layers=true
     for model in (plain_model, fast_model):
         apply_trainable_groups(model, STAGE_3)
-    layers = decoder_layers(fast_model.llm)
-    assert all(layer._compiled_call_impl is not None for layer in layers)
-    assert all(layer._compiled_call_impl is None for layer in decoder_layers(plain_model.llm))
+    assert layers_compiled(fast_model.llm) and not layers_compiled(plain_model.llm)
     items = make_items(plain_model, STAGE_1 + STAGE_2)
     plain = run_step(plain_model, collate(plain_model, items, packing=False).batch)
     fast = run_step(fast_model, collate(fast_model, items, packing=True).batch)
@@ -43,7 +42,35 @@ def test_compiled_layers_give_the_plain_loss_and_gradients(tiny_root, tiny_cfg_p
     assert max_grad_difference(plain, fast) < 1e-4
 
 
-def test_prefix_reuse_refuses_compiled_layers(tiny_root, tiny_cfg_path):
+def test_compiled_layers_with_prefix_reuse_give_the_plain_loss_and_gradients(tiny_root, tiny_cfg_path):
+    plain_model = build_model(tiny_root, tiny_cfg_path, 1)
+    fast_model = build_model(
+        tiny_root, tiny_cfg_path, 1, "model.llm.compile_layers=true", "model.llm.attn_implementation=varlen"
+    )
+    fast_model.load_state_dict(plain_model.state_dict())
+    compile_decoder_layers(fast_model.llm)
+    fast_model.prefix_reuse = True
+    items = make_items(plain_model, STAGE_1)
+    plain = run_step(plain_model, collate(plain_model, items, packing=False).batch)
+    fast = run_step(fast_model, collate(fast_model, items, packing=True).batch)
+
+    assert fast.out.num_prefix_tokens > 0 and fast_model.prefix_kv.num_computed == 1
+    assert torch.allclose(fast.out.loss, plain.out.loss, atol=1e-5)
+    assert max_grad_difference(plain, fast) < 1e-4
+
+
+def test_training_build_compiles_the_layers_only_when_asked(tiny_root, tiny_cfg_path):
+    from nextgpt.config import load_config
+    from nextgpt.tiny.build import tiny_path_overrides
+    from nextgpt.training.loop import build_model_for_training
+
+    for flag in (False, True):
+        overrides = [*tiny_path_overrides(tiny_root), f"model.llm.compile_layers={str(flag).lower()}"]
+        model = build_model_for_training(load_config(tiny_cfg_path, overrides=overrides))
+        assert layers_compiled(model.llm) == flag
+
+
+def test_prefix_reuse_refuses_compiled_layers_without_varlen(tiny_root, tiny_cfg_path):
     model = build_model(tiny_root, tiny_cfg_path, 1, "model.llm.compile_layers=true")
     model.prefix_reuse = True
     batch = collate(model, make_items(model, STAGE_1), packing=False).batch

@@ -25,7 +25,7 @@ from batch_helpers import (
 import nextgpt.llm.varlen
 from nextgpt.data.packing import pack_first_fit
 from nextgpt.llm.conversation import Turn
-from nextgpt.llm.varlen import sample_boundaries, varlen_kwargs
+from nextgpt.llm.varlen import prefix_gather_index, sample_boundaries, varlen_kwargs
 
 
 def test_pack_first_fit_places_longest_first_into_the_first_row_with_room():
@@ -140,6 +140,11 @@ def test_sample_boundaries_open_a_sample_at_every_position_zero():
     kwargs = varlen_kwargs(positions)
     assert kwargs["max_length_q"] == kwargs["max_length_k"] == 4
     assert kwargs["cu_seq_lens_q"].dtype == torch.int32
+    # With a 2-token shared prefix, each sample's keys are the prefix's then its own (indices into prefix + row).
+    cu = torch.tensor([0, 2, 5], dtype=torch.int32)
+    assert prefix_gather_index(cu, 2).tolist() == [0, 1, 2, 3, 0, 1, 4, 5, 6]
+    prefixed = varlen_kwargs(torch.tensor([[0, 1, 0, 1, 2]]), num_prefix=2)
+    assert prefixed["cu_seq_lens_k"].tolist() == [0, 4, 9] and prefixed["max_length_k"] == 5
 
 
 @pytest.mark.gpu
@@ -150,10 +155,28 @@ def test_flash_varlen_kernel_matches_the_per_sample_reference_on_cuda():
     positions = torch.cat([torch.arange(n) for n in (37, 300, 5, 129)]).unsqueeze(0).cuda()
     cu = sample_boundaries(positions)
     q, k, v = (torch.randn(1, 8, positions.shape[1], 64, device="cuda", generator=generator) for _ in range(3))
-    expected = _reference(q, k, v, cu, 0.125)
+    expected = _reference(q, k, v, cu, cu, 0.125)
     q16, k16, v16 = (x.to(torch.bfloat16).requires_grad_() for x in (q, k, v))
-    out = _flash(q16, k16, v16, cu, 300, 0.125)
+    out = _flash(q16, k16, v16, cu, cu, 300, 300, 0.125)
     assert out.shape == expected.shape
     assert torch.allclose(out.float(), expected, atol=2e-2)
     out.float().square().sum().backward()
     assert all(x.grad is not None and torch.isfinite(x.grad).all() for x in (q16, k16, v16))
+
+
+@pytest.mark.gpu
+def test_flash_varlen_kernel_with_a_shared_prefix_matches_the_reference_on_cuda():
+    from nextgpt.llm.varlen import _flash, _reference, prefix_gather_index
+
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    positions = torch.cat([torch.arange(n) for n in (37, 300, 5, 129)]).unsqueeze(0).cuda()
+    cu = sample_boundaries(positions)
+    num_prefix, length = 32, positions.shape[1]
+    q, k, v = (torch.randn(1, 8, length, 64, device="cuda", generator=generator) for _ in range(3))
+    pk, pv = (torch.randn(1, 8, num_prefix, 64, device="cuda", generator=generator) for _ in range(2))
+    index = prefix_gather_index(cu, num_prefix)
+    keys, values = (torch.cat([p, x], dim=2).index_select(2, index) for p, x in ((pk, k), (pv, v)))
+    cu_k = varlen_kwargs(positions, num_prefix)["cu_seq_lens_k"]
+    expected = _reference(q, keys, values, cu, cu_k, 0.125)
+    out = _flash(*(x.to(torch.bfloat16) for x in (q, keys, values)), cu, cu_k, 300, 300 + num_prefix, 0.125)
+    assert torch.allclose(out.float(), expected, atol=2e-2)

@@ -58,10 +58,17 @@ def test_system_prefix_opens_every_rendered_conversation(tiny_root, tiny_cfg_pat
         assert (item["labels"][: len(prefix) + 1] == X).all()
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "varlen"])
 @pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("stage", [1, 2])
-def test_prefix_reuse_trains_like_the_plain_pass(tiny_root, tiny_cfg_path, stage, packing):
-    model = build_model(tiny_root, tiny_cfg_path, stage, "model.input_projector.type=group")
+def test_prefix_reuse_trains_like_the_plain_pass(tiny_root, tiny_cfg_path, stage, packing, attention):
+    model = build_model(
+        tiny_root,
+        tiny_cfg_path,
+        stage,
+        "model.input_projector.type=group",
+        f"model.llm.attn_implementation={attention}",
+    )
     items = make_items(model, STAGE_1 if stage == 1 else STAGE_2)
     collated = collate(model, items, packing=packing)
     plain = run_step(model, collated.batch)
