@@ -436,19 +436,12 @@ def build_sd_pipeline(shapes: Shapes, work_dir: Path, dtype: torch.dtype):
 
 def build_zeroscope_pipeline(shapes: Shapes, work_dir: Path, dtype: torch.dtype):
     """ZeroScope-shaped `TextToVideoSDPipeline` on CPU (3-D UNet, SD VAE, OpenCLIP-H text encoder, DDIM)."""
-    from diffusers import DDIMScheduler, TextToVideoSDPipeline
+    from diffusers import TextToVideoSDPipeline
 
-    from nextgpt.tiny.decoders import build_tiny_clip_tokenizer
+    from nextgpt.tiny.decoders import build_sd_scheduler, build_tiny_clip_tokenizer
 
     tokenizer = build_tiny_clip_tokenizer(Path(work_dir) / "clip_tokenizer_video")
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = build_sd_scheduler()
     with default_dtype(torch.float32):
         parts = dict(
             unet=build_zeroscope_unet(shapes, "cpu", torch.float32),

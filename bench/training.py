@@ -41,7 +41,7 @@ from bench.timing import (
 from bench.workloads import caption_items, chunk, instruction_items
 from nextgpt.constants import Modality
 from nextgpt.data.collate import Collator
-from nextgpt.llm.backbone import compile_decoder_layers
+from nextgpt.llm.backbone import compile_decoder_layers, uncompile_decoder_layers
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +76,6 @@ def set_attention(model, implementation: str) -> None:
 
 def set_compiled(model, enabled: bool) -> None:
     """Compile the decoder layers (`model.llm.compile_layers`) or return them to eager."""
-    from nextgpt.llm.backbone import uncompile_decoder_layers
-
     if enabled:
         compile_decoder_layers(model.llm)
     else:

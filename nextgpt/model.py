@@ -306,19 +306,20 @@ class NextGPT(nn.Module):
             widths = {m: t.shape[1] for m, t in media_tokens.items()}
             layout = splice_layout(rows.input_ids, rows.attention_mask, rows.position_ids, widths)
             attention = self.cfg.llm.attn_implementation
-            if attention == "varlen":
-                # One flattened row; every sample attends to the shared prefix (if any) and to itself only.
+            positions = layout.position_ids  # (B, L') within each sample, from 0
+            if attention == "varlen" or (attention == "flash_attention_2" and not num_prefix):
+                # One flattened row: both find the samples from positions restarting at 0; varlen also joins the
+                # shared prefix (if any) to every sample's keys.
                 flatten = True
-                positions = layout.position_ids.reshape(1, -1)  # (B, L') -> (1, B * L')
+                positions = positions.reshape(1, -1)  # (B, L') -> (1, B * L')
                 embeds = embeds.reshape(1, -1, embeds.shape[-1])  # (B, L', D) -> (1, B * L', D)
-                inputs["position_ids"] = positions + num_prefix
                 inputs["attention_mask"] = None
-                if num_prefix:
-                    prefix_ids = self.template_prefix_ids[:num_prefix]
-                    prefix = self.prefix_kv.key_values(self.llm, self.embed_tokens, prefix_ids, embeds.device)
-                inputs.update(varlen_kwargs(positions, num_prefix))
+                if attention == "varlen":
+                    if num_prefix:
+                        prefix_ids = self.template_prefix_ids[:num_prefix]
+                        prefix = self.prefix_kv.key_values(self.llm, self.embed_tokens, prefix_ids, embeds.device)
+                    inputs.update(varlen_kwargs(positions, num_prefix))
             else:
-                inputs["position_ids"] = layout.position_ids + num_prefix  # (B, L')
                 if num_prefix:
                     inputs["past_key_values"] = self.prefix_kv.expanded(
                         self.llm,
@@ -329,20 +330,15 @@ class NextGPT(nn.Module):
                     )
                 if attention != "flash_attention_2":
                     inputs["attention_mask"] = build_block_causal_mask(layout.segment_ids, num_prefix, embeds.dtype)
-                elif num_prefix and packed:
+                elif packed:
                     raise ValueError(
                         "data.packing with train.prefix_reuse needs model.llm.attn_implementation sdpa, eager or "
                         "varlen (flash_attention_2 cannot mask a shared cached prefix across packed samples); turn one off"
                     )
-                elif num_prefix:
+                else:
                     prefix_mask = spliced.attention_mask.new_ones(embeds.shape[0], num_prefix)
                     inputs["attention_mask"] = torch.cat([prefix_mask, spliced.attention_mask], dim=1)  # (B, P + L')
-                else:
-                    # flash_attention_2 finds packed samples from positions restarting at 0, on one row only.
-                    flatten = True
-                    embeds = embeds.reshape(1, -1, embeds.shape[-1])  # (B, L', D) -> (1, B * L', D)
-                    inputs["position_ids"] = inputs["position_ids"].reshape(1, -1)  # (B, L') -> (1, B * L')
-                    inputs["attention_mask"] = None
+            inputs["position_ids"] = positions + num_prefix
         with attached_prefix(decoder_layers(self.llm) if prefix else None, prefix):
             out = self.llm(inputs_embeds=embeds, output_hidden_states=True, use_cache=False, **inputs)
         logits, hidden = out.logits, out.hidden_states[-1]

@@ -111,7 +111,8 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     layers = getattr(getattr(base, "model", None), "layers", None)
     if not isinstance(layers, nn.ModuleList):
         raise ValueError(
-            f"model.llm.compile_layers needs a LLaMA-family model (model.layers), got {type(base).__name__}"
+            "model.llm.compile_layers and varlen prefix reuse need a LLaMA-family model (model.layers), "
+            f"got {type(base).__name__}"
         )
     return layers
 

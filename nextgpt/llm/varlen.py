@@ -25,8 +25,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+try:
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # a PyTorch without the varlen kernel: the per-sample reference runs everywhere
+    varlen_attn = None
+
 VARLEN_ATTENTION = "nextgpt_varlen"
 """The name the attention function is registered under in transformers."""
+
+_CAUSAL: dict[str, Any] = (
+    {"is_causal": True}
+    if varlen_attn is not None and "is_causal" in inspect.signature(varlen_attn).parameters
+    else {"window_size": (-1, 0)}
+)
+"""How this PyTorch's `varlen_attn` is told to be causal from the bottom right (its argument changed across versions),
+resolved once rather than on every attention call."""
 
 
 def sample_boundaries(position_ids: torch.Tensor) -> torch.Tensor:
@@ -111,12 +124,8 @@ def _reference(query, key, value, cu_q: torch.Tensor, cu_k: torch.Tensor, scalin
 
 def _flash(query, key, value, cu_q, cu_k, max_q: int, max_k: int, scaling: float | None) -> torch.Tensor:
     """PyTorch's flash varlen kernel, causal from the bottom right: (1, H, T, D) -> (1, T, H, D)."""
-    from torch.nn.attention.varlen import varlen_attn
-
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # (1, H, T, D) -> (T, H, D)
-    params = inspect.signature(varlen_attn).parameters
-    causal = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
-    out = varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scaling, **causal)  # (T, H, D)
+    out = varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scaling, **_CAUSAL)  # (T, H, D)
     return out.unsqueeze(0)
 
 
@@ -158,13 +167,7 @@ def _with_prefix(module: nn.Module, key: torch.Tensor, value: torch.Tensor, inde
 
 def flash_varlen_available(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether PyTorch's flash varlen kernel can run here (CUDA, half precision, a PyTorch that has it)."""
-    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
-        return False
-    try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return varlen_attn is not None and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
 
 
 def varlen_attention_forward(

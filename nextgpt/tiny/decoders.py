@@ -117,7 +117,7 @@ def build_tiny_roberta_tokenizer(work_dir: Path) -> RobertaTokenizer:
     return RobertaTokenizer.from_pretrained(_write_bpe_files(work_dir, vocab), model_max_length=TINY_MAX_TEXT_TOKENS)
 
 
-def _build_scheduler() -> DDIMScheduler:
+def build_sd_scheduler() -> DDIMScheduler:
     """The SD-style DDIM scheduler (steps_offset=1 as in the real SD configs)."""
     return DDIMScheduler(
         beta_start=0.00085,
@@ -188,7 +188,7 @@ def _build_clip_conditioned_parts(
         "text_encoder": _build_clip_text_encoder(cross_attention_dim, tokenizer),
         "tokenizer": tokenizer,
         "unet": unet,
-        "scheduler": _build_scheduler(),
+        "scheduler": build_sd_scheduler(),
     }
 
 
@@ -291,7 +291,7 @@ def build_tiny_audioldm_pipeline(audio_dim: int, work_dir: Path) -> AudioLDMPipe
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=_build_scheduler(),
+        scheduler=build_sd_scheduler(),
         vocoder=vocoder,
     )
 
