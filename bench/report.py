@@ -208,12 +208,13 @@ LIMITS: dict[str, str] = {
     "stage 1": (
         "The issue's target (against the naive stack as it comes) is met; this row is the stricter comparison with the "
         "naive path's cuDNN attention switched off. What limits it: the host, not the GPU. A timed ours step takes "
-        "111 ms, of which 36 ms is GPU work (profile below: 72 ms of kernels over two steps). Varlen attention and "
-        "compiled layers shrank the GPU work from about 53 ms (masked sdpa, eager layers) and the step from 134 to "
-        "111 ms, but each step still pays Python for 32 compiled-layer calls forward and backward (each checks the "
-        "guards on its inputs), the splicing and the loss, around one packed row of only 635 computed tokens (the 32 "
-        "samples' 1,642 tokens minus the cached prefix). Next step: packed rows of a few fixed lengths, so the whole "
-        "step can be captured once per length as a CUDA graph and replayed without the per-op host cost."
+        "118 ms, of which 36 ms is GPU work (profile below: 73 ms of kernels over two steps). Varlen attention and "
+        "compiled layers cut the GPU work from about 53 ms (masked sdpa, eager layers), but not the step: over four "
+        "runs the eager prefix-reuse step took 112-134 ms and the compiled varlen one 104-118 ms. Each step still pays "
+        "Python for 32 compiled-layer calls forward and backward (each checks the guards on its inputs), the splicing "
+        "and the loss, around one packed row of only 635 computed tokens (the 32 samples' 1,642 tokens minus the "
+        "cached prefix). Next step: packed rows of a few fixed lengths, so the whole step can be captured once per "
+        "length as a CUDA graph and replayed without the per-op host cost."
     ),
 }
 """What limits a section when one of its rows misses its target (read from the profile of the run), by table section."""
@@ -225,7 +226,8 @@ FINDINGS = """## Notes from these runs
   against 195 ms with cuDNN attention off). The project turns them off (`model.llm.cudnn_attention=false`, the
   default); the table shows both baselines.
 - Stage 3: per-sample (varlen) attention over the packed rows and compiled decoder layers took ours from 348 ms to
-  187 ms a step (MFU 0.297 -> 0.553; probe on the way: varlen alone 245 ms, MFU 0.42). The masked sdpa kernel had
+  198 ms a step (MFU 0.297 -> 0.522; 0.553 and 0.586 in two earlier runs; probe on the way: varlen alone 245 ms,
+  MFU 0.42). The masked sdpa kernel had
   computed all 2,537 x 2,537 scores of a row of 8 samples; compiled layers fuse the LoRA, RMSNorm and rotary
   elementwise work and cut the host's kernel launches. The fused AdamW kernel (`train.fused_optimizer`) is part of
   ours in both stages.
