@@ -171,6 +171,11 @@ def load_llm(cfg: LLMConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedMo
     if attention == "varlen":
         register_varlen_attention()
         attention = VARLEN_ATTENTION
+        if torch.cuda.is_available() and cfg.dtype == "float32":
+            logger.warning(
+                "model.llm.attn_implementation=varlen runs its flash kernel in bfloat16/float16 only; with "
+                "model.llm.dtype=float32 packed rows take the slow per-sample reference (set model.llm.dtype=bfloat16)"
+            )
     model = AutoModelForCausalLM.from_pretrained(
         model_path, dtype=getattr(torch, cfg.dtype), attn_implementation=attention
     )
