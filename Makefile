@@ -25,7 +25,7 @@ browser:
 	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 tiny: install
-	$(BIN)/python scripts/build_tiny_checkpoints.py --out checkpoints/tiny
+	$(BIN)/python -m nextgpt.cli.build_tiny --out checkpoints/tiny
 
 # Fresh machine -> tiny checkpoints + data -> stages 1, 2, 3 (DeepSpeed) -> merge -> predict; prints the outputs.
 quickstart: install
@@ -33,7 +33,7 @@ quickstart: install
 
 # Held-out metrics of the quickstart's three stages (and the untrained models) -> runs/tiny/eval.json.
 evaluate: install
-	$(BIN)/python scripts/evaluate.py --checkpoint-dir runs/tiny/stage_1/final runs/tiny/stage_2/final \
+	$(BIN)/python -m nextgpt.cli.evaluate --checkpoint-dir runs/tiny/stage_1/final runs/tiny/stage_2/final \
 		runs/tiny/stage_3/final --baseline --output runs/tiny/eval.json
 
 clean-venv:

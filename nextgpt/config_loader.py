@@ -22,6 +22,12 @@ T = TypeVar("T")
 INHERIT_KEY = "inherit"
 """A YAML file may name the file it overlays (path relative to itself): `inherit: base.yaml`."""
 
+_PACKAGE_DIR = Path(__file__).resolve().parent
+SHIPPED_CONFIG_DIR = (
+    _PACKAGE_DIR / "configs" if (_PACKAGE_DIR / "configs").is_dir() else _PACKAGE_DIR.parent / "configs"
+)
+"""The configs that ship with the code: `nextgpt/configs/` in an installed wheel, `configs/` in a clone."""
+
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the key and the fix."""
@@ -153,18 +159,57 @@ def merge_dicts(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
-def read_yaml_chain(path: Path) -> dict[str, Any]:
-    """Read a YAML file and, recursively, the files it `inherit`s (the file itself wins)."""
+def find_config_file(path: str | Path, what: str = "config file") -> Path:
+    """Resolve a config-side file: an existing path as given, else the shipped file of that name.
+
+    `configs/stage_1.yaml`, `stage_1.yaml` and `stage_1` all name the shipped stage-1 YAML when no such file exists
+    relative to the current folder, so the same command works in a clone and after `pip install` from any folder.
+
+    Raises:
+        ConfigError: neither the path nor a shipped file of that name exists.
+    """
     path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_absolute():
+        relative = Path(*path.parts[1:]) if path.parts[:1] == ("configs",) else path
+        for candidate in (relative, relative.with_name(relative.name + ".yaml")):
+            shipped = SHIPPED_CONFIG_DIR / candidate
+            if candidate.parts and shipped.is_file():
+                return shipped
+    raise ConfigError(f"{what} not found: {path}; pass an existing file or a shipped name ({SHIPPED_CONFIG_DIR})")
+
+
+def read_yaml_chain(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML file and, recursively, the files it `inherit`s (the file itself wins).
+
+    Raises:
+        ConfigError: a missing file, unreadable YAML, a non-mapping top level or an `inherit` loop (all named).
+    """
+    path = find_config_file(path) if not _seen else Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}; pass an existing YAML file (see configs/)")
-    data = yaml.safe_load(path.read_text()) or {}
+        raise ConfigError(f"{_seen[-1]}: inherit names {path}, which does not exist; fix its '{INHERIT_KEY}:' line")
+    resolved = path.resolve()
+    if resolved in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, resolved))
+        raise ConfigError(f"inherit loop: {chain}; remove one of the '{INHERIT_KEY}:' lines")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}:{where} is not valid YAML ({problem}); fix the file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read config {path}: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level")
     parent = data.pop(INHERIT_KEY, None)
     if parent is None:
         return data
-    return merge_dicts(read_yaml_chain(path.parent / parent), data)
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: '{INHERIT_KEY}' must name one YAML file, got {parent!r}")
+    return merge_dicts(read_yaml_chain(path.parent / parent, (*_seen, resolved)), data)
 
 
 def parse_override(text: str) -> dict[str, Any]:
@@ -172,7 +217,10 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like key.sub=value")
     dotted, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"override '{text}': the value is not valid YAML; quote it or fix the brackets") from None
     nested: dict[str, Any] = {}
     cursor = nested
     keys = dotted.strip().split(".")

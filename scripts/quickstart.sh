@@ -59,12 +59,12 @@ build_checkpoints() {
   if [[ -f "$CKPT/llm/config.json" && -f "$CKPT/imagebind/imagebind_tiny.pth" && -f "$CKPT/decoders/audioldm/model_index.json" ]]; then
     echo "reusing $CKPT"
   else
-    "$PYTHON" scripts/build_tiny_checkpoints.py --out "$CKPT"
+    "$PYTHON" -m nextgpt.cli.build_tiny --out "$CKPT"
   fi
 }
 
 build_world() {
-  if [[ -f "$CATALOG" ]]; then echo "reusing $DATA"; else "$PYTHON" data/make_tiny_world.py --out "$DATA"; fi
+  if [[ -f "$CATALOG" ]]; then echo "reusing $DATA"; else "$PYTHON" -m nextgpt.cli.make_tiny_world --out "$DATA"; fi
 }
 
 cache_embeddings() {
@@ -119,4 +119,4 @@ echo
 echo "==> step times"
 printf '%s\n' "${TIMES[@]}"
 printf '%-28s %4d s\n' "total" $((SECONDS - START))
-echo "evaluate: $PYTHON scripts/evaluate.py --checkpoint-dir $RUNS/stage_1/final $RUNS/stage_2/final $RUNS/stage_3/final"
+echo "evaluate: $PYTHON -m nextgpt.cli.evaluate --checkpoint-dir $RUNS/stage_1/final $RUNS/stage_2/final $RUNS/stage_3/final"

@@ -50,7 +50,7 @@ def tiny_cfg(tiny_root: Path, tiny_cfg_path: Path):
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path, tiny_cfg_path: Path) -> Path:
     """A small synthetic world in every format, with caption embeddings written by preprocess_embeddings.py."""
-    import preprocess_embeddings
+    from nextgpt.cli import preprocess_embeddings
     from nextgpt.tiny.build import tiny_path_overrides
     from nextgpt.tiny.data import write_synthetic_world
 

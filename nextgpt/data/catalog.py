@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from nextgpt.config import DatasetEntryConfig
-from nextgpt.config_loader import ConfigError, from_dict
+from nextgpt.config_loader import ConfigError, find_config_file, from_dict
 from nextgpt.constants import MODALITIES
 from nextgpt.data.records import load_records
 
@@ -52,9 +52,10 @@ def load_catalog(path: Path) -> dict[str, DatasetEntryConfig]:
         FileNotFoundError: the file does not exist.
         ConfigError: bad layout, or an unknown key / wrong type in an entry (named `<name>.<key>`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"dataset catalog {path} does not exist; set data.catalog_path to a catalog YAML")
+    try:
+        path = find_config_file(path, "dataset catalog (data.catalog_path)")
+    except ConfigError as err:
+        raise FileNotFoundError(str(err)) from None
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict) or set(data) - {"base_dir", "datasets"} or not isinstance(data.get("datasets"), dict):
         raise ConfigError(

@@ -52,7 +52,7 @@ WEIGHT_FILES = (
 )
 
 
-def _check_llm_dir(model_path: Path | None) -> Path:
+def check_llm_dir(model_path: Path | None) -> Path:
     if model_path is None:
         raise ValueError("model.llm.model_path is not set; point it at a local HF LLaMA/Vicuna folder")
     model_path = Path(model_path)
@@ -165,7 +165,7 @@ def load_llm(cfg: LLMConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedMo
         ValueError: `model.llm.model_path` unset, or a tokenizer that does not fit the checkpoint.
         FileNotFoundError: the folder, its config.json or its weights are missing.
     """
-    model_path = _check_llm_dir(cfg.model_path)
+    model_path = check_llm_dir(cfg.model_path)
     configure_attention_kernels(cfg)
     attention = cfg.attn_implementation
     if attention == "varlen":

@@ -11,12 +11,12 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from nextgpt.config import Config, TrainConfig
+from nextgpt.config_loader import find_config_file
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +47,7 @@ def resolve_deepspeed_config(cfg: Config) -> dict[str, Any]:
     train = cfg.train
     ds: dict[str, Any] = {"zero_optimization": {"stage": 0}}
     if train.deepspeed_config is not None:
-        path = Path(train.deepspeed_config)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"DeepSpeed config {path} not found; set train.deepspeed_config (configs/deepspeed/)"
-            )
+        path = find_config_file(train.deepspeed_config, "DeepSpeed config (train.deepspeed_config)")
         ds = json.loads(path.read_text())
     filled = {
         "train_micro_batch_size_per_gpu": train.micro_batch_size,

@@ -39,7 +39,7 @@ def _stage_1_cfg(tiny_root: Path, catalog: Path, *extra: str):
 
 
 def _preprocess(tiny_root: Path, catalog: Path, cache_dir: Path, *datasets: str) -> int:
-    import preprocess_features
+    from nextgpt.cli import preprocess_features
 
     argv = ["--config", str(STAGE_1), "--catalog", str(catalog), "--datasets", *datasets, "--device", "cpu"]
     argv += ["--cache-dir", str(cache_dir), "--num-workers", "0", "--shard-size", str(SHARD_ROWS)]

@@ -57,7 +57,7 @@ def caption_world(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path, tin
     The session's small world has 8 training captions of the 48 possible image (and video) captions: too few for a
     projector to place captions it never saw, so stage 2 gets a world of its own.
     """
-    import preprocess_embeddings
+    from nextgpt.cli import preprocess_embeddings
     from nextgpt.tiny.build import tiny_path_overrides
     from nextgpt.tiny.data import write_synthetic_world
 

@@ -1,9 +1,8 @@
-"""The quickstart's own scripts: data/make_tiny_world.py writes a seeded world with held-out entries; the shell
+"""The quickstart's own scripts: nextgpt-make-tiny-world writes a seeded world with held-out entries; the shell
 driver parses and is what `make quickstart` runs; its three stages train on every format of the world's catalog."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 from pathlib import Path
@@ -14,10 +13,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _make_world_main():
-    spec = importlib.util.spec_from_file_location("make_tiny_world", REPO_ROOT / "data" / "make_tiny_world.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    from nextgpt.cli.make_tiny_world import main
+
+    return main
 
 
 def test_world_script_is_seeded_and_writes_train_and_heldout_entries(tmp_path: Path):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-import predict
+from nextgpt.cli import predict
 from nextgpt.config import load_config
 from nextgpt.constants import Modality
 from nextgpt.inference import fast_decode

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import predict
+from nextgpt.cli import predict
 from nextgpt.config import load_config
 from nextgpt.inference.media_io import save_audio, save_image, save_video
 

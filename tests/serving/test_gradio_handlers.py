@@ -120,7 +120,7 @@ def test_a_failed_generation_keeps_the_history(demo, settings, monkeypatch):
     [(["--checkpoint-dir", "{tmp}/none"], "has no config.yaml"), (["--max-upload-mb", "0"], "must be > 0")],
 )
 def test_demo_script_bad_input_is_one_line(tmp_path, capsys, extra, message):
-    import demo as demo_script
+    from nextgpt.cli import demo as demo_script
 
     argv = ["--checkpoint-dir", str(tmp_path), *[a.replace("{tmp}", str(tmp_path)) for a in extra]]
     assert demo_script.main(argv) == 2

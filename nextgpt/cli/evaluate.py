@@ -16,10 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nextgpt.config import ConfigError  # noqa: E402
-from nextgpt.utils.logging import setup_logging  # noqa: E402
+from nextgpt.config import ConfigError
+from nextgpt.utils.logging import setup_logging
 
 logger = logging.getLogger("nextgpt.scripts.evaluate")
 

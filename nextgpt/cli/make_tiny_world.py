@@ -15,10 +15,8 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nextgpt.tiny.data import write_synthetic_world  # noqa: E402
-from nextgpt.utils.logging import setup_logging  # noqa: E402
+from nextgpt.tiny.data import write_synthetic_world
+from nextgpt.utils.logging import setup_logging
 
 logger = logging.getLogger("nextgpt.data.make_tiny_world")
 

@@ -11,11 +11,9 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nextgpt.config import ConfigError, load_config  # noqa: E402
-from nextgpt.tiny.build import build_tiny_checkpoints  # noqa: E402
-from nextgpt.utils.logging import setup_logging  # noqa: E402
+from nextgpt.config import ConfigError, load_config
+from nextgpt.tiny.build import build_tiny_checkpoints
+from nextgpt.utils.logging import setup_logging
 
 logger = logging.getLogger("nextgpt.scripts.build_tiny")
 

@@ -1,0 +1,56 @@
+"""Cache the frozen ImageBind vectors of every input media file of catalog datasets (training then skips the encoder).
+
+    python preprocess_features.py --config configs/stage_1.yaml --cache-dir data/features --num-workers 8
+    python train.py --config configs/stage_1.yaml data.feature_cache_dir=data/features
+    python preprocess_features.py --config configs/tiny_stage_1.yaml --datasets cc3m_enc --cache-dir data/tiny/features
+
+Without --datasets, the config's data.datasets are cached; without --cache-dir, into its data.feature_cache_dir.
+
+Uses the GPU when there is one; resumable (files already cached with the same content are skipped). The cache is
+tied to the encoder checkpoint and its preprocessing settings (model.encoder); training refuses a cache written with
+others, and re-running this script with the new settings rebuilds it. Unreadable files are reported and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from nextgpt.cli.preprocess_embeddings import build_parser, load_run_inputs
+from nextgpt.data.feature_writer import DEFAULT_SHARD_ROWS
+from nextgpt.utils.cli import run_reporting_errors
+from nextgpt.utils.logging import setup_logging
+
+logger = logging.getLogger("nextgpt.preprocess_features")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser(__doc__, "config naming the encoder (model.encoder)", batch_size=32, datasets_required=False)
+    parser.add_argument("--cache-dir", type=Path, default=None, help="default: data.feature_cache_dir of the config")
+    parser.add_argument("--num-workers", type=int, default=4, help="processes decoding media")
+    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_ROWS, help="vectors per shard file")
+    args = parser.parse_args(argv)
+    setup_logging()
+    logger.info("arguments: %s", vars(args))
+
+    def body() -> None:
+        from nextgpt.data.records import load_records
+        from nextgpt.encoders.imagebind import load_imagebind
+        from nextgpt.encoders.precompute import cache_dataset_features
+
+        cfg, catalog = load_run_inputs(args)
+        cache_dir = args.cache_dir or cfg.data.feature_cache_dir
+        if cache_dir is None:
+            raise ValueError("no cache folder: pass --cache-dir or set data.feature_cache_dir")
+        encoder = load_imagebind(cfg.model.encoder, device=args.device)
+        for name in args.datasets:
+            records = load_records(Path(catalog[name].annotation_path))
+            options = {"batch_size": args.batch_size, "num_workers": args.num_workers, "shard_rows": args.shard_size}
+            cache_dataset_features(records, catalog[name], name, encoder, Path(cache_dir), **options)
+
+    return run_reporting_errors(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
