@@ -81,6 +81,37 @@ def test_missing_file_is_one_clear_error(tmp_path: Path):
         load_config(tmp_path / "nope.yaml")
 
 
+def test_inherit_loop_bad_yaml_and_bad_override_are_one_line_each(tmp_path: Path):
+    (tmp_path / "a.yaml").write_text("inherit: b.yaml\nseed: 1\n")
+    (tmp_path / "b.yaml").write_text("inherit: a.yaml\n")
+    with pytest.raises(ConfigError, match="inherit loop: .*a.yaml -> .*b.yaml -> .*a.yaml"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("inherit: missing.yaml\n")
+    with pytest.raises(ConfigError, match="inherit names .*missing.yaml, which does not exist"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "bad.yaml").write_text("train:\n  lr: [1e-4\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: line \d+, column \d+ is not valid YAML") as info:
+        load_config(tmp_path / "bad.yaml")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="not valid YAML; quote it"):
+        load_config(overrides=["train.lr=[1,"])
+
+
+def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from nextgpt.config_loader import SHIPPED_CONFIG_DIR, find_config_file
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the shipped files answer
+    for name in ("configs/stage_1.yaml", "stage_1.yaml", "stage_1"):
+        assert find_config_file(name) == SHIPPED_CONFIG_DIR / "stage_1.yaml"
+    assert load_config("tiny_stage_2").train.stage == 2  # inherits tiny.yaml beside it
+    (tmp_path / "configs").mkdir()
+    own = tmp_path / "configs" / "stage_1.yaml"
+    own.write_text("seed: 7\n")
+    assert load_config("configs/stage_1.yaml").seed == 7  # a file of the user's wins
+    with pytest.raises(ConfigError, match="config file not found: stage_9"):
+        find_config_file("stage_9")
+
+
 def test_modality_names_match_config_sections():
     cfg = load_config()
     for modality in Modality:

@@ -5,6 +5,7 @@ A checkpoint folder (`step-000500/` or `final/`) holds:
     lora/                   peft adapter format (adapter_config.json + adapter_model.safetensors), when LoRA is on
     config.yaml             the resolved config of the run
     meta.json               stage, step, parameter counts per group, base checkpoint paths, code version
+    manifest.json           size and SHA-256 of every other file (verified before the folder is trusted)
     deepspeed/              optimizer / scheduler / RNG state for `resume` (training checkpoints only)
 Folders are written under a temporary name and renamed when complete, and `latest` is replaced atomically, so a kill
 during a save never corrupts the newest checkpoint.
@@ -26,7 +27,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from nextgpt.components import absolute_paths
 from nextgpt.config import Config, load_config, save_config, to_dict
+from nextgpt.manifest import write_manifest
 from nextgpt.training.stages import canonical_name, parameter_group, project_state_dict
 
 logger = logging.getLogger(__name__)
@@ -36,6 +39,7 @@ LORA_DIR = "lora"
 META_FILE = "meta.json"
 CONFIG_FILE = "config.yaml"
 LATEST_FILE = "latest"
+DEEPSPEED_DIR = "deepspeed"
 
 ARCHITECTURE_FIELDS = ("encoder.out_embed_dim", "input_projector", "output_projectors", "signal_tokens", "lora")
 """Model config sections whose values fix tensor shapes; a checkpoint must agree with the config on all of them."""
@@ -94,8 +98,8 @@ def save_checkpoint(
     if cfg.model.lora.enabled:
         # Token rows live in trainable.safetensors; the adapter folder holds LoRA only.
         model.llm.save_pretrained(str(tmp_dir / LORA_DIR), save_embedding_layers=False)
-    # 2. Config and metadata.
-    save_config(cfg, tmp_dir / CONFIG_FILE)
+    # 2. Config (component paths absolute: the folder works from anywhere) and metadata.
+    save_config(absolute_paths(cfg, Path.cwd()), tmp_dir / CONFIG_FILE)
     counts: dict[str, int] = {}
     for name, param in model.named_parameters():
         group = parameter_group(name) or "frozen base"
@@ -110,6 +114,7 @@ def save_checkpoint(
         **(meta or {}),
     }
     (tmp_dir / META_FILE).write_text(json.dumps(info, indent=2))
+    write_manifest(tmp_dir)  # checksums of everything above and of the DeepSpeed state the ranks wrote
     # 3. The atomic swap.
     if ckpt_dir.exists():
         old = ckpt_dir.with_name(f".{ckpt_dir.name}.old-{os.getpid()}")
