@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint tiny browser quickstart evaluate clean-venv
+.PHONY: install test test-numerics lint tiny browser quickstart evaluate clean-venv
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-reference.txt
 	$(PY) -m venv $(VENV)
@@ -19,6 +19,21 @@ lint: install
 
 test: lint browser
 	$(BIN)/python -m pytest -q
+
+# The tests whose outcome depends on floating-point paths (learning and equivalence tests, marker `numerics`), once
+# with PyTorch's CPU kernels forced to the baseline instruction set and once to AVX2 (unset, a machine uses its best:
+# AVX-512 on many), so a tolerance or learning rate that only holds on one machine fails here first. -m replaces
+# addopts' -m, hence the explicit "not slow and not gpu". Each run compiles into a fresh TorchInductor cache: the
+# shared one (/tmp/torchinductor_$USER) hands kernels generated for one instruction set to a run under another, which
+# then fails to compile them ("at::vec has not been declared").
+NUMERICS_MARK := numerics and not slow and not gpu
+test-numerics: install browser
+	@for cap in default avx2; do \
+		cache=$$(mktemp -d); \
+		echo "== ATEN_CPU_CAPABILITY=$$cap"; \
+		ATEN_CPU_CAPABILITY=$$cap TORCHINDUCTOR_CACHE_DIR=$$cache $(BIN)/python -m pytest -q -m "$(NUMERICS_MARK)"; \
+		status=$$?; rm -rf $$cache; [ $$status -eq 0 ] || exit $$status; \
+	done
 
 # Debian's chromium for the demo's browser test (tests/serving/test_browser.py); installs only when missing (as root).
 browser:

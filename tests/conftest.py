@@ -68,15 +68,54 @@ def _catalog_entries(catalog: Path) -> dict:
     return yaml.safe_load(catalog.read_text())["datasets"]
 
 
-TEACH_DATASETS = "[image_instruction,video_instruction,audio_instruction,mosit_instruction,alpaca_instruction]"
+TEACH_DATASET_NAMES = [
+    "image_instruction",
+    "video_instruction",
+    "audio_instruction",
+    "mosit_instruction",
+    "alpaca_instruction",
+]
+TEACH_DATASETS = f"[{','.join(TEACH_DATASET_NAMES)}]"
+TEACH_ITEMS = 32
+"""Training items per modality of the taught checkpoint's world.
+
+With the session world's 8, the checkpoint learned its 8 requests by heart (which reply template follows which
+caption) and whether a new request ("an image of a red circle on the left") got its signal span depended on rounding:
+on some CPUs it answered "Here you go." and stopped. With 32 it answers every modality's request with its span, with
+a logit margin of about 4 at the weakest token (tests/inference/test_taught_checkpoint.py)."""
+TEACH_OVERRIDES = [
+    "train.init_from=",
+    "train.max_steps=400",
+    "train.micro_batch_size=8",
+    "train.lr=5e-3",
+    "train.warmup_ratio=0.1",  # 40 warmup steps: the freshly initialised projectors and LoRA see no full-lr step
+    "train.schedule=cosine",
+    "train.grad_clip=1.0",
+    "train.save_every=100000",
+]
 
 
 @pytest.fixture(scope="session")
-def taught_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path, tiny_world: Path) -> Path:
+def taught_world(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path, tiny_cfg_path: Path) -> Path:
+    """A synthetic world with `TEACH_ITEMS` training items per modality for the taught checkpoint; its catalog."""
+    from nextgpt.cli import preprocess_embeddings
+    from nextgpt.tiny.build import tiny_path_overrides
+    from nextgpt.tiny.data import write_synthetic_world
+
+    catalog = write_synthetic_world(tmp_path_factory.mktemp("taught_world"), TEACH_ITEMS, 2, seed=0)
+    names = [n for n, e in _catalog_entries(catalog).items() if e.get("caption_embed_dir") and n in TEACH_DATASET_NAMES]
+    argv = ["--config", str(tiny_cfg_path), "--catalog", str(catalog), "--datasets", *names, "--device", "cpu"]
+    assert preprocess_embeddings.main([*argv, *tiny_path_overrides(tiny_root)]) == 0
+    return catalog
+
+
+@pytest.fixture(scope="session")
+def taught_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path, taught_world: Path) -> Path:
     """A stage-3 checkpoint (real training loop) that answers media requests with the right signal spans.
 
-    Trained for 400 steps on the synthetic world's T2M requests ("Please generate an image of ..."), MosIT-style
-    multi-turn dialogues and Alpaca-style text answers, so inference tests can ask for every output modality.
+    Trained for 400 steps on a synthetic world's T2M requests ("Please generate an image of ..."), MosIT-style
+    multi-turn dialogues and Alpaca-style text answers, so inference tests can ask for every output modality. The
+    folder above it holds the run's metrics.jsonl (per-step loss terms).
     """
     from nextgpt.config import load_config
     from nextgpt.tiny.build import tiny_path_overrides
@@ -84,9 +123,11 @@ def taught_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path,
 
     out_dir = tmp_path_factory.mktemp("taught")
     overrides = [
-        *tiny_path_overrides(tiny_root), f"data.catalog_path={tiny_world}", f"train.output_dir={out_dir}",
-        f"data.datasets={TEACH_DATASETS}", "train.init_from=", "train.max_steps=400", "train.micro_batch_size=8",
-        "train.lr=5e-3", "train.save_every=100000", "train.warmup_ratio=0", "train.schedule=cosine",
+        *tiny_path_overrides(tiny_root),
+        f"data.catalog_path={taught_world}",
+        f"train.output_dir={out_dir}",
+        f"data.datasets={TEACH_DATASETS}",
+        *TEACH_OVERRIDES,
     ]
     result = run(load_config(REPO_ROOT / "configs" / "tiny_stage_3.yaml", overrides=overrides))
     return result.final_dir

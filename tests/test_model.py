@@ -53,6 +53,7 @@ def _batch(model, decoders) -> NextGPTBatch:
     )
 
 
+@pytest.mark.numerics
 def test_full_forward_has_every_loss_term_and_trains_only_the_groups(model_and_decoders):
     model, decoders = model_and_decoders
     apply_trainable_groups(model, ("input_projector", "output_projectors", "token_rows"))
@@ -89,6 +90,7 @@ def test_caption_targets_must_match_signal_spans(model_and_decoders):
         model(batch)
 
 
+@pytest.mark.numerics
 def test_precomputed_features_replace_the_encoder(model_and_decoders):
     model, decoders = model_and_decoders
     batch = _batch(model, decoders)

@@ -40,6 +40,7 @@ def test_every_section_has_naive_and_ours_numbers(smoke_run) -> None:
     assert sections["stage3"]["ours_capped"]["fits"] is True
 
 
+@pytest.mark.numerics
 def test_ours_really_takes_the_fast_paths(smoke_run) -> None:
     results, _ = smoke_run
     stage1, stage3 = results["sections"]["stage1"], results["sections"]["stage3"]

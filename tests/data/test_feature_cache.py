@@ -61,6 +61,7 @@ def encoder(tiny_root: Path, tiny_world: Path):
     return load_imagebind(_stage_1_cfg(tiny_root, tiny_world).model.encoder)
 
 
+@pytest.mark.numerics
 def test_cached_vectors_equal_the_encoder_output(feature_cache: Path, encoder, tiny_world: Path):
     catalog = load_catalog(tiny_world)
     for name in DATASETS:
@@ -91,6 +92,7 @@ def _first_items(tiny_root: Path, catalog: Path, model, cache_dir: Path | None) 
     return [dataset[index] for dataset in datasets for index in (0, 1)]
 
 
+@pytest.mark.numerics
 def test_cached_batch_gives_the_raw_media_loss(feature_cache: Path, tiny_root: Path, tiny_world: Path):
     from nextgpt.model import build_nextgpt
 

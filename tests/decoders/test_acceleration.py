@@ -54,6 +54,7 @@ def _generate(decoder: Decoder, **options: Any) -> np.ndarray:
     return np.stack(decoder.generate(conditioning, seed=4, **options))
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("switch", ["channels_last", "fuse_qkv"])
 @pytest.mark.parametrize("modality", [Modality.IMAGE, Modality.VIDEO, Modality.AUDIO])
 def test_unet_switches_keep_outputs(
@@ -85,6 +86,7 @@ def test_fuse_qkv_fuses_every_attention_block(tiny_decoder_cfgs: dict[Modality, 
         assert any(a.is_cross_attention for a in attentions)  # incl. AudioLDM's context-free cross-attention
 
 
+@pytest.mark.numerics
 def test_channels_last_on_3d_unet_keeps_outputs_and_5d_kernels(
     tiny_decoder_cfgs: dict[Modality, DecoderConfig],
 ) -> None:
@@ -188,6 +190,7 @@ def test_load_decoder_applies_and_logs_the_switches(
     assert not is_compiled(plain.pipeline.unet)
 
 
+@pytest.mark.numerics
 def test_compiled_unet_matches_plain(tiny_decoder_cfgs: dict[Modality, DecoderConfig]) -> None:
     plain = _load(tiny_decoder_cfgs, Modality.IMAGE)
     compiled = _load(tiny_decoder_cfgs, Modality.IMAGE, compile=True)
@@ -198,6 +201,7 @@ def test_compiled_unet_matches_plain(tiny_decoder_cfgs: dict[Modality, DecoderCo
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.numerics
 def test_denoising_loss_and_gradient_unchanged_with_every_switch(
     tiny_decoder_cfgs: dict[Modality, DecoderConfig],
 ) -> None:

@@ -102,6 +102,7 @@ def _manual_loss(
     return (per_sample * weights).mean()
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 @pytest.mark.parametrize("snr_gamma", [None, 5.0])
 def test_prediction_type_and_min_snr_match_the_formulas(
@@ -131,6 +132,7 @@ def test_prediction_types_give_different_losses(fresh_image_decoder: ImageDecode
     assert len(set(losses.values())) == 3
 
 
+@pytest.mark.numerics
 def test_huge_gamma_leaves_epsilon_loss_unweighted(image_decoder: ImageDecoder) -> None:
     target = _target(Modality.IMAGE)
     conditioning = torch.randn(2, 77, 32)
@@ -141,6 +143,7 @@ def test_huge_gamma_leaves_epsilon_loss_unweighted(image_decoder: ImageDecoder) 
     torch.testing.assert_close(plain, huge)
 
 
+@pytest.mark.numerics
 def test_video_latents_are_frames_through_the_image_vae(video_decoder: VideoDecoder) -> None:
     target = _target(Modality.VIDEO)  # (2, 3, 3, 32, 32)
     latents = video_decoder.encode_latents(target, generator=torch.Generator().manual_seed(0))
@@ -153,6 +156,7 @@ def test_video_latents_are_frames_through_the_image_vae(video_decoder: VideoDeco
             torch.testing.assert_close(latents[b, :, f], frames[b * 3 + f])
 
 
+@pytest.mark.numerics
 def test_audio_loss_sees_normalised_conditioning(tiny_decoder_cfgs: dict[Modality, DecoderConfig]) -> None:
     decoder = load_decoder(Modality.AUDIO, tiny_decoder_cfgs[Modality.AUDIO], expected_dim=16)
     target = _target(Modality.AUDIO)

@@ -15,6 +15,7 @@ def _as_uint8(pixels: np.ndarray) -> np.ndarray:
     return (pixels * 255).round().astype(np.uint8)
 
 
+@pytest.mark.numerics
 def test_image_embeddings_match_pipeline_text_path(image_decoder: ImageDecoder) -> None:
     embeds = image_decoder.encode_captions(CAPTIONS)
     ours = image_decoder.generate(embeds, seed=3, guidance_scale=7.5)
@@ -31,6 +32,7 @@ def test_image_embeddings_match_pipeline_text_path(image_decoder: ImageDecoder) 
     assert not np.array_equal(ours[0], ours[1])  # the conditioning reaches the output
 
 
+@pytest.mark.numerics
 def test_video_embeddings_match_pipeline_text_path(video_decoder: VideoDecoder) -> None:
     embeds = video_decoder.encode_captions(CAPTIONS)
     ours = video_decoder.generate(embeds, seed=5, guidance_scale=9.0)
@@ -48,6 +50,7 @@ def test_video_embeddings_match_pipeline_text_path(video_decoder: VideoDecoder) 
     assert not np.array_equal(ours[0], ours[1])
 
 
+@pytest.mark.numerics
 def test_audio_embeddings_match_pipeline_text_path(audio_decoder: AudioDecoder) -> None:
     embeds = audio_decoder.encode_captions(CAPTIONS)
     ours = audio_decoder.generate(embeds, seed=7, guidance_scale=2.5, audio_seconds=1.0)
@@ -63,6 +66,7 @@ def test_audio_embeddings_match_pipeline_text_path(audio_decoder: AudioDecoder) 
     assert not np.allclose(ours[0], ours[1])
 
 
+@pytest.mark.numerics
 def test_encode_captions_shapes_and_norm(
     image_decoder: ImageDecoder, video_decoder: VideoDecoder, audio_decoder: AudioDecoder
 ) -> None:
@@ -111,6 +115,7 @@ def test_audio_output_format(audio_decoder: AudioDecoder, seconds: float) -> Non
     assert all(np.isfinite(w).all() for w in waves)
 
 
+@pytest.mark.numerics
 def test_audio_conditioning_is_normalised(audio_decoder: AudioDecoder) -> None:
     embeds = torch.randn(1, 16)
     (raw,) = audio_decoder.generate(embeds, seed=1, audio_seconds=0.5)

@@ -67,6 +67,7 @@ def _three_tones(num_samples: int) -> np.ndarray:
     return waves.astype(np.float32)
 
 
+@pytest.mark.numerics
 def test_log_mel_matches_the_librosa_reference() -> None:
     """Reference: librosa 0.11 filters.mel + stft(center=False) after reflect padding, as AudioLDM's data code."""
     reference = np.load(DATA_DIR / "three_tones_log_mel64.npy")
@@ -92,6 +93,7 @@ def test_log_mel_peaks_at_the_tone(tone_hz: float) -> None:
     assert abs(peak - (_slaney_mel(tone_hz) / spacing - 1)) <= 1
 
 
+@pytest.mark.numerics
 def test_log_mel_normalises_amplitude_and_floors_silence() -> None:
     wave = torch.from_numpy(_three_tones(4000))
     torch.testing.assert_close(

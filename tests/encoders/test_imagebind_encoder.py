@@ -19,6 +19,7 @@ def _inputs(modality: Modality, batch: int = 2, num_clips: int = 3) -> torch.Ten
     return torch.randn(shapes[modality], generator=gen)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("modality", [Modality.IMAGE, Modality.VIDEO, Modality.AUDIO])
 def test_one_vector_per_item_and_unit_clips(tiny_encoder: ImageBindEncoder, modality: Modality) -> None:
     x = _inputs(modality)
@@ -39,6 +40,7 @@ def test_audio_skips_the_logit_scale(tiny_encoder: ImageBindEncoder) -> None:
     assert tiny_encoder.modality_postprocessors["audio"][1].log_logit_scale.exp().item() == pytest.approx(20.0)
 
 
+@pytest.mark.numerics
 def test_items_are_encoded_independently_of_the_batch(tiny_encoder: ImageBindEncoder) -> None:
     x = _inputs(Modality.VIDEO)
     torch.testing.assert_close(tiny_encoder(Modality.VIDEO, x)[1:], tiny_encoder(Modality.VIDEO, x[1:]))
@@ -46,6 +48,7 @@ def test_items_are_encoded_independently_of_the_batch(tiny_encoder: ImageBindEnc
     torch.testing.assert_close(tiny_encoder(Modality.VIDEO, clip_order_swapped), tiny_encoder(Modality.VIDEO, x))
 
 
+@pytest.mark.numerics
 def test_image_equals_a_two_frame_still_clip(tiny_encoder: ImageBindEncoder) -> None:
     image = _inputs(Modality.IMAGE)
     still = image[:, None, :, None].expand(-1, 1, -1, 2, -1, -1)  # (B, 3, S, S) -> (B, 1, 3, 2, S, S)

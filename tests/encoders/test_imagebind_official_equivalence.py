@@ -172,6 +172,7 @@ def test_official_model_has_exactly_the_tiny_file_layout(official_model: nn.Modu
     assert official == ours
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("modality", [Modality.IMAGE, Modality.VIDEO, Modality.AUDIO])
 def test_embeddings_equal_official_on_random_inputs(
     official_model: nn.Module, tiny_encoder: ImageBindEncoder, modality: Modality
@@ -188,6 +189,7 @@ def test_embeddings_equal_official_on_random_inputs(
     )
 
 
+@pytest.mark.numerics
 def test_image_preprocessing_equals_official(
     official_data: dict, media_dir: Path, encoder_cfg: ImageBindConfig
 ) -> None:
@@ -197,6 +199,7 @@ def test_image_preprocessing_equals_official(
     torch.testing.assert_close(ours, official, atol=0, rtol=0)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("name", ["tone_long.wav", "tone_short.wav"])
 def test_audio_preprocessing_equals_official(
     official_data: dict, media_dir: Path, encoder_cfg: ImageBindConfig, name: str
@@ -207,6 +210,7 @@ def test_audio_preprocessing_equals_official(
     torch.testing.assert_close(ours, official, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.numerics
 def test_fbank_equals_official_waveform2melspec(official_data: dict, encoder_cfg: ImageBindConfig) -> None:
     from nextgpt.encoders.transforms import compute_fbank
 
@@ -215,6 +219,7 @@ def test_fbank_equals_official_waveform2melspec(official_data: dict, encoder_cfg
     torch.testing.assert_close(compute_fbank(clip, 16000, encoder_cfg), official, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.numerics
 def test_video_preprocessing_equals_official(
     official_data: dict, media_dir: Path, encoder_cfg: ImageBindConfig
 ) -> None:
@@ -225,6 +230,7 @@ def test_video_preprocessing_equals_official(
     torch.testing.assert_close(ours, official, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.numerics
 def test_end_to_end_on_real_media_equals_official(
     official_data: dict,
     official_model: nn.Module,

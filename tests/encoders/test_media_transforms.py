@@ -70,6 +70,7 @@ def test_audio_gives_three_normalised_fbank_clips(media_dir: Path, encoder_cfg: 
     assert (fbanks[..., :198] - pad_value).abs().amax() > 1.0
 
 
+@pytest.mark.numerics
 def test_audio_is_resampled_to_16khz(media_dir: Path, encoder_cfg: ImageBindConfig, tmp_path: Path) -> None:
     native = write_wav(tmp_path / "tone16k.wav", tone(7.3, sample_rate=16000), sample_rate=16000)
     resampled, reference = load_audio(media_dir / "tone_long.wav", encoder_cfg), load_audio(native, encoder_cfg)
@@ -94,6 +95,7 @@ def test_mid_length_audio_has_overlapping_distinct_clips(media_dir: Path, encode
     assert not torch.equal(fbanks[0], fbanks[2])
 
 
+@pytest.mark.numerics
 def test_stereo_audio_is_mixed_to_mono(media_dir: Path, encoder_cfg: ImageBindConfig, tmp_path: Path) -> None:
     waveform, rate = read_audio(media_dir / "stereo.wav")
     assert waveform.shape == (2, int(2.5 * rate)) and rate == 44100
@@ -125,6 +127,7 @@ def _write_flac(path: Path, samples: np.ndarray, rate: int) -> Path:
     return path
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("kind", ["pcm8", "pcm24", "pcm32", "float32", "flac"])
 def test_audio_formats_decode_to_the_same_samples(tmp_path: Path, kind: str) -> None:
     samples = tone(0.5, sample_rate=22050)

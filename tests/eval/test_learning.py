@@ -4,12 +4,12 @@ A reduced version of the quickstart's evaluation: a short stage-1 run on the ses
 that name the held-out items' attributes far more often than the untrained input projector; a short stage-2 run on a
 world with more captions raises the cosine between projected signal tokens and the caption embeddings and retrieves
 held-out captions far above the untrained model; a short stage-3 run on its checkpoint switches to the requested
-modality where the untrained model never does. The stage-3 check goes through scripts/evaluate.py and its JSON report.
+modality where the untrained model never does. The stage-3 check goes through the evaluate command
+(nextgpt/cli/evaluate.py) and its JSON report.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -18,13 +18,6 @@ import pytest
 from nextgpt.constants import MODALITIES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _train(stage: int, out_dir: Path, tiny_root: Path, catalog: Path, *extra: str) -> Path:
@@ -72,7 +65,9 @@ def caption_world(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path, tin
 def stage_2_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path, caption_world: Path) -> Path:
     """A short stage-2 run (output projectors + token rows, CE + L2) on the caption world's generation records."""
     out_dir = tmp_path_factory.mktemp("stage_2")
-    return _train(2, out_dir, tiny_root, caption_world, "train.init_from=", "train.max_steps=450")
+    # 600 steps: after 450 held-out retrieval was 0.54-0.79 across instruction sets against a bar of about 0.51
+    # (untrained + 0.3); after 600, 0.67 where 450 gave 0.54.
+    return _train(2, out_dir, tiny_root, caption_world, "train.init_from=", "train.max_steps=600")
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +81,7 @@ def stage_3_checkpoint(
     return _train(3, out_dir, tiny_root, tiny_world, init, datasets, "train.max_steps=300", "train.lr=1e-2")
 
 
+@pytest.mark.numerics
 def test_stage_1_training_names_the_heldout_attributes_better_than_chance(stage_1_checkpoint: Path):
     from nextgpt.eval.report import evaluate_checkpoint
 
@@ -96,6 +92,7 @@ def test_stage_1_training_names_the_heldout_attributes_better_than_chance(stage_
     assert trained["accuracy"] > trained["chance"] + 0.2
 
 
+@pytest.mark.numerics
 def test_stage_2_training_brings_projections_closer_to_the_caption_embeddings(stage_2_checkpoint: Path):
     from nextgpt.eval.report import evaluate_checkpoint
 
@@ -110,8 +107,10 @@ def test_stage_2_training_brings_projections_closer_to_the_caption_embeddings(st
     assert trained["retrieval_accuracy"] > untrained["retrieval_accuracy"] + 0.3
 
 
+@pytest.mark.numerics
 def test_instruction_tuning_beats_untrained_on_modality_switching(stage_3_checkpoint: Path, tmp_path: Path):
-    evaluate = _load_script("evaluate")
+    from nextgpt.cli import evaluate
+
     report_path = tmp_path / "eval.json"
     argv = ["--checkpoint-dir", str(stage_3_checkpoint), "--metrics", "switching", "--baseline"]
     assert evaluate.main([*argv, "--output", str(report_path)]) == 0
@@ -125,7 +124,8 @@ def test_instruction_tuning_beats_untrained_on_modality_switching(stage_3_checkp
 
 
 def test_evaluate_refuses_a_folder_without_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    evaluate = _load_script("evaluate")
+    from nextgpt.cli import evaluate
+
     assert evaluate.main(["--checkpoint-dir", str(tmp_path), "--output", str(tmp_path / "eval.json")]) == 2
     assert "no config.yaml" in capsys.readouterr().err
     assert not (tmp_path / "eval.json").exists()

@@ -70,6 +70,7 @@ def _plain(llm, embeds: torch.Tensor, max_new_tokens: int, stop_id: int, **sampl
     return out[0].tolist()
 
 
+@pytest.mark.numerics
 def test_greedy_tokens_match_generate_for_several_prompts_reusing_the_cache(lora_model):
     eos = lora_model.tokenizer.eos_token_id
     decoder = FastDecoder(lora_model.llm, max_cache_len=160, compile=False)
@@ -86,6 +87,7 @@ def test_greedy_tokens_match_generate_for_several_prompts_reusing_the_cache(lora
     assert lengths[-1] == 40 and all(n < 40 for n in lengths[:-1])  # the replies ended by end-of-sequence did end
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("variant", ["merged", "bfloat16"])
 def test_greedy_tokens_match_generate_for_merged_and_bf16_llms(lora_model, variant):
     llm = merge_lora(copy.deepcopy(lora_model.llm))
@@ -100,6 +102,7 @@ def test_greedy_tokens_match_generate_for_merged_and_bf16_llms(lora_model, varia
     assert decoder.cache.layers[0].keys.dtype == llm.dtype
 
 
+@pytest.mark.numerics
 def test_sampling_with_a_fixed_generator_matches_the_seeded_plain_sampler(lora_model):
     eos = lora_model.tokenizer.eos_token_id
     decoder = FastDecoder(lora_model.llm, max_cache_len=128, compile=False)
@@ -168,6 +171,7 @@ def test_too_long_request_fails_with_the_fix_and_reserve_grows_the_cache(lora_mo
     assert decoder.generate(embeds, 8).tolist() == _plain(lora_model.llm, embeds, 8, stop_id=-1)
 
 
+@pytest.mark.numerics
 def test_compiled_step_on_cpu_gives_the_same_tokens(lora_model):
     decoder = FastDecoder(lora_model.llm, max_cache_len=128, compile=True)
     for text in PROMPTS[:2]:
@@ -212,6 +216,7 @@ def _reply(pipeline: NextGPTPipeline, request: str, generation) -> tuple:
     return generate_reply(pipeline.model, turns, {}, generation, decoders, fast_decoder=kept), decoders.prompt_embeds
 
 
+@pytest.mark.numerics
 def test_reply_with_fast_decode_equals_the_plain_reply(taught_checkpoint):
     pipeline = NextGPTPipeline.from_pretrained(taught_checkpoint, device="cpu")
     num_rendered = 0

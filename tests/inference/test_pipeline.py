@@ -52,6 +52,7 @@ def test_low_memory_pool_loads_a_decoder_only_when_it_renders(taught_checkpoint)
         pool[Modality.VIDEO]
 
 
+@pytest.mark.numerics
 def test_low_memory_video_decodes_frame_by_frame_with_the_same_pixels(taught_checkpoint):
     from nextgpt.config import load_config
 

@@ -51,6 +51,7 @@ def _outputs(record: dict, modality: str) -> list[dict]:
     return [o for o in record["outputs"] if o["modality"] == modality]
 
 
+@pytest.mark.numerics
 def test_prompt_streams_text_and_writes_a_png(taught_checkpoint, tmp_path, capsys):
     decoder_cfg = load_config(taught_checkpoint / "config.yaml").model.decoders.image
     argv = ["--checkpoint-dir", str(taught_checkpoint), "--prompt", IMAGE_REQUEST, "--output-dir", str(tmp_path)]
@@ -66,6 +67,7 @@ def test_prompt_streams_text_and_writes_a_png(taught_checkpoint, tmp_path, capsy
     assert (image["height"], image["width"]) == (decoder_cfg.height, decoder_cfg.width)
 
 
+@pytest.mark.numerics
 def test_batch_writes_video_and_audio_of_the_requested_size(taught_checkpoint, tmp_path, capsys):
     batch = tmp_path / "requests.jsonl"
     lines = [{"id": "clip", "prompt": VIDEO_REQUEST}, {"id": "tone", "prompt": AUDIO_REQUEST}]
@@ -88,6 +90,7 @@ def test_batch_writes_video_and_audio_of_the_requested_size(taught_checkpoint, t
         assert wav.getnframes() == audio["num_samples"]
 
 
+@pytest.mark.numerics
 def test_every_input_modality(taught_checkpoint, input_files, tmp_path, capsys):
     batch = tmp_path / "requests.jsonl"
     lines = [
@@ -107,6 +110,7 @@ def test_every_input_modality(taught_checkpoint, input_files, tmp_path, capsys):
         assert record["text"].strip() in out
 
 
+@pytest.mark.numerics
 def test_multi_turn_conversation_file(taught_checkpoint, input_files, tmp_path, capsys):
     conversation = tmp_path / "chat.json"
     image_name = input_files["image"].name

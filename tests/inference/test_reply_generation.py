@@ -13,10 +13,13 @@ from nextgpt.decoders.base import load_decoder
 from nextgpt.inference.generation import generate_reply
 from nextgpt.llm.conversation import Turn, build_training_example
 from nextgpt.model import NextGPTBatch, build_nextgpt
+from nextgpt.tiny.pretrain_encoder import warmup_cosine
 from nextgpt.training.stages import apply_trainable_groups
 
 REQUEST = Turn("user", "<image>\nShow me a picture, a video and a sound of this.")
 REPLY = Turn("assistant", "Here you go. <image> <video> <audio>")
+NUM_STEPS = 120
+WARMUP_STEPS = 10
 
 
 @pytest.fixture(scope="module")
@@ -32,23 +35,33 @@ def taught_model(tiny_root, tiny_cfg_path):
     ids = torch.tensor([example.input_ids])
     pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     batch = NextGPTBatch(ids, torch.ones_like(ids), torch.tensor([example.labels]), media={Modality.IMAGE: pixels})
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    # lr 1e-2 with a 10-step warmup, cosine decay and clipping: at a constant 2e-2 the loss oscillated on some CPUs
+    # (9.2 -> 1.8 -> 7.8 -> 2.6) and ended far above the threshold; this falls smoothly to about 0.01 everywhere.
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, NUM_STEPS, WARMUP_STEPS))
     model.train()
-    for _ in range(120):
+    losses = []
+    for _ in range(NUM_STEPS):
         loss = model(batch).loss
+        losses.append(float(loss))
         optimizer.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+        schedule.step()
     decoders = {
         m: load_decoder(m, getattr(cfg.model.decoders, m.value), getattr(cfg.model.output_projectors, m.value).out_dim)
         for m in MODALITIES
     }
-    return model, decoders, pixels, cfg, float(loss)
+    return model, decoders, pixels, cfg, losses
 
 
+@pytest.mark.numerics
 def test_text_and_image_in_every_modality_out(taught_model):
-    model, decoders, pixels, cfg, final_loss = taught_model
-    assert final_loss < 0.05
+    model, decoders, pixels, cfg, losses = taught_model
+    # Converged, not a lucky dip: the last 20 steps all sit below the threshold (about 0.01; untrained about 9).
+    assert max(losses[-20:]) < 0.05, losses[-20:]
     gen_cfg = dataclasses.replace(cfg.generation, temperature=0.0, max_new_tokens=60)
     result = generate_reply(model, [REQUEST], {Modality.IMAGE: pixels[None][0]}, gen_cfg, decoders)
     assert result.problems == []
@@ -60,6 +73,7 @@ def test_text_and_image_in_every_modality_out(taught_model):
     assert abs(result.audios[0].shape[0] - cfg.model.decoders.audio.audio_seconds * sample_rate) <= 0.05 * sample_rate
 
 
+@pytest.mark.numerics
 def test_missing_decoder_and_truncated_reply_are_reported(taught_model):
     model, decoders, pixels, cfg, _ = taught_model
     gen_cfg = dataclasses.replace(cfg.generation, temperature=0.0, max_new_tokens=60)

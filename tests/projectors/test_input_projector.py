@@ -20,6 +20,7 @@ def tiny_group_cfg() -> InputProjectorConfig:
     )
 
 
+@pytest.mark.numerics
 def test_linear_projector_is_one_affine_token() -> None:
     projector = build_input_projector(InputProjectorConfig(type="linear"), IN_DIM, LLM_DIM)
     x = torch.randn(5, IN_DIM)
@@ -30,6 +31,7 @@ def test_linear_projector_is_one_affine_token() -> None:
     assert set(projector.state_dict()) == {"weight", "bias"}
 
 
+@pytest.mark.numerics
 def test_mlp_projector_is_linear_gelu_linear() -> None:
     projector = build_input_projector(InputProjectorConfig(type="mlp", mlp_hidden_dim=16), IN_DIM, LLM_DIM)
     x = torch.randn(3, IN_DIM)
@@ -66,6 +68,7 @@ def test_group_projector_eval_is_deterministic_and_train_is_stochastic() -> None
     assert not torch.allclose(projector(x), noisy_a)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("training", [True, False])
 def test_group_projector_gradients_pass_the_straight_through_assignment(training: bool) -> None:
     projector = build_input_projector(tiny_group_cfg(), IN_DIM, LLM_DIM).train(training)
@@ -79,6 +82,7 @@ def test_group_projector_gradients_pass_the_straight_through_assignment(training
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
+@pytest.mark.numerics
 def test_hard_assignment_is_one_hot_with_soft_gradient() -> None:
     logits = torch.randn(2, 5, 3, requires_grad=True)
     hard = compute_hard_assignment(logits, dim=-2, gumbel=False)

@@ -31,6 +31,7 @@ def test_output_shape(num_queries: int, out_dim: int, span_len: int) -> None:
     assert out.shape == (3, num_queries, out_dim)
 
 
+@pytest.mark.numerics
 def test_input_is_sum_of_hidden_and_embeds() -> None:
     projector = OutputProjector(tiny_cfg(77, 32), LLM_DIM).eval()
     hidden, embeds = torch.randn(2, 4, LLM_DIM), torch.randn(2, 4, LLM_DIM)

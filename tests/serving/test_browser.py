@@ -59,6 +59,7 @@ def browser():
         browser.close()
 
 
+@pytest.mark.numerics
 def test_errors_show_then_an_uploaded_image_and_a_request_give_a_picture(
     demo_url, demo_pipeline, browser, tmp_path, keep_artifact
 ):

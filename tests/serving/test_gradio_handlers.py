@@ -57,6 +57,7 @@ def test_render_chat_shows_text_then_files():
     ]
 
 
+@pytest.mark.numerics
 def test_submit_streams_then_shows_the_generated_image_and_retry_replaces_it(demo, settings, small_png):
     handlers: ChatHandlers = demo.handlers
     updates = list(handlers.submit(IMAGE_REQUEST, str(small_png), None, None, [], *settings))

@@ -61,6 +61,7 @@ def _train_input_projector(model, batch, num_steps: int, lr: float) -> list[floa
     return losses
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("modality", MODALITIES, ids=[m.value for m in MODALITIES])
 def test_training_only_the_input_projector_halves_the_caption_loss(
     tiny_root: Path, world_catalog: Path, modality: Modality
@@ -83,6 +84,7 @@ def _embed_all(encoder_cfg: ImageBindConfig, media: WorldMedia) -> torch.Tensor:
     return torch.cat([encoder(media.modality, inputs[None]) for inputs in media.inputs])  # N x (1, D) -> (N, D)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("modality", MODALITIES, ids=[m.value for m in MODALITIES])
 def test_pretrained_imagebind_separates_different_captions(
     pretrained_cfg: Config, world_media: dict[Modality, WorldMedia], tmp_path: Path, modality: Modality
@@ -103,6 +105,7 @@ def test_pretrained_imagebind_separates_different_captions(
     assert pretrained < random - 0.4
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("modality", MODALITIES, ids=[m.value for m in MODALITIES])
 def test_pretrained_imagebind_embeddings_identify_every_attribute(
     pretrained_cfg: Config, world_media: dict[Modality, WorldMedia], modality: Modality

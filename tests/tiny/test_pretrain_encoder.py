@@ -97,6 +97,7 @@ def test_pretraining_rejects_bad_step_counts(encoder_cfg: ImageBindConfig, tmp_p
         pretrain_tiny_imagebind(tmp_path / "missing.pth", encoder_cfg, num_steps=0)
 
 
+@pytest.mark.numerics
 def test_rendered_media_keep_equal_views_once_with_the_same_embedding(
     encoder_cfg: ImageBindConfig, tmp_path: Path
 ) -> None:

@@ -47,6 +47,7 @@ def test_world_conversations_are_seeded_and_name_their_media() -> None:
     assert {m for c in conversations for m, _ in c.media} == set(MODALITIES)
 
 
+@pytest.mark.numerics
 def test_attribute_slots_sum_one_vector_per_attribute() -> None:
     slots = AttributeSlots(hidden_dim=8, init_std=0.5, generator=torch.Generator().manual_seed(0))
     red = {"colour": "red", "shape": "circle", "position": "left"}

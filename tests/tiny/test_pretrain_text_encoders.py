@@ -48,6 +48,7 @@ def _world_captions(modality: Modality) -> tuple[list[str], list[dict[str, str]]
     return [world.caption_of(modality, a) for a in attrs], attrs
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("modality", MODALITIES, ids=[m.value for m in MODALITIES])
 def test_pretrained_text_encoders_separate_the_world_captions(
     pretrained_cfg: Config, random_decoders: Path, modality: Modality
@@ -65,6 +66,7 @@ def test_pretrained_text_encoders_separate_the_world_captions(
     assert pretrained_cosine < (0.5 if modality == Modality.AUDIO else 0.2)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("modality", MODALITIES, ids=[m.value for m in MODALITIES])
 def test_pretrained_caption_embeddings_identify_every_attribute(pretrained_cfg: Config, modality: Modality) -> None:
     captions, attrs = _world_captions(modality)
@@ -77,6 +79,7 @@ def test_pretrained_caption_embeddings_identify_every_attribute(pretrained_cfg: 
         assert accuracy == 1.0, f"{modality.value} {attribute}: nearest-centroid accuracy {accuracy:.2f}"
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("modality", MODALITIES, ids=[m.value for m in MODALITIES])
 def test_embed_captions_is_what_the_decoder_caches(pretrained_cfg: Config, modality: Modality) -> None:
     captions, _ = _world_captions(modality)

@@ -3,6 +3,7 @@ signal spans and caption embeddings, and helpers to run a step and compare per-s
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -94,6 +95,62 @@ def run_step(model: NextGPT, batch: NextGPTBatch) -> Step:
     out.loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
     return Step(out=out, grads=grads)
+
+
+def float64_batch(batch: NextGPTBatch) -> NextGPTBatch:
+    """The batch with its float tensors (features, caption embeddings, media) in float64; ids and masks as they are."""
+
+    def cast(values: dict) -> dict:
+        return {k: v.double() if v.is_floating_point() else v for k, v in values.items()}
+
+    return dataclasses.replace(
+        batch,
+        media=cast(batch.media),
+        media_features=cast(batch.media_features),
+        caption_embeds=cast(batch.caption_embeds),
+        denoise_targets=cast(batch.denoise_targets),
+    )
+
+
+def float64_step(model: NextGPT, batch: NextGPTBatch) -> Step:
+    """The plain pass (no prefix reuse) of a float64 copy of the model: the exact values the float32 paths round.
+
+    With about 2**29 times less rounding than float32, its distance to the exact result is negligible next to the
+    float32 bounds of `numerics.rounding_bound`.
+    """
+    from numerics import float64_copy
+
+    reference = float64_copy(model)
+    reference.prefix_reuse = False
+    return run_step(reference, float64_batch(batch))
+
+
+def assert_close_to_float64(
+    what: str, step: Step, collated, exact: Step, exact_collated, items: list[dict], tokens_per_media: int
+) -> None:
+    """A float32 pass (`step` on `collated`) equals the float64 plain pass (`exact` on `exact_collated`, from
+    `float64_step`) up to float32 rounding: loss terms, each sample's logits, each span's conditioning and every
+    gradient within `numerics.rounding_bound`, with n = the real LLM positions of the batch (the longest sums: attention
+    over a sample's positions, every weight gradient over all positions)."""
+    from numerics import assert_grads_rounding_close, assert_rounding_close
+
+    exact_logits = logits_by_sample(exact.out, exact_collated.batch, exact_collated.datasets, tokens_per_media)
+    num_terms = sum(len(logits) for logits in exact_logits.values())
+    assert set(step.out.loss_terms) == set(exact.out.loss_terms), what
+    for name, value in exact.out.loss_terms.items():
+        assert_rounding_close(step.out.loss_terms[name], value, num_terms, f"{what} loss term {name}")
+    assert_rounding_close(step.out.loss, exact.out.loss, num_terms, f"{what} loss")
+    got_logits = logits_by_sample(step.out, collated.batch, collated.datasets, tokens_per_media)
+    assert got_logits.keys() == exact_logits.keys(), what
+    skipped = step.out.num_prefix_tokens  # prefix reuse computes no logits for the shared prefix
+    for name, logits in exact_logits.items():
+        assert_rounding_close(got_logits[name], logits[skipped:], num_terms, f"{what} logits of {name}")
+    got_signals = signal_embeds_by_sample(step.out, collated.datasets, items)
+    exact_signals = signal_embeds_by_sample(exact.out, exact_collated.datasets, items)
+    assert got_signals.keys() == exact_signals.keys(), what
+    for key, embeds in exact_signals.items():
+        assert_rounding_close(got_signals[key], embeds, num_terms, f"{what} conditioning of {key}")
+    assert_grads_rounding_close(step.grads, exact.grads, num_terms, what)
 
 
 def collate(model: NextGPT, items: list[dict], packing: bool, max_length: int = 512):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from batch_helpers import STAGE_1, STAGE_2, build_model, collate, make_items
 
@@ -26,6 +27,7 @@ def _steps(model, grads: dict[str, torch.Tensor], fused: bool, steps: int) -> di
     return {n: p.detach().clone() for n, p in params.items()}
 
 
+@pytest.mark.numerics
 def test_fused_adamw_takes_the_same_steps_as_the_default_kernel(tiny_root, tiny_cfg_path):
     model = build_model(tiny_root, tiny_cfg_path, 2)
     batch = collate(model, make_items(model, STAGE_1 + STAGE_2), packing=False).batch

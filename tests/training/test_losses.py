@@ -11,12 +11,14 @@ from nextgpt.constants import IGNORE_INDEX
 from nextgpt.training.losses import compute_caption_l2_loss, compute_lm_loss
 
 
+@pytest.mark.numerics
 def test_lm_loss_of_uniform_logits_is_log_vocab() -> None:
     logits = torch.zeros(2, 4, 5)
     labels = torch.tensor([[IGNORE_INDEX, 1, 2, 3], [IGNORE_INDEX, IGNORE_INDEX, 0, 4]])
     assert compute_lm_loss(logits, labels).item() == pytest.approx(math.log(5))
 
 
+@pytest.mark.numerics
 def test_lm_loss_shifts_and_averages_over_labelled_tokens() -> None:
     logits = torch.zeros(2, 3, 3)
     logits[0, 0] = torch.tensor([2.0, 0.0, 0.0])  # predicts labels[0, 1] = 0: -log(e^2 / (e^2 + 2))
@@ -37,6 +39,7 @@ def test_lm_loss_is_float32_zero_with_grad_when_nothing_is_labelled() -> None:
     assert logits.grad is not None and logits.grad.abs().sum() == 0
 
 
+@pytest.mark.numerics
 def test_lm_loss_runs_in_float32_for_half_logits() -> None:
     logits = torch.randn(1, 4, 6)
     labels = torch.tensor([[0, 1, 2, 3]])
@@ -50,12 +53,14 @@ def test_lm_loss_shape_error() -> None:
         compute_lm_loss(torch.zeros(2, 3, 4), torch.zeros(2, 4, dtype=torch.long))
 
 
+@pytest.mark.numerics
 def test_caption_l2_is_mean_euclidean_distance_not_mse() -> None:
     pred = torch.zeros(2, 2, 2)
     target = torch.tensor([[[3.0, 4.0], [0.0, 1.0]], [[6.0, 8.0], [0.0, 0.0]]])  # distances 5, 1, 10, 0
     assert compute_caption_l2_loss(pred, target).item() == pytest.approx(4.0)
 
 
+@pytest.mark.numerics
 def test_caption_l2_accepts_flat_target_for_single_query() -> None:
     pred = torch.tensor([[[1.0, 1.0, 1.0, 1.0]]])  # (1, 1, 4)
     assert compute_caption_l2_loss(pred, torch.zeros(1, 4)).item() == pytest.approx(2.0)
@@ -69,6 +74,7 @@ def test_caption_l2_gradient_is_finite_at_zero_distance() -> None:
     assert pred.grad is not None and torch.isfinite(pred.grad.float()).all()
 
 
+@pytest.mark.numerics
 def test_caption_l2_gradient_is_unit_direction() -> None:
     pred = torch.tensor([[[3.0, 4.0]]], requires_grad=True)
     compute_caption_l2_loss(pred, torch.zeros(1, 1, 2)).backward()

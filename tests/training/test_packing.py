@@ -13,14 +13,17 @@ from batch_helpers import (
     IMG,
     STAGE_1,
     STAGE_2,
+    assert_close_to_float64,
     build_model,
     collate,
+    float64_batch,
+    float64_step,
     logits_by_sample,
     make_items,
-    max_grad_difference,
     run_step,
     signal_embeds_by_sample,
 )
+from numerics import assert_rounding_close, float64_copy
 
 import nextgpt.llm.varlen
 from nextgpt.data.packing import pack_first_fit
@@ -74,6 +77,7 @@ def test_collator_packs_samples_into_rows_with_restarting_positions(group_model)
         assert torch.equal(batch.caption_embeds[modality], torch.stack(captions))
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize(
     ("projector", "attention"),
     [("linear", "sdpa"), ("group", "eager"), ("linear", "varlen")],
@@ -100,37 +104,35 @@ def test_packed_batch_trains_like_the_padded_batch(tiny_root, tiny_cfg_path, pro
     assert len(per_sample_calls) == expected_calls
 
     assert set(pack.out.loss_terms) == set(plain.out.loss_terms) == {"ce", "l2_image", "l2_video", "l2_audio"}
-    for name, value in plain.out.loss_terms.items():
-        assert torch.allclose(pack.out.loss_terms[name], value, atol=1e-5), name
-    assert torch.allclose(pack.out.loss, plain.out.loss, atol=1e-5)
-    k = model.input_projector.num_tokens
-    plain_logits = logits_by_sample(plain.out, padded.batch, padded.datasets, k)
-    packed_logits = logits_by_sample(pack.out, packed.batch, packed.datasets, k)
-    for name, logits in plain_logits.items():
-        assert torch.allclose(packed_logits[name], logits, atol=1e-5), name
-    plain_signals = signal_embeds_by_sample(plain.out, padded.datasets, items)
-    packed_signals = signal_embeds_by_sample(pack.out, packed.datasets, items)
-    assert plain_signals.keys() == packed_signals.keys() and len(plain_signals) == 5
-    for key, embeds in plain_signals.items():
-        assert torch.allclose(packed_signals[key], embeds, atol=1e-5), key
+    assert len(signal_embeds_by_sample(plain.out, padded.datasets, items)) == 5
     assert {n.split(".")[0] for n in plain.grads} == {"input_projector", "output_projectors", "llm"}
-    assert max_grad_difference(plain, pack) < 1e-5
+    # Both float32 passes within float32 rounding of the exact (float64) padded pass: see tests/numerics.py.
+    exact = float64_step(model, padded.batch)
+    k = model.input_projector.num_tokens
+    assert_close_to_float64("padded", plain, padded, exact, padded, items, k)
+    assert_close_to_float64("packed", pack, packed, exact, padded, items, k)
 
 
+@pytest.mark.numerics
 def test_packed_samples_do_not_attend_to_each_other(group_model):
     model = group_model
     first = [Turn("user", "<image>\nDescribe the picture."), Turn("assistant", "A red circle on the left.")]
     second = [Turn("user", "Make a sound of rain."), Turn("assistant", "Sure <audio>")]
     changed = [Turn("user", "Play a loud thunderstorm, please!"), Turn("assistant", "Here you go: <audio>")]
     k = model.input_projector.num_tokens
-    logits = []
+    logits, exact = [], None
     for conversation in (second, changed):
         collated = collate(model, make_items(model, [first, conversation]), packing=True)
         assert collated.batch.input_ids.shape[0] == 1  # both samples share the row
         with torch.no_grad():
             out = model(collated.batch)
+            if exact is None:  # the first sample's exact logits, next to the first neighbour
+                out64 = float64_copy(model)(float64_batch(collated.batch))
+                exact = logits_by_sample(out64, collated.batch, collated.datasets, k)["s0"]
         logits.append(logits_by_sample(out, collated.batch, collated.datasets, k))
-    assert torch.allclose(logits[0]["s0"], logits[1]["s0"], atol=1e-6)
+    # Next to either neighbour, the first sample's logits are its exact ones up to float32 rounding (tests/numerics.py).
+    for neighbour in logits:
+        assert_rounding_close(neighbour["s0"], exact, len(exact), "first sample's logits")
     assert logits[0]["s1"].shape != logits[1]["s1"].shape or not torch.allclose(logits[0]["s1"], logits[1]["s1"])
 
 
