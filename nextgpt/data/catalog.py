@@ -109,7 +109,9 @@ MEDIA_SAMPLE_SIZE = 64
 """Files per dataset and folder that `validate_datasets` looks at: enough to tell a wrong folder from a few bad files."""
 
 
-def _sampled_file_problems(name: str, entry: DatasetEntryConfig, records: Sequence[Any], media: bool) -> list[str]:
+def _sampled_file_problems(
+    name: str, entry: DatasetEntryConfig, records: Sequence[Any], media: bool, embeddings: bool
+) -> list[str]:
     """A folder none of whose first files exist (or all empty): a wrong `*_dir` / missing embeddings, found in
     milliseconds instead of after a whole epoch of skipped samples.
 
@@ -117,7 +119,8 @@ def _sampled_file_problems(name: str, entry: DatasetEntryConfig, records: Sequen
         name: catalog name.
         entry: its catalog entry.
         records: its annotation records.
-        media: check input/target media files (False when a feature cache replaces them).
+        media: check input media files (False when a feature cache replaces them).
+        embeddings: check caption-embedding files (False before preprocess_embeddings.py wrote them).
     """
     files: dict[str, list[Path]] = {}
     for record in records:
@@ -126,7 +129,8 @@ def _sampled_file_problems(name: str, entry: DatasetEntryConfig, records: Sequen
         except MalformedRecordError:
             continue
         named = [(f"{m.value}_dir", p) for m, p in spec.input_media] if media else []
-        named += [("caption_embed_dir", t.embedding_path) for t in spec.targets if t.embedding_path is not None]
+        if embeddings:
+            named += [("caption_embed_dir", t.embedding_path) for t in spec.targets if t.embedding_path is not None]
         for field_name, path in named:
             if len(files.setdefault(field_name, [])) < MEDIA_SAMPLE_SIZE:
                 files[field_name].append(path)
@@ -149,7 +153,7 @@ def _sampled_file_problems(name: str, entry: DatasetEntryConfig, records: Sequen
     return problems
 
 
-def _entry_problems(name: str, entry: DatasetEntryConfig, media: bool = True) -> list[str]:
+def _entry_problems(name: str, entry: DatasetEntryConfig, media: bool, embeddings: bool) -> list[str]:
     """Missing annotation file, folders the records need that are unset or absent, folders of missing files."""
     annotation = Path(entry.annotation_path)
     if not annotation.is_file():
@@ -159,17 +163,19 @@ def _entry_problems(name: str, entry: DatasetEntryConfig, media: bool = True) ->
     except ValueError as err:
         return [f"{name}: {err}"]
     problems = []
-    for field_name in sorted(needed_folders(records)):
+    for field_name in sorted(needed_folders(records) - (set() if embeddings else {"caption_embed_dir"})):
         folder = getattr(entry, field_name)
         if folder is None:
             problems.append(f"{name}: records need {field_name} but the entry does not set it")
         elif not Path(folder).is_dir():
             hint = " (run preprocess_embeddings.py)" if field_name == "caption_embed_dir" else ""
             problems.append(f"{name}: {field_name} {folder} does not exist{hint}")
-    return problems or _sampled_file_problems(name, entry, records, media)
+    return problems or _sampled_file_problems(name, entry, records, media, embeddings)
 
 
-def dataset_problems(names: Sequence[str], catalog: dict[str, DatasetEntryConfig], media: bool = True) -> list[str]:
+def dataset_problems(
+    names: Sequence[str], catalog: dict[str, DatasetEntryConfig], media: bool = True, embeddings: bool = True
+) -> list[str]:
     """Every problem of a run's datasets, one line each: unknown names (with the closest catalog name), missing or
     unreadable annotation files, folders the records need that are unset or absent, folders whose sampled files are
     all missing or empty.
@@ -177,7 +183,8 @@ def dataset_problems(names: Sequence[str], catalog: dict[str, DatasetEntryConfig
     Args:
         names: dataset names of a run (`data.datasets`).
         catalog: from `load_catalog`.
-        media: also check media folders (False with a feature cache: the files are not read).
+        media: also sample the input media files (False with a feature cache: the files are not read).
+        embeddings: also check the caption embeddings (False for preprocess_embeddings.py, which writes them).
     """
     if not names:
         return ["data.datasets is empty; name at least one catalog dataset, e.g. data.datasets=[cc3m_enc]"]
@@ -188,21 +195,24 @@ def dataset_problems(names: Sequence[str], catalog: dict[str, DatasetEntryConfig
             hint = f"; did you mean '{suggestion}'?" if suggestion else ""
             problems.append(f"dataset '{name}' is not in the catalog{hint} (known: {', '.join(sorted(catalog))})")
         else:
-            problems += _entry_problems(name, catalog[name], media)
+            problems += _entry_problems(name, catalog[name], media, embeddings)
     return problems
 
 
-def validate_datasets(names: Sequence[str], catalog: dict[str, DatasetEntryConfig], media: bool = True) -> None:
+def validate_datasets(
+    names: Sequence[str], catalog: dict[str, DatasetEntryConfig], media: bool = True, embeddings: bool = True
+) -> None:
     """Check that every named dataset exists in the catalog and that its files and needed folders exist.
 
     Args:
         names: dataset names of a run (`data.datasets`).
         catalog: from `load_catalog`.
-        media: also check media folders (False with a feature cache).
+        media: also sample the input media files (False with a feature cache).
+        embeddings: also check the caption embeddings and their folder (False before they are written).
 
     Raises:
         ValueError: one message listing every problem of `dataset_problems`.
     """
-    problems = dataset_problems(names, catalog, media)
+    problems = dataset_problems(names, catalog, media, embeddings)
     if problems:
         raise ValueError(f"{len(problems)} dataset problem(s): " + "; ".join(problems))
