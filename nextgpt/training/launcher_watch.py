@@ -57,12 +57,19 @@ def _read_process(pid: int) -> tuple[int, int, str, list[str]] | None:
 
 
 def is_launcher(argv: list[str]) -> bool:
-    """Whether a command line is the deepspeed runner / launcher or torchrun (as a script or `python -m`)."""
-    for i, arg in enumerate(argv[:4]):
-        if Path(arg).name in LAUNCHER_SCRIPTS:
-            return True
-        if arg == "-m" and i + 1 < len(argv) and argv[i + 1] in LAUNCHER_MODULES:
-            return True
+    """Whether a command line is the deepspeed runner / launcher or torchrun (run directly, as a script given to
+    python, or as `python -m <module>`)."""
+    if not argv:
+        return False
+    if Path(argv[0]).name in LAUNCHER_SCRIPTS:
+        return True
+    if not Path(argv[0]).name.startswith("python"):
+        return False
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg == "-m":
+            return i + 1 < len(argv) and argv[i + 1] in LAUNCHER_MODULES
+        if not arg.startswith("-"):  # the script python runs
+            return Path(arg).name in LAUNCHER_SCRIPTS
     return False
 
 

@@ -67,15 +67,14 @@ def _refusal(path: Path, what: str) -> UnsafeCheckpointError:
 def unsafe_globals(path: Path) -> list[str]:
     """Globals the pickle of a `torch.save` file names that neither torch nor the allow-list accepts.
 
-    Reads only the pickle's opcodes (nothing is executed or built).
-
-    Raises:
-        UnsafeCheckpointError: the file is not a torch zip archive (legacy files cannot be scanned).
+    Reads only the pickle's opcodes (nothing is executed or built). Files in torch's legacy (non-zip) format cannot be
+    scanned and give []: their load is weights-only all the same, which refuses them then.
     """
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except (RuntimeError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError, OSError) as err:
-        raise _refusal(path, f"an unscannable format ({str(err).splitlines()[0][:120]})") from None
+    except (RuntimeError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+        logger.debug("%s cannot be scanned (%s); its weights-only load will check it", path, err)
+        return []
     allowed = allowed_global_names()
     return sorted(n for n in names if n not in allowed)
 
