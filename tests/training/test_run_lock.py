@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -106,6 +107,7 @@ def test_killing_the_deepspeed_launcher_stops_the_trainer_and_the_run_resumes(
             [*cmd, *overrides], cwd=REPO_ROOT, env=_clean_env(), stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
+    trainer = None
     try:
         _wait_for(lambda: latest_checkpoint(run_dir) is not None or runner.poll() is not None, 300, "step-3", log)
         trainer = json.loads((run_dir / LOCK_FILE).read_text())["pid"]
@@ -116,9 +118,11 @@ def test_killing_the_deepspeed_launcher_stops_the_trainer_and_the_run_resumes(
         runner.wait(timeout=60)
         assert not (run_dir / "final").exists(), "the trainer was stopped mid-run"
         assert "stopping this trainer" in log.read_text() or victim == "launch"
-    finally:
-        if runner.poll() is None:
+    finally:  # whatever happened, leave no process of this launch behind
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(runner.pid, signal.SIGKILL)
-            runner.wait()
+        if trainer is not None and _alive(trainer):
+            os.kill(trainer, signal.SIGKILL)
+        runner.wait()
     result = run(quick_cfg(tiny_root, tiny_world, run_dir, *extra))
     assert 0 < len(result.losses) < 24 and metric_steps(run_dir) == list(range(1, 25))
