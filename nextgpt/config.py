@@ -248,7 +248,9 @@ class DataConfig:
     """Catalog names, e.g. [cc3m_enc, webvid_enc, audiocap_enc]."""
     sampler: Literal["random", "modality_blended", "length_grouped"] = "modality_blended"
     bad_sample_policy: Literal["skip", "error"] = "skip"
-    """`skip`: a missing/corrupt media file or malformed record is skipped, counted and logged; `error`: stop."""
+    """`skip`: a missing/corrupt media file or malformed record (a non-object entry of the annotation list included)
+    is skipped, counted and logged, and an epoch without a single usable sample stops the run naming the datasets and
+    folders; `error`: stop at the first bad sample."""
     num_workers: int = 0
     feature_cache_dir: Path | None = None
     """Folder of precomputed ImageBind features (preprocess_features.py); when set, the datasets read features
@@ -286,10 +288,14 @@ class TrainConfig:
     trainable: tuple[str, ...] = ("input_projector", "token_rows")
     """Trainable groups: input_projector, output_projectors, lora, token_rows."""
     init_from: Path | None = None
-    """Checkpoint folder of the previous stage (its trainable weights are loaded first)."""
+    """Checkpoint folder of the previous stage (its trainable weights are loaded first; its files are checked against
+    its manifest before any model is built)."""
     output_dir: Path = Path("runs/stage_1")
+    """The run folder: step-*/ and final/ checkpoints, metrics.jsonl, and `.lock` (one trainer at a time)."""
     resume: bool = True
-    """Continue from the latest checkpoint in output_dir when there is one."""
+    """Continue from the newest intact checkpoint in output_dir (broken newer ones are skipped with a warning). A run
+    whose final/ already holds the steps asked for is reported as finished and left untouched; with a larger
+    max_steps / epochs it continues from final/ with its optimizer state. False starts over at step 0."""
     deepspeed_config: Path | None = Path("configs/deepspeed/zero2.json")
     precision: Literal["bf16", "fp32"] = "bf16"
     lr: float = 4e-4

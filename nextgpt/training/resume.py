@@ -248,6 +248,13 @@ def plan_resume(cfg: Config, current: dict[str, dict[str, Any]]) -> ResumePlan:
     if point is None:
         return ResumePlan()
     allowed = check_resume_changes(point.meta, current, cfg.train.allow_resume_changes, point.folder)
+    if "steps_per_epoch" in point.meta and not allowed:
+        target = target_steps(cfg, int(point.meta["steps_per_epoch"]))
+        if point.step > target:
+            raise ConfigError(
+                f"{point.folder} is at step {point.step}, past the {target} steps the config asks for "
+                f"(train.max_steps / train.epochs); raise them to continue it, or set train.output_dir to a new folder"
+            )
     return ResumePlan(point=point, allowed_changes=allowed)
 
 

@@ -145,6 +145,13 @@ def test_an_edited_annotation_file_is_refused(run_copy: Path, tiny_root: Path, t
         run(quick_cfg(tiny_root, catalog, run_copy, "train.max_steps=6"))
 
 
+def test_a_checkpoint_past_the_asked_steps_is_refused(run_copy: Path, tiny_root: Path, tiny_world: Path, monkeypatch):
+    shutil.rmtree(run_copy / "final")  # killed before final/: step-000003 is the newest
+    no_model_built(monkeypatch)
+    with pytest.raises(ConfigError, match=r"step-000003 is at step 3, past the 2 steps the config asks for"):
+        run(quick_cfg(tiny_root, tiny_world, run_copy, "train.max_steps=2", "train.save_every=1"))
+
+
 def test_resume_drops_the_interrupted_runs_later_metrics(run_copy: Path, tiny_root: Path, tiny_world: Path):
     original = read_metrics(run_copy)
     # As if killed after logging step 4 but before final/ was renamed into place: step-000003 is the newest.

@@ -123,6 +123,8 @@ def test_torch_load_is_forced_weights_only_inside_the_block_and_restored_after(t
         with pytest.raises(UnsafeCheckpointError):
             engine.checkpoint_engine.load(str(planted), map_location="cpu")
     assert torch.load is original and not marker.exists()
+    with weights_only_loads(engine, trust=True):  # train.trust_checkpoint_pickles: DeepSpeed's own loads stay
+        assert torch.load is original and engine.checkpoint_engine is _Engine.checkpoint_engine
 
 
 def test_a_legacy_non_zip_file_is_still_read_weights_only(tmp_path: Path):
