@@ -52,6 +52,7 @@ from nextgpt.training.resume import (
     finished_message,
     plan_resume,
     resume_position,
+    target_steps,
 )
 from nextgpt.training.run_lock import RunLock
 from nextgpt.training.safe_load import check_pickles, load_weights_only, weights_only_loads
@@ -180,7 +181,7 @@ def _resume(engine, cfg: Config, plan: ResumePlan, layout: _Layout) -> _Position
 def _layout(cfg: Config, data: TrainingData, order: dict[str, dict[str, Any]]) -> _Layout:
     micro_per_epoch = len(data.batch_sampler)
     steps_per_epoch = max(1, micro_per_epoch // cfg.train.grad_accum_steps)
-    total = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
+    total = target_steps(cfg, steps_per_epoch)
     sizes = {d.name: len(d) for d in data.datasets}
     order = {**order, "data_order": {**order["data_order"], "dataset_sizes": sizes}}
     return _Layout(micro_per_epoch, steps_per_epoch, total, order)
@@ -227,7 +228,7 @@ def _run_locked(cfg: Config) -> TrainResult:
     model = build_model_for_training(cfg)
     data = build_training_data(cfg, model)
     layout = _layout(cfg, data, order)
-    if plan.point is not None:
+    if plan.point is not None and "data_order" in plan.point.meta:
         sizes = {"data_order": {"dataset_sizes": layout.order["data_order"]["dataset_sizes"]}}
         check_resume_changes(plan.point.meta, sizes, cfg.train.allow_resume_changes, plan.point.folder)
     engine = build_engine(cfg, model, build_lr_lambda(cfg.train, layout.total_steps))
