@@ -10,6 +10,7 @@ interleave checkpoints and metrics, and a resume started while the old run still
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -57,6 +58,14 @@ class RunLock:
                 f"train.output_dir {self.path.parent} is in use by another trainer ({holder}); wait for it to finish "
                 "or stop it, or set train.output_dir to another folder"
             ) from None
+        except OSError as err:
+            os.close(fd)
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
+                raise
+            # A file system without flock (some NFS setups): run unguarded, but say so.
+            logger.warning("%s: this file system cannot lock (%s); make sure one trainer at a time writes to %s",
+                           self.path, err.strerror, self.path.parent)  # fmt: skip
+            return self
         os.ftruncate(fd, 0)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         os.write(fd, json.dumps(info).encode())

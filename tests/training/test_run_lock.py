@@ -126,3 +126,17 @@ def test_killing_the_deepspeed_launcher_stops_the_trainer_and_the_run_resumes(
         runner.wait()
     result = run(quick_cfg(tiny_root, tiny_world, run_dir, *extra))
     assert 0 < len(result.losses) < 24 and metric_steps(run_dir) == list(range(1, 25))
+
+
+def test_a_file_system_without_locks_runs_unguarded_with_a_warning(tmp_path: Path, monkeypatch, caplog):
+    import errno
+    import fcntl
+    import logging
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING, logger="nextgpt"):
+        RunLock(tmp_path / "run").acquire().release()
+    assert "this file system cannot lock (No locks available)" in caplog.text
