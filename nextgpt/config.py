@@ -9,6 +9,7 @@ wrong types fail naming the key (and the closest valid one); cross-field checks 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -247,7 +248,9 @@ class DataConfig:
     """Catalog names, e.g. [cc3m_enc, webvid_enc, audiocap_enc]."""
     sampler: Literal["random", "modality_blended", "length_grouped"] = "modality_blended"
     bad_sample_policy: Literal["skip", "error"] = "skip"
-    """`skip`: a missing/corrupt media file or malformed record is skipped, counted and logged; `error`: stop."""
+    """`skip`: a missing/corrupt media file or malformed record (a non-object entry of the annotation list included)
+    is skipped, counted and logged, and an epoch without a single usable sample stops the run naming the datasets and
+    folders; `error`: stop at the first bad sample."""
     num_workers: int = 0
     feature_cache_dir: Path | None = None
     """Folder of precomputed ImageBind features (preprocess_features.py); when set, the datasets read features
@@ -255,6 +258,26 @@ class DataConfig:
     packing: bool = False
     """Pack several samples into each row (up to model.llm.max_length) instead of padding; attention never crosses
     a sample boundary, so the loss equals the padded one."""
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+
+
+RESUME_ORDER_KEYS = (
+    "seed",
+    "train.micro_batch_size",
+    "train.grad_accum_steps",
+    "data.datasets",
+    "data.sampler",
+    "data.packing",
+    "model.llm.max_length",
+    "world_size",
+    "dataset_sizes",
+)
+"""What fixes the data order of a run: a resume compares these with the checkpoint's `meta.json` and refuses a change
+unless `train.allow_resume_changes` names the key. `world_size` is the number of processes, `dataset_sizes` the
+number of records of each dataset (an annotation file edited between runs)."""
 
 
 @dataclass
@@ -265,10 +288,14 @@ class TrainConfig:
     trainable: tuple[str, ...] = ("input_projector", "token_rows")
     """Trainable groups: input_projector, output_projectors, lora, token_rows."""
     init_from: Path | None = None
-    """Checkpoint folder of the previous stage (its trainable weights are loaded first)."""
+    """Checkpoint folder of the previous stage (its trainable weights are loaded first; its files are checked against
+    its manifest before any model is built)."""
     output_dir: Path = Path("runs/stage_1")
+    """The run folder: step-*/ and final/ checkpoints, metrics.jsonl, and `.lock` (one trainer at a time)."""
     resume: bool = True
-    """Continue from the latest checkpoint in output_dir when there is one."""
+    """Continue from the newest intact checkpoint in output_dir (broken newer ones are skipped with a warning). A run
+    whose final/ already holds the steps asked for is reported as finished and left untouched; with a larger
+    max_steps / epochs it continues from final/ with its optimizer state. False starts over at step 0."""
     deepspeed_config: Path | None = Path("configs/deepspeed/zero2.json")
     precision: Literal["bf16", "fp32"] = "bf16"
     lr: float = 4e-4
@@ -292,12 +319,29 @@ class TrainConfig:
     prefix_reuse: bool = False
     """Stages with a frozen LLM (1 and 2): compute the conversation prefix every sample shares (system prompt and
     role tag) once, keep its KV cache, and run only the rest of each sample; the loss equals the plain one."""
+    allow_resume_changes: tuple[str, ...] = ()
+    """Keys whose change a resume accepts (e.g. [train.micro_batch_size, world_size]). A resume continues the data
+    order of the interrupted run exactly, so by default it refuses a checkpoint written with another value of any key
+    that fixes that order (micro batch size, grad accumulation, seed,
+    datasets and their sizes, sampler, packing, max_length, world size: `RESUME_ORDER_KEYS`). A key listed here is accepted with a warning
+    and the run continues from the same fraction of the epoch, in a different order than an uninterrupted run."""
+    trust_checkpoint_pickles: bool = False
+    """Let resume unpickle DeepSpeed state that needs classes outside the allow-list (`nextgpt.training.safe_load`).
+    Off: the state is read with `torch.load(weights_only=True)`, which cannot run code; a file that needs more is
+    refused. Turn on only for checkpoints you wrote yourself with a DeepSpeed setup the allow-list does not cover:
+    unpickling runs whatever the file says."""
 
     def __post_init__(self) -> None:
         if self.stage not in (1, 2, 3):
             raise ConfigError(f"train.stage must be 1, 2 or 3, got {self.stage}")
         if not 0 <= self.warmup_ratio <= 1:
             raise ConfigError(f"train.warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
+        self._check_ranges()
+        unknown_keys = [k for k in self.allow_resume_changes if k not in RESUME_ORDER_KEYS]
+        if unknown_keys:
+            raise ConfigError(
+                f"train.allow_resume_changes has unknown keys {unknown_keys}; valid: {list(RESUME_ORDER_KEYS)}"
+            )
         valid = {"input_projector", "output_projectors", "lora", "token_rows"}
         unknown = set(self.trainable) - valid
         if unknown:
@@ -307,6 +351,23 @@ class TrainConfig:
                 "train.prefix_reuse needs a frozen LLM but train.trainable includes lora; set train.prefix_reuse=false "
                 "for this stage"
             )
+
+    def _check_ranges(self) -> None:
+        """Single-field limits, checked when the config loads: a bad value fails in a second, not after the model."""
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"train.lr must be a finite number > 0, got {self.lr}; e.g. train.lr=1e-4")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"train.weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise ConfigError(f"train.grad_clip must be a finite number >= 0 (0: no clipping), got {self.grad_clip}")
+        if len(self.betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"train.betas must be two numbers in [0, 1), got {list(self.betas)}; e.g. [0.9, 0.95]")
+        at_least_one = ("epochs", "micro_batch_size", "grad_accum_steps", "save_every", "keep_last", "log_every")
+        for name in at_least_one:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"train.max_steps must be >= 1 or null (run train.epochs), got {self.max_steps}")
 
 
 @dataclass

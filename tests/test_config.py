@@ -117,3 +117,30 @@ def test_modality_names_match_config_sections():
     for modality in Modality:
         assert hasattr(cfg.model.output_projectors, modality.value)
         assert hasattr(cfg.model.decoders, modality.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lr=-1", "train.lr must be a finite number > 0, got -1.0"),
+        ("train.lr=nan", "train.lr must be a finite number > 0, got nan"),
+        ("train.lr=0", "train.lr must be a finite number > 0, got 0.0"),
+        ("train.micro_batch_size=0", "train.micro_batch_size must be >= 1, got 0"),
+        ("train.grad_accum_steps=0", "train.grad_accum_steps must be >= 1, got 0"),
+        ("train.epochs=0", "train.epochs must be >= 1, got 0"),
+        ("train.max_steps=0", "train.max_steps must be >= 1 or null"),
+        ("train.save_every=0", "train.save_every must be >= 1, got 0"),
+        ("train.keep_last=0", "train.keep_last must be >= 1, got 0"),
+        ("train.log_every=0", "train.log_every must be >= 1, got 0"),
+        ("train.betas=[0.9,1.0]", "train.betas must be two numbers in [0, 1), got [0.9, 1.0]"),
+        ("train.betas=[0.9]", "train.betas must be two numbers in [0, 1), got [0.9]"),
+        ("train.weight_decay=-0.1", "train.weight_decay must be a finite number >= 0, got -0.1"),
+        ("train.grad_clip=inf", "train.grad_clip must be a finite number >= 0"),
+        ("data.num_workers=-1", "data.num_workers must be >= 0, got -1"),
+        ("train.allow_resume_changes=[micro_batch_size]", "train.allow_resume_changes has unknown keys"),
+    ],
+)
+def test_out_of_range_training_values_fail_when_the_config_loads(override: str, message: str):
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    assert message in str(info.value) and "\n" not in str(info.value)

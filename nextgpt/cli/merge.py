@@ -2,6 +2,10 @@
 
 python merge_lora_weights.py --checkpoint-dir runs/stage_3/final --output-dir checkpoints/nextgpt-7b-merged
 python merge_lora_weights.py --checkpoint-dir runs/stage_3/final --output-dir out model.llm.model_path=/data/vicuna
+
+The output folder is written under a temporary name and renamed when complete. It must not be the checkpoint, lie
+inside it or inside another checkpoint of its run; an existing folder is replaced only when it is empty or a previous
+merge (or with --overwrite).
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--checkpoint-dir", type=Path, required=True, help="checkpoint folder (e.g. runs/stage_3/final)"
     )
-    parser.add_argument("--output-dir", type=Path, required=True, help="merged folder to write")
+    parser.add_argument("--output-dir", type=Path, required=True, help="merged folder to write (written atomically)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing non-empty folder that is not a previous merge"
+    )
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the checkpoint's config")
     args = parser.parse_args(argv)
     setup_logging()
@@ -31,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         from nextgpt.training.merge import merge_checkpoint
 
-        merge_checkpoint(args.checkpoint_dir, args.output_dir, args.overrides)
+        merge_checkpoint(args.checkpoint_dir, args.output_dir, args.overrides, overwrite=args.overwrite)
 
     return run_reporting_errors(body)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from nextgpt.config import Config, DatasetEntryConfig, load_config
+from nextgpt.constants import Modality
 from nextgpt.utils.cli import run_reporting_errors
 from nextgpt.utils.logging import setup_logging
 
@@ -38,22 +39,46 @@ def build_parser(
     return parser
 
 
-def load_run_inputs(args: argparse.Namespace) -> tuple[Config, dict[str, DatasetEntryConfig]]:
-    """Resolved config and catalog of a preprocessing run; every named dataset is checked against the catalog.
-
-    `args.datasets` left unset is filled in from the config's `data.datasets`.
+def check_device(device: str) -> None:
+    """Refuse a --device this machine does not have, in one line (torch would fail deep in the first transfer).
 
     Raises:
-        ConfigError / FileNotFoundError / ValueError: bad config, catalog or dataset names (one line each).
+        ValueError: not a device name, or a CUDA device without a visible GPU.
+    """
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a device name; pass cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} but no CUDA GPU is visible; pass --device cpu")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device} but only {torch.cuda.device_count()} GPU(s) are visible")
+
+
+def load_run_inputs(args: argparse.Namespace, media: bool = True) -> tuple[Config, dict[str, DatasetEntryConfig]]:
+    """Resolved config and catalog of a preprocessing run; arguments and every named dataset are checked.
+
+    `args.datasets` left unset is filled in from the config's `data.datasets`. Caption embeddings are not required
+    (they are what preprocess_embeddings.py writes).
+
+    Args:
+        args: the parsed command line of `build_parser`.
+        media: sample the datasets' input media files (preprocess_features.py reads them).
+
+    Raises:
+        ConfigError / FileNotFoundError / ValueError: bad arguments, config, catalog or dataset names (one line).
     """
     from nextgpt.data.catalog import load_catalog, validate_datasets
 
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_device(args.device)
     cfg = load_config(args.config, overrides=args.overrides)
     catalog = load_catalog(args.catalog or cfg.data.catalog_path)
     args.datasets = args.datasets or list(cfg.data.datasets)
     if not args.datasets:
         raise ValueError(f"no datasets: pass --datasets or set data.datasets in {args.config}")
-    validate_datasets(args.datasets, catalog)
+    validate_datasets(args.datasets, catalog, media=media, embeddings=False)
     return cfg, catalog
 
 
@@ -64,24 +89,33 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("arguments: %s", vars(args))
 
     def body() -> None:
+        from nextgpt.components import check_components
         from nextgpt.data.records import load_records
         from nextgpt.decoders.base import load_decoder
         from nextgpt.decoders.caption_cache import cache_caption_embeddings, record_modalities
 
-        cfg, catalog = load_run_inputs(args)
-        decoders = {}
+        cfg, catalog = load_run_inputs(args, media=False)
+        records, modalities = {}, {}
         for name in args.datasets:
             entry = catalog[name]
             if entry.caption_embed_dir is None:
                 raise ValueError(f"dataset {name} has no caption_embed_dir in the catalog; add one to cache embeddings")
-            records = load_records(Path(entry.annotation_path))
-            for modality in record_modalities(records, entry):
+            if Path(entry.caption_embed_dir).exists() and not Path(entry.caption_embed_dir).is_dir():
+                raise ValueError(f"{name}: caption_embed_dir {entry.caption_embed_dir} is a file; set it to a folder")
+            records[name] = load_records(Path(entry.annotation_path))
+            modalities[name] = record_modalities(records[name], entry)
+        needed = sorted({m for ms in modalities.values() for m in ms}, key=list(Modality).index)
+        check_components(cfg.model, encoder=False, decoders=needed, llm=False)
+        decoders = {}
+        for name in args.datasets:
+            entry = catalog[name]
+            for modality in modalities[name]:
                 if modality not in decoders:
                     width = getattr(cfg.model.output_projectors, modality.value).out_dim
                     decoders[modality] = load_decoder(
                         modality, getattr(cfg.model.decoders, modality.value), width, device=args.device
                     )
-                cache_caption_embeddings(records, entry, modality, decoders[modality], args.batch_size)
+                cache_caption_embeddings(records[name], entry, modality, decoders[modality], args.batch_size)
 
     return run_reporting_errors(body)
 

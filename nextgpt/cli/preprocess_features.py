@@ -35,14 +35,22 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("arguments: %s", vars(args))
 
     def body() -> None:
+        from nextgpt.components import check_components
         from nextgpt.data.records import load_records
         from nextgpt.encoders.imagebind import load_imagebind
         from nextgpt.encoders.precompute import cache_dataset_features
 
-        cfg, catalog = load_run_inputs(args)
+        if args.num_workers < 0 or args.shard_size < 1:
+            raise ValueError(
+                f"--num-workers must be >= 0 and --shard-size >= 1, got {args.num_workers}, {args.shard_size}"
+            )
+        cfg, catalog = load_run_inputs(args, media=True)
         cache_dir = args.cache_dir or cfg.data.feature_cache_dir
         if cache_dir is None:
             raise ValueError("no cache folder: pass --cache-dir or set data.feature_cache_dir")
+        if Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+            raise ValueError(f"cache folder {cache_dir} is a file; pass a folder to --cache-dir")
+        check_components(cfg.model, encoder=True, decoders=(), llm=False)
         encoder = load_imagebind(cfg.model.encoder, device=args.device)
         for name in args.datasets:
             records = load_records(Path(catalog[name].annotation_path))

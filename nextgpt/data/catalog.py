@@ -23,7 +23,7 @@ import yaml
 from nextgpt.config import DatasetEntryConfig
 from nextgpt.config_loader import ConfigError, find_config_file, from_dict
 from nextgpt.constants import MODALITIES
-from nextgpt.data.records import load_records
+from nextgpt.data.records import MalformedRecordError, load_records, parse_record
 
 logger = logging.getLogger(__name__)
 
@@ -105,44 +105,114 @@ def needed_folders(records: Sequence[dict[str, Any]]) -> set[str]:
     return needed
 
 
-def _entry_problems(name: str, entry: DatasetEntryConfig) -> list[str]:
-    """Missing annotation file, or folders the records need that are unset or absent."""
+MEDIA_SAMPLE_SIZE = 64
+"""Files per dataset and folder that `validate_datasets` looks at: enough to tell a wrong folder from a few bad files."""
+
+
+def _sampled_file_problems(
+    name: str, entry: DatasetEntryConfig, records: Sequence[Any], media: bool, embeddings: bool
+) -> list[str]:
+    """A folder none of whose first files exist (or all empty): a wrong `*_dir` / missing embeddings, found in
+    milliseconds instead of after a whole epoch of skipped samples.
+
+    Args:
+        name: catalog name.
+        entry: its catalog entry.
+        records: its annotation records.
+        media: check input media files (False when a feature cache replaces them).
+        embeddings: check caption-embedding files (False before preprocess_embeddings.py wrote them).
+    """
+    files: dict[str, list[Path]] = {}
+    for record in records:
+        try:
+            spec = parse_record(record, entry)
+        except MalformedRecordError:
+            continue
+        named = [(f"{m.value}_dir", p) for m, p in spec.input_media] if media else []
+        if embeddings:
+            named += [("caption_embed_dir", t.embedding_path) for t in spec.targets if t.embedding_path is not None]
+        for field_name, path in named:
+            if len(files.setdefault(field_name, [])) < MEDIA_SAMPLE_SIZE:
+                files[field_name].append(path)
+        if files and all(len(f) >= MEDIA_SAMPLE_SIZE for f in files.values()):
+            break
+    problems = []
+    for field_name, paths in sorted(files.items()):
+        present = [p for p in paths if p.is_file()]
+        hint = "run preprocess_embeddings.py for it" if field_name == "caption_embed_dir" else "check it in the catalog"
+        if not present:
+            problems.append(
+                f"{name}: none of the first {len(paths)} files its records name exists under {field_name} "
+                f"{getattr(entry, field_name)} (e.g. {paths[0].name}); {hint}"
+            )
+        elif all(p.stat().st_size == 0 for p in present):
+            problems.append(
+                f"{name}: the first {len(present)} files under {field_name} {getattr(entry, field_name)} are all "
+                f"empty (e.g. {present[0].name}); {hint}"
+            )
+    return problems
+
+
+def _entry_problems(name: str, entry: DatasetEntryConfig, media: bool, embeddings: bool) -> list[str]:
+    """Missing annotation file, folders the records need that are unset or absent, folders of missing files."""
     annotation = Path(entry.annotation_path)
     if not annotation.is_file():
-        return [f"{name}: annotation file {annotation} does not exist"]
+        return [f"{name}: annotation file {annotation} does not exist; check annotation_path in the catalog"]
     try:
         records = load_records(annotation)
     except ValueError as err:
         return [f"{name}: {err}"]
     problems = []
-    for field_name in sorted(needed_folders(records)):
+    for field_name in sorted(needed_folders(records) - (set() if embeddings else {"caption_embed_dir"})):
         folder = getattr(entry, field_name)
         if folder is None:
             problems.append(f"{name}: records need {field_name} but the entry does not set it")
         elif not Path(folder).is_dir():
             hint = " (run preprocess_embeddings.py)" if field_name == "caption_embed_dir" else ""
             problems.append(f"{name}: {field_name} {folder} does not exist{hint}")
+    return problems or _sampled_file_problems(name, entry, records, media, embeddings)
+
+
+def dataset_problems(
+    names: Sequence[str], catalog: dict[str, DatasetEntryConfig], media: bool = True, embeddings: bool = True
+) -> list[str]:
+    """Every problem of a run's datasets, one line each: unknown names (with the closest catalog name), missing or
+    unreadable annotation files, folders the records need that are unset or absent, folders whose sampled files are
+    all missing or empty.
+
+    Args:
+        names: dataset names of a run (`data.datasets`).
+        catalog: from `load_catalog`.
+        media: also sample the input media files (False with a feature cache: the files are not read).
+        embeddings: also check the caption embeddings (False for preprocess_embeddings.py, which writes them).
+    """
+    if not names:
+        return ["data.datasets is empty; name at least one catalog dataset, e.g. data.datasets=[cc3m_enc]"]
+    problems = []
+    for name in dict.fromkeys(names):
+        if name not in catalog:
+            suggestion = closest_name(name, catalog)
+            hint = f"; did you mean '{suggestion}'?" if suggestion else ""
+            problems.append(f"dataset '{name}' is not in the catalog{hint} (known: {', '.join(sorted(catalog))})")
+        else:
+            problems += _entry_problems(name, catalog[name], media, embeddings)
     return problems
 
 
-def validate_datasets(names: Sequence[str], catalog: dict[str, DatasetEntryConfig]) -> None:
+def validate_datasets(
+    names: Sequence[str], catalog: dict[str, DatasetEntryConfig], media: bool = True, embeddings: bool = True
+) -> None:
     """Check that every named dataset exists in the catalog and that its files and needed folders exist.
 
     Args:
         names: dataset names of a run (`data.datasets`).
         catalog: from `load_catalog`.
+        media: also sample the input media files (False with a feature cache).
+        embeddings: also check the caption embeddings and their folder (False before they are written).
 
     Raises:
-        ValueError: an unknown name (with the closest catalog name), or one message listing every missing
-            annotation file / folder (dataset name and path each).
+        ValueError: one message listing every problem of `dataset_problems`.
     """
-    if not names:
-        raise ValueError("data.datasets is empty; name at least one catalog dataset, e.g. data.datasets=[cc3m_enc]")
-    for name in names:
-        if name not in catalog:
-            suggestion = closest_name(name, catalog)
-            hint = f"; did you mean '{suggestion}'?" if suggestion else ""
-            raise ValueError(f"dataset '{name}' is not in the catalog{hint} (known: {', '.join(sorted(catalog))})")
-    problems = [p for name in dict.fromkeys(names) for p in _entry_problems(name, catalog[name])]
+    problems = dataset_problems(names, catalog, media, embeddings)
     if problems:
         raise ValueError(f"{len(problems)} dataset problem(s): " + "; ".join(problems))

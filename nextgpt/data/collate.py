@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,6 +40,7 @@ class CollatedBatch:
         num_samples: items in the batch (kept ones).
         num_skipped: items dropped (bad samples from the dataset plus "too long" ones).
         skip_reasons: one "dataset[index]: reason (path)" line per skipped item.
+        skipped: (dataset name, path or None) of each skipped item, in `skip_reasons` order.
         num_truncated: kept items that lost trailing rounds to fit `max_length`.
         num_tokenization_mismatches: kept items whose per-segment ids differ from one-piece tokenisation.
         datasets: the dataset name of each kept sample, in batch order (packed order when packing).
@@ -48,6 +50,7 @@ class CollatedBatch:
     num_samples: int = 0
     num_skipped: int = 0
     skip_reasons: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, Path | None]] = field(default_factory=list)
     num_truncated: int = 0
     num_tokenization_mismatches: int = 0
     datasets: list[str] = field(default_factory=list)
@@ -138,6 +141,7 @@ class Collator:
         for item in items:
             if isinstance(item, SkippedSample):
                 result.skip_reasons.append(_reason(item))
+                result.skipped.append((item.dataset, item.path))
                 continue
             fitted, truncated = self.fit_item(item)
             if fitted is None:
@@ -146,6 +150,7 @@ class Collator:
                     f"{item['dataset']}[{item['index']}]: too long ({longest} rows after splicing, first answer "
                     f"does not fit max_length={self.max_length})"
                 )
+                result.skipped.append((item["dataset"], None))
                 continue
             result.num_truncated += int(truncated)
             kept.append(fitted)

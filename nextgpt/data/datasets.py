@@ -345,7 +345,7 @@ def build_datasets(
             written by another encoder (`FeatureCacheError`).
         FileNotFoundError: `data_cfg.feature_cache_dir` is set but has no cache for a dataset.
     """
-    validate_datasets(list(data_cfg.datasets), catalog)
+    validate_datasets(list(data_cfg.datasets), catalog, media=data_cfg.feature_cache_dir is None)
     caches: dict[str, FeatureCache | None] = {name: None for name in data_cfg.datasets}
     if data_cfg.feature_cache_dir is not None:
         caches = {name: load_feature_cache(data_cfg.feature_cache_dir, name, encoder_cfg) for name in caches}

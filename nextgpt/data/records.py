@@ -72,28 +72,37 @@ class SampleSpec:
         return [m for m in MODALITIES if m in used]
 
 
-def load_records(annotation_path: Path) -> list[dict[str, Any]]:
-    """Read an annotation file: a JSON list of record objects.
+def load_records(annotation_path: Path) -> list[Any]:
+    """Read an annotation file: a JSON list of records.
+
+    Entries that are not objects are returned as they are: `parse_record` rejects them one by one, so the dataset
+    skips, counts and logs them like any other malformed record instead of refusing the whole file.
 
     Args:
         annotation_path: the dataset's `annotation_path`.
 
     Returns:
-        The records.
+        The list's entries.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not a JSON list of objects.
+        ValueError: the file is unreadable, not valid JSON, or its top level is not a list.
     """
     path = Path(annotation_path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {path} does not exist; check the catalog's annotation_path")
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"annotation file {path} is not valid JSON ({err}); regenerate it") from err
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise ValueError(f"annotation file {path} must hold a JSON list of record objects; regenerate it")
+    except OSError as err:
+        raise ValueError(
+            f"annotation file {path} cannot be read ({err.strerror or err}); check its permissions"
+        ) from err
+    if not isinstance(records, list):
+        raise ValueError(
+            f"annotation file {path} must hold a JSON list of records, got a {type(records).__name__}; regenerate it"
+        )
     return records
 
 

@@ -6,9 +6,10 @@ A checkpoint folder (`step-000500/` or `final/`) holds:
     config.yaml             the resolved config of the run
     meta.json               stage, step, parameter counts per group, base checkpoint paths, code version
     manifest.json           size and SHA-256 of every other file (verified before the folder is trusted)
-    deepspeed/              optimizer / scheduler / RNG state for `resume` (training checkpoints only)
+    deepspeed/              optimizer / scheduler / RNG state for `resume` (final/ too: a longer run continues it)
 Folders are written under a temporary name and renamed when complete, and `latest` is replaced atomically, so a kill
-during a save never corrupts the newest checkpoint.
+during a save never corrupts the newest checkpoint; a save that fails (full disk, read-only folder) removes its
+temporary folder and raises the OSError unchanged, leaving the previous checkpoints as they were.
 
     save_checkpoint(run_dir / "step-000100", model, cfg, step=100)
     load_project_weights(model, Path("runs/stage_1/final"), cfg)
@@ -16,9 +17,11 @@ during a save never corrupts the newest checkpoint.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -29,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from nextgpt.components import absolute_paths
 from nextgpt.config import Config, load_config, save_config, to_dict
-from nextgpt.manifest import write_manifest
+from nextgpt.manifest import CorruptCheckpointError, write_manifest
 from nextgpt.training.stages import canonical_name, parameter_group, project_state_dict
 
 logger = logging.getLogger(__name__)
@@ -40,6 +43,8 @@ META_FILE = "meta.json"
 CONFIG_FILE = "config.yaml"
 LATEST_FILE = "latest"
 DEEPSPEED_DIR = "deepspeed"
+DEEPSPEED_TAG = "state"
+"""DeepSpeed's tag (sub-folder of deepspeed/) for the engine state of a checkpoint."""
 
 ARCHITECTURE_FIELDS = ("encoder.out_embed_dim", "input_projector", "output_projectors", "signal_tokens", "lora")
 """Model config sections whose values fix tensor shapes; a checkpoint must agree with the config on all of them."""
@@ -60,6 +65,32 @@ def write_atomic_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+_OS_ERROR_CODE = re.compile(r"os error (\d+)")
+_LOW_SPACE_BYTES = 16 << 20
+
+
+def as_os_error(err: BaseException, folder: Path) -> OSError | None:
+    """The OSError behind a failed checkpoint write that a library reported as something else, or None.
+
+    safetensors reports a full disk as `SafetensorError(... (os error 28))` and `torch.save` as a `RuntimeError`
+    about stream positions; both become `OSError(ENOSPC, ..., folder)` here, so scripts print one line with the fix
+    (`nextgpt.utils.cli`). OSErrors themselves are returned unchanged by the caller (None here).
+    """
+    if isinstance(err, OSError) or not isinstance(err, Exception):
+        return None
+    match = _OS_ERROR_CODE.search(str(err))
+    if match:
+        code = int(match.group(1))
+        return OSError(code, os.strerror(code), str(folder))
+    try:
+        low_space = shutil.disk_usage(folder).free < _LOW_SPACE_BYTES
+    except OSError:
+        low_space = False
+    if isinstance(err, RuntimeError) and low_space:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+    return None
 
 
 def staging_dir(ckpt_dir: Path) -> Path:
@@ -91,7 +122,31 @@ def save_checkpoint(
     """
     ckpt_dir = Path(ckpt_dir)
     tmp_dir = staging_dir(ckpt_dir)
-    tmp_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        num_tensors = _write_contents(tmp_dir, model, cfg, step, meta)
+        write_manifest(tmp_dir)  # checksums of everything above and of the DeepSpeed state the ranks wrote
+    except BaseException as err:
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # frees the space a full disk needs; older checkpoints stay
+        os_error = as_os_error(err, ckpt_dir.parent)
+        if os_error is not None:
+            raise os_error from err
+        raise
+    # The atomic swap.
+    if ckpt_dir.exists():
+        old = ckpt_dir.with_name(f".{ckpt_dir.name}.old-{os.getpid()}")
+        os.replace(ckpt_dir, old)
+        os.replace(tmp_dir, ckpt_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp_dir, ckpt_dir)
+    write_atomic_text(ckpt_dir.parent / LATEST_FILE, ckpt_dir.name + "\n")
+    logger.info("saved checkpoint %s (%d tensors)", ckpt_dir, num_tensors)
+    return ckpt_dir
+
+
+def _write_contents(tmp_dir: Path, model: torch.nn.Module, cfg: Config, step: int, meta: dict[str, Any] | None) -> int:
+    """Weights, LoRA adapter, config.yaml and meta.json of a checkpoint; returns the number of tensors saved."""
     # 1. Projectors + token rows (LoRA goes to its own folder in the peft format).
     state = {k: v.contiguous().cpu() for k, v in project_state_dict(model).items() if "lora_" not in k}
     save_file(state, str(tmp_dir / WEIGHTS_FILE))
@@ -114,18 +169,7 @@ def save_checkpoint(
         **(meta or {}),
     }
     (tmp_dir / META_FILE).write_text(json.dumps(info, indent=2))
-    write_manifest(tmp_dir)  # checksums of everything above and of the DeepSpeed state the ranks wrote
-    # 3. The atomic swap.
-    if ckpt_dir.exists():
-        old = ckpt_dir.with_name(f".{ckpt_dir.name}.old-{os.getpid()}")
-        os.replace(ckpt_dir, old)
-        os.replace(tmp_dir, ckpt_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp_dir, ckpt_dir)
-    write_atomic_text(ckpt_dir.parent / LATEST_FILE, ckpt_dir.name + "\n")
-    logger.info("saved checkpoint %s (%d tensors)", ckpt_dir, len(state))
-    return ckpt_dir
+    return len(state)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -179,6 +223,26 @@ def _first_difference(old: Any, new: Any, key: str) -> str:
     return f"{key} is {old!r} in the checkpoint but {new!r} in the config; set {key}={old!r} to load it"
 
 
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; a truncated or damaged one is a one-line `CorruptCheckpointError` naming it.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        CorruptCheckpointError: safetensors cannot parse it.
+    """
+    from safetensors import SafetensorError
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} is missing; the checkpoint is incomplete, use another one")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, ValueError, RuntimeError) as err:
+        detail = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise CorruptCheckpointError(
+            f"{path} is truncated or damaged ({detail}); restore the checkpoint from a copy or use another one"
+        ) from None
+
+
 def load_project_weights(model: torch.nn.Module, ckpt_dir: Path, cfg: Config) -> None:
     """Load a checkpoint's projectors, token rows and (if the config enables LoRA and it has them) LoRA weights.
 
@@ -189,6 +253,7 @@ def load_project_weights(model: torch.nn.Module, ckpt_dir: Path, cfg: Config) ->
 
     Raises:
         FileNotFoundError: the folder or its weights file is missing.
+        CorruptCheckpointError: a weights file is truncated or damaged (named).
         ValueError: architecture mismatch, or missing / unexpected tensors (listed by group).
     """
     ckpt_dir = Path(ckpt_dir)
@@ -198,7 +263,7 @@ def load_project_weights(model: torch.nn.Module, ckpt_dir: Path, cfg: Config) ->
             f"no {WEIGHTS_FILE} in {ckpt_dir}; train.init_from must name a checkpoint folder (e.g. runs/stage_1/final)"
         )
     check_architecture(ckpt_dir, cfg)
-    saved = load_file(str(weights))
+    saved = read_safetensors(weights)
     params = {canonical_name(n): p for n, p in model.named_parameters() if parameter_group(n) not in (None, "lora")}
     missing = sorted(set(params) - set(saved))
     unexpected = sorted(set(saved) - set(params))
@@ -212,9 +277,8 @@ def load_project_weights(model: torch.nn.Module, ckpt_dir: Path, cfg: Config) ->
     lora_dir = ckpt_dir / LORA_DIR
     if cfg.model.lora.enabled and lora_dir.is_dir():
         from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file as load_lora
 
-        set_peft_model_state_dict(model.llm, load_lora(str(lora_dir / "adapter_model.safetensors")))
+        set_peft_model_state_dict(model.llm, read_safetensors(lora_dir / "adapter_model.safetensors"))
     logger.info("loaded %d project tensors from %s", len(params), ckpt_dir)
 
 

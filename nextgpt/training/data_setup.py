@@ -18,7 +18,7 @@ from nextgpt.config import Config
 from nextgpt.constants import Modality
 from nextgpt.data.catalog import load_catalog
 from nextgpt.data.collate import Collator
-from nextgpt.data.datasets import build_datasets, expected_caption_shapes
+from nextgpt.data.datasets import ConversationDataset, build_datasets, expected_caption_shapes
 from nextgpt.data.samplers import build_batch_sampler
 from nextgpt.decoders.base import load_decoder
 from nextgpt.decoders.targets import build_target_loader
@@ -30,11 +30,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainingData:
-    """The loader, its (resumable) batch sampler and the decoders for the denoising loss (None when it is off)."""
+    """The loader, its (resumable) batch sampler, the datasets in concatenation order and the decoders for the
+    denoising loss (None when it is off)."""
 
     loader: DataLoader
     batch_sampler: Any
     decoders: dict[Modality, Any] | None
+    datasets: list[ConversationDataset]
 
 
 def _load_denoising_decoders(cfg: Config) -> dict[Modality, Any] | None:
@@ -90,4 +92,4 @@ def build_training_data(cfg: Config, model: NextGPT) -> TrainingData:
         num_workers=cfg.data.num_workers,
         persistent_workers=False,
     )
-    return TrainingData(loader=loader, batch_sampler=batch_sampler, decoders=decoders)
+    return TrainingData(loader=loader, batch_sampler=batch_sampler, decoders=decoders, datasets=datasets)

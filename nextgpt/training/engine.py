@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from nextgpt.config import Config, TrainConfig
+from nextgpt.config import Config, ConfigError, TrainConfig
 from nextgpt.config_loader import find_config_file
 
 logger = logging.getLogger(__name__)
@@ -42,13 +42,18 @@ def resolve_deepspeed_config(cfg: Config) -> dict[str, Any]:
     """Read the stage's DeepSpeed JSON and fill every "auto" value from `cfg.train`.
 
     Raises:
-        FileNotFoundError: the JSON named by train.deepspeed_config is missing.
+        ConfigError: the JSON named by train.deepspeed_config is missing, unreadable or not a JSON object.
     """
     train = cfg.train
     ds: dict[str, Any] = {"zero_optimization": {"stage": 0}}
     if train.deepspeed_config is not None:
         path = find_config_file(train.deepspeed_config, "DeepSpeed config (train.deepspeed_config)")
-        ds = json.loads(path.read_text())
+        try:
+            ds = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"train.deepspeed_config {path} is not readable JSON ({err}); fix the file") from None
+        if not isinstance(ds, dict):
+            raise ConfigError(f"train.deepspeed_config {path} must hold a JSON object, got {type(ds).__name__}")
     filled = {
         "train_micro_batch_size_per_gpu": train.micro_batch_size,
         "gradient_accumulation_steps": train.grad_accum_steps,
@@ -62,6 +67,19 @@ def resolve_deepspeed_config(cfg: Config) -> dict[str, Any]:
             ds[key] = value
     ds.pop("train_batch_size", None)  # derived by DeepSpeed from micro batch × accumulation × world size
     return ds
+
+
+def zero_stage(ds: dict[str, Any]) -> int:
+    """The ZeRO stage of a resolved DeepSpeed config.
+
+    Raises:
+        ConfigError: zero_optimization.stage is not 0, 1, 2 or 3.
+    """
+    section = ds.get("zero_optimization", {})
+    stage = section.get("stage", 0) if isinstance(section, dict) else None
+    if stage not in (0, 1, 2, 3):
+        raise ConfigError(f"train.deepspeed_config: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
+    return int(stage)
 
 
 def build_optimizer(train: TrainConfig, model: torch.nn.Module) -> torch.optim.AdamW:

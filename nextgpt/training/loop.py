@@ -1,7 +1,13 @@
-"""The training recipe shared by all three stages: setup → train → save, driven by one `Config`.
+"""The training recipe shared by all three stages: check → setup → train → save, driven by one `Config`.
 
 Launch with `deepspeed train.py --config configs/stage_N.yaml` (or torchrun / plain python for one process). The stage
 is defined entirely by its YAML: datasets, trainable groups, loss weights, schedule, the previous stage's checkpoint.
+
+A run never loses or repeats work silently: everything checkable is checked before the model is built
+(`preflight`); rank 0 holds the run folder's lock (`run_lock`) and a launched trainer dies with its launcher
+(`launcher_watch`); a re-run resumes from the newest intact checkpoint (`resume`), reads DeepSpeed state without
+unpickling code (`safe_load`), says so when the run is already finished, and continues from `final/` when the config
+asks for more steps; metrics.jsonl holds every step once.
 
     result = run(load_config("configs/tiny_stage_1.yaml"))
     result.final_dir  # runs/.../final
@@ -9,20 +15,23 @@ is defined entirely by its YAML: datasets, trainable groups, loss weights, sched
 
 from __future__ import annotations
 
-import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from nextgpt.config import Config
 from nextgpt.llm.backbone import compile_decoder_layers
+from nextgpt.manifest import CorruptCheckpointError
 from nextgpt.model import NextGPT, build_nextgpt
 from nextgpt.training import checkpoint as ckpt
-from nextgpt.training.data_setup import build_training_data
+from nextgpt.training.data_health import EpochHealth
+from nextgpt.training.data_setup import TrainingData, build_training_data
 from nextgpt.training.distributed import (
     capture_rng_state,
     init_distributed,
@@ -30,24 +39,38 @@ from nextgpt.training.distributed import (
     rank,
     restore_rng_state,
     seed_everything,
+    world_size,
 )
-from nextgpt.training.engine import build_engine, build_lr_lambda
+from nextgpt.training.engine import build_engine, build_lr_lambda, resolve_deepspeed_config, zero_stage
+from nextgpt.training.launcher_watch import watch_launcher
 from nextgpt.training.metrics import MetricLogger
+from nextgpt.training.preflight import preflight
+from nextgpt.training.resume import (
+    ResumePlan,
+    check_resume_changes,
+    data_order,
+    finished_message,
+    plan_resume,
+    resume_position,
+    target_steps,
+)
+from nextgpt.training.run_lock import RunLock
+from nextgpt.training.safe_load import check_pickles, load_weights_only, weights_only_loads
 from nextgpt.training.stages import apply_trainable_groups
 
 logger = logging.getLogger(__name__)
 
-DS_TAG = "state"
-
 
 @dataclass
 class TrainResult:
-    """What a finished run reports."""
+    """What a run reports (`steps`: the step the run stands at; `losses`: those this process trained)."""
 
     final_dir: Path
     steps: int
     losses: list[float] = field(default_factory=list)
     num_skipped: int = 0
+    finished_before: bool = False
+    """True when `final/` already held every step asked for and nothing was trained."""
 
 
 @dataclass
@@ -57,6 +80,16 @@ class _Position:
     step: int = 0
     epoch: int = 0
     micro_in_epoch: int = 0
+
+
+@dataclass
+class _Layout:
+    """The run's length, fixed once the data is built, and what meta.json records for resume."""
+
+    micro_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    order: dict[str, dict[str, Any]]
 
 
 def build_model_for_training(cfg: Config) -> NextGPT:
@@ -71,70 +104,182 @@ def build_model_for_training(cfg: Config) -> NextGPT:
     return model
 
 
-def _save(engine, model: NextGPT, cfg: Config, pos: _Position, name: str, with_state: bool) -> None:
-    """Checkpoint collectively: every rank writes its DeepSpeed/RNG state, rank 0 the weights and the rename."""
+def _barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _save(engine, model: NextGPT, cfg: Config, pos: _Position, layout: _Layout, name: str) -> None:
+    """Checkpoint collectively: every rank writes its DeepSpeed/RNG state, rank 0 the weights and the rename.
+
+    A failed write (full disk, read-only folder) removes the staging folder and raises the OSError; the previous
+    checkpoints are untouched.
+    """
     run_dir = Path(cfg.train.output_dir)
     target = run_dir / name
     staging = ckpt.staging_dir(target)
-    if with_state:
-        engine.save_checkpoint(str(staging / "deepspeed"), tag=DS_TAG)
-        torch.save(capture_rng_state(), staging / "deepspeed" / f"rng_rank{rank()}.pt")
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    try:
+        engine.save_checkpoint(str(staging / ckpt.DEEPSPEED_DIR), tag=ckpt.DEEPSPEED_TAG)
+        torch.save(capture_rng_state(), staging / ckpt.DEEPSPEED_DIR / f"rng_rank{rank()}.pt")
+    except Exception as err:
+        if is_rank_zero():
+            shutil.rmtree(staging, ignore_errors=True)
+        os_error = ckpt.as_os_error(err, run_dir)
+        if os_error is not None:
+            raise os_error from err
+        raise
+    _barrier()
     if is_rank_zero():
-        meta = {"epoch": pos.epoch, "micro_in_epoch": pos.micro_in_epoch}
+        meta = {
+            "epoch": pos.epoch,
+            "micro_in_epoch": pos.micro_in_epoch,
+            "micro_per_epoch": layout.micro_per_epoch,
+            "steps_per_epoch": layout.steps_per_epoch,
+            "total_steps": layout.total_steps,
+            **layout.order,
+        }
         ckpt.save_checkpoint(target, model, cfg, step=pos.step, meta=meta)
         if name.startswith("step-"):
             ckpt.prune_checkpoints(run_dir, cfg.train.keep_last)
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    _barrier()
 
 
-def _resume(engine, cfg: Config) -> _Position:
-    """Restore engine, RNG and data position from the run's latest checkpoint, if any and if asked."""
-    latest = ckpt.latest_checkpoint(cfg.train.output_dir) if cfg.train.resume else None
-    if latest is None or not (latest / "deepspeed").is_dir():
+def _check_ranks_agree(plan: ResumePlan) -> None:
+    """Every rank chose its resume point on its own (before the process group existed); they must agree."""
+    if not torch.distributed.is_initialized():
+        return
+    mine = (str(plan.point.folder), plan.point.step) if plan.point is not None else None
+    chosen: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(chosen, mine)
+    if len({repr(c) for c in chosen}) > 1:
+        raise CorruptCheckpointError(
+            f"ranks chose different checkpoints to resume from ({chosen}); the run folder differs between nodes or "
+            "changed during the start; make it the same for all ranks and resume again"
+        )
+
+
+def _resume(engine, cfg: Config, plan: ResumePlan, layout: _Layout) -> _Position:
+    """Restore engine, RNG and data position from the plan's checkpoint (weights-only reads of its state)."""
+    _check_ranks_agree(plan)
+    if plan.point is None:
         return _Position()
-    engine.load_checkpoint(str(latest / "deepspeed"), tag=DS_TAG)
-    restore_rng_state(torch.load(latest / "deepspeed" / f"rng_rank{rank()}.pt", weights_only=True))
-    meta = json.loads((latest / ckpt.META_FILE).read_text())
-    logger.info("resumed from %s at step %d", latest, meta["step"])
-    return _Position(step=meta["step"], epoch=meta["epoch"], micro_in_epoch=meta["micro_in_epoch"])
+    state_dir = plan.point.folder / ckpt.DEEPSPEED_DIR
+    with weights_only_loads(engine, trust=cfg.train.trust_checkpoint_pickles):
+        load_path, _ = engine.load_checkpoint(str(state_dir), tag=ckpt.DEEPSPEED_TAG)
+    if load_path is None:
+        raise CorruptCheckpointError(f"DeepSpeed found no state in {state_dir}; resume from another checkpoint")
+    rng_file = state_dir / f"rng_rank{rank()}.pt"
+    if rng_file.is_file():
+        restore_rng_state(load_weights_only(rng_file))
+    else:
+        logger.warning("%s is missing (world size changed?): this rank keeps its seeded RNG", rng_file)
+    step, epoch, micro = resume_position(plan.point, layout.micro_per_epoch)
+    logger.info("resumed from %s at step %d (epoch %d, micro-batch %d)", plan.point.folder, step, epoch, micro)
+    return _Position(step=step, epoch=epoch, micro_in_epoch=micro)
+
+
+def _layout(cfg: Config, data: TrainingData, order: dict[str, dict[str, Any]]) -> _Layout:
+    micro_per_epoch = len(data.batch_sampler)
+    steps_per_epoch = max(1, micro_per_epoch // cfg.train.grad_accum_steps)
+    total = target_steps(cfg, steps_per_epoch)
+    sizes = {d.name: len(d) for d in data.datasets}
+    order = {**order, "data_order": {**order["data_order"], "dataset_sizes": sizes}}
+    return _Layout(micro_per_epoch, steps_per_epoch, total, order)
 
 
 def run(cfg: Config) -> TrainResult:
-    """Train one stage end to end.
+    """Train one stage end to end (or report that its run folder already holds every step asked for).
 
     Args:
         cfg: the resolved config (stage YAML + overrides).
 
     Returns:
         TrainResult with the final checkpoint folder and the per-step losses of this process's run.
+
+    Raises:
+        PreflightError: config, catalog, components or output folder problems (before any model is built).
+        RunLockedError: another trainer writes to train.output_dir.
+        CorruptCheckpointError / UnsafeCheckpointError / ConfigError: no checkpoint to resume from is intact, one
+            needs unsafe unpickling, or the config changed what a resume must keep.
+        NoUsableDataError: an epoch without a single usable sample.
     """
-    # 1. Setup: processes, seeds, model, data, engine.
+    # 1. Checks: everything that can fail does so before the model is built; rank 0 locks the folder before writing.
+    watch_launcher()
+    preflight(cfg)
     init_distributed()
+    lock = RunLock(Path(cfg.train.output_dir)).acquire() if is_rank_zero() else None
+    try:
+        return _run_locked(cfg)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(cfg: Config) -> TrainResult:
+    order = data_order(cfg, world_size(), zero_stage(resolve_deepspeed_config(cfg)))
+    plan = plan_resume(cfg, order)
+    if plan.finished:
+        logger.info(finished_message(plan.point))
+        return TrainResult(final_dir=plan.point.folder, steps=plan.point.step, finished_before=True)
+    if plan.point is not None:
+        check_pickles(plan.point.folder / ckpt.DEEPSPEED_DIR, trust=cfg.train.trust_checkpoint_pickles)
+    # 2. Setup: seeds, model, data, engine, position.
     seed_everything(cfg.seed)
     model = build_model_for_training(cfg)
     data = build_training_data(cfg, model)
-    micro_per_epoch = len(data.batch_sampler)
-    steps_per_epoch = max(1, micro_per_epoch // cfg.train.grad_accum_steps)
-    total_steps = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
-    engine = build_engine(cfg, model, build_lr_lambda(cfg.train, total_steps))
-    pos = _resume(engine, cfg)
-    metrics = MetricLogger(Path(cfg.train.output_dir), enabled=is_rank_zero(), tensorboard=cfg.train.tensorboard)
-    # 2. Train.
-    result = TrainResult(final_dir=Path(cfg.train.output_dir) / "final", steps=total_steps)
+    layout = _layout(cfg, data, order)
+    if plan.point is not None and "data_order" in plan.point.meta:
+        sizes = {"data_order": {"dataset_sizes": layout.order["data_order"]["dataset_sizes"]}}
+        check_resume_changes(plan.point.meta, sizes, cfg.train.allow_resume_changes, plan.point.folder)
+    engine = build_engine(cfg, model, build_lr_lambda(cfg.train, layout.total_steps))
+    pos = _resume(engine, cfg, plan, layout)
+    run_dir = Path(cfg.train.output_dir)
+    metrics = MetricLogger(run_dir, enabled=is_rank_zero(), tensorboard=cfg.train.tensorboard, resume_step=pos.step)
+    # 3. Train, then save the final weights with their optimizer state (a longer run continues from them).
+    result = TrainResult(final_dir=run_dir / "final", steps=layout.total_steps)
+    try:
+        _train(engine, model, data, cfg, pos, layout, metrics, result)
+        _save(engine, model, cfg, pos, layout, "final")
+    finally:
+        metrics.close()
+    logger.info(
+        "finished stage %d: %d steps, final loss %s, skipped %d bad samples, checkpoint %s",
+        cfg.train.stage,
+        pos.step,
+        f"{result.losses[-1]:.4f}" if result.losses else "n/a",
+        result.num_skipped,
+        result.final_dir,
+    )
+    return result
+
+
+def _train(
+    engine,
+    model: NextGPT,
+    data: TrainingData,
+    cfg: Config,
+    pos: _Position,
+    layout: _Layout,
+    metrics: MetricLogger,
+    result: TrainResult,
+) -> None:
+    """The optimizer-step loop from `pos` to `layout.total_steps`, saving every `train.save_every` steps."""
+    total_steps = layout.total_steps
+    health = EpochHealth(data.datasets, cfg.data.catalog_path)
     progress = tqdm(total=total_steps, initial=pos.step, disable=not is_rank_zero(), desc=f"stage {cfg.train.stage}")
     window: list[dict[str, float]] = []
     tokens, window_start = 0, time.perf_counter()
     while pos.step < total_steps:
         data.batch_sampler.set_epoch(pos.epoch)
         data.batch_sampler.skip_batches(pos.micro_in_epoch)
+        health.start_epoch(pos.epoch)
         for collated in data.loader:
             pos.micro_in_epoch += 1
+            trained = collated is not None and collated.batch is not None
+            health.record(collated, trained)
             if collated is not None:
                 result.num_skipped += collated.num_skipped
-            if collated is None or collated.batch is None:
+            if not trained:
                 continue
             batch = collated.batch.to(engine.device)
             out = engine(batch, decoders=data.decoders)
@@ -154,21 +299,10 @@ def run(cfg: Config) -> TrainResult:
             progress.set_postfix(loss=f"{step_metrics['loss']:.4f}")
             window, tokens, window_start = [], 0, time.perf_counter()
             if pos.step % cfg.train.save_every == 0 and pos.step < total_steps:
-                _save(engine, model, cfg, pos, f"step-{pos.step:06d}", with_state=True)
+                _save(engine, model, cfg, pos, layout, f"step-{pos.step:06d}")
             if pos.step >= total_steps:
                 break
         else:
+            health.finish_epoch()
             pos.epoch, pos.micro_in_epoch = pos.epoch + 1, 0
     progress.close()
-    # 3. Save the final weights.
-    _save(engine, model, cfg, pos, "final", with_state=False)
-    metrics.close()
-    logger.info(
-        "finished stage %d: %d steps, final loss %s, skipped %d bad samples, checkpoint %s",
-        cfg.train.stage,
-        pos.step,
-        f"{result.losses[-1]:.4f}" if result.losses else "n/a",
-        result.num_skipped,
-        result.final_dir,
-    )
-    return result

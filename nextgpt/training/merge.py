@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -80,21 +82,117 @@ def load_model_from_folder(
     return model, cfg
 
 
-def merge_checkpoint(ckpt_dir: Path, out_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Path:
-    """Merge a (LoRA) checkpoint into a standalone folder.
+def check_checkpoint_folder(folder: Path, what: str = "--checkpoint-dir") -> None:
+    """Fail in one line when `folder` is not a checkpoint folder (missing, a file, empty, without its files).
+
+    Raises:
+        FileNotFoundError: naming the folder, what is missing and what to pass instead.
+    """
+    folder = Path(folder)
+    example = "pass a checkpoint folder (e.g. runs/stage_3/final)"
+    if not folder.exists():
+        raise FileNotFoundError(f"{what} {folder} does not exist; {example}")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} {folder} is a file; {example}")
+    missing = [n for n in (ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE) if not (folder / n).is_file()]
+    if missing:
+        found = "it is empty" if not any(folder.iterdir()) else f"it has no {' or '.join(missing)}"
+        hint = " (a run folder: name one of its checkpoints)" if (folder / ckpt.LATEST_FILE).is_file() else ""
+        raise FileNotFoundError(f"{what} {folder} is not a checkpoint: {found}{hint}; {example}")
+
+
+def is_merged_folder(folder: Path) -> bool:
+    """True for a folder a previous merge wrote (its meta.json names what it was merged from)."""
+    try:
+        return MERGED_MARKER in json.loads((Path(folder) / ckpt.META_FILE).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def check_merge_target(ckpt_dir: Path, out_dir: Path, overwrite: bool = False) -> None:
+    """Refuse an output folder that would overwrite the input, its run's checkpoints or unrelated files.
 
     Args:
-        ckpt_dir: a checkpoint folder written by training.
-        out_dir: the folder to write.
+        ckpt_dir: the checkpoint being merged.
+        out_dir: `--output-dir`.
+        overwrite: replace a non-empty folder that is not a previous merge.
+
+    Raises:
+        ValueError: output equal to, inside or containing the checkpoint, or inside one of its run's checkpoints;
+            a file; a non-empty non-merge folder without `overwrite`.
+    """
+    source, target = Path(ckpt_dir).resolve(), Path(out_dir).resolve()
+    fix = "choose an --output-dir outside the training run's checkpoints (e.g. checkpoints/nextgpt-merged)"
+    if target == source or source in target.parents:
+        raise ValueError(f"--output-dir {out_dir} is inside the checkpoint being merged ({ckpt_dir}); {fix}")
+    if target in source.parents:
+        raise ValueError(f"--output-dir {out_dir} contains the checkpoint being merged ({ckpt_dir}); {fix}")
+    run_dir = source.parent
+    for sibling in run_dir.iterdir() if (run_dir / ckpt.LATEST_FILE).is_file() else ():
+        is_checkpoint = sibling.name.startswith(("step-", ".step-", ".final")) or sibling.name == "final"
+        if is_checkpoint and (target == sibling or sibling in target.parents):
+            raise ValueError(f"--output-dir {out_dir} is a checkpoint of the run {run_dir}; {fix}")
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"--output-dir {out_dir} is a file; pass a folder path")
+    if target.is_dir() and any(target.iterdir()) and not is_merged_folder(target) and not overwrite:
+        raise ValueError(
+            f"--output-dir {out_dir} already holds files and is not a merged folder; choose another folder or pass "
+            "--overwrite to replace it"
+        )
+
+
+def merge_checkpoint(
+    ckpt_dir: Path, out_dir: Path, overrides: list[str] | tuple[str, ...] = (), overwrite: bool = False
+) -> Path:
+    """Merge a stage-3 (LoRA) checkpoint into a standalone folder, written atomically.
+
+    The folder is assembled under a temporary name beside `out_dir` and renamed when complete; an existing `out_dir`
+    (empty, a previous merge, or anything with `overwrite`) is replaced only then, so a failed merge leaves it as it
+    was.
+
+    Args:
+        ckpt_dir: a checkpoint folder written by training (its manifest is verified).
+        out_dir: the folder to write; never the checkpoint itself, inside it, or a checkpoint of its run.
         overrides: config overrides, e.g. `model.llm.model_path=...` when the base LLM moved.
+        overwrite: replace a non-empty `out_dir` that is not a previous merge.
 
     Returns:
         `out_dir`.
+
+    Raises:
+        FileNotFoundError: not a checkpoint folder, or missing components.
+        ValueError: a bad output folder (`check_merge_target`), a checkpoint without LoRA, corrupt files.
     """
-    out_dir = Path(out_dir)
+    ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
+    check_checkpoint_folder(ckpt_dir)
+    check_merge_target(ckpt_dir, out_dir, overwrite)
+    if not resolve_folder_config(ckpt_dir, overrides).model.lora.enabled:
+        raise ValueError(
+            f"{ckpt_dir} was trained without LoRA (model.lora.enabled is false): there is nothing to merge; pass it to "
+            "predict.py as it is, or merge a stage-3 checkpoint"
+        )
     model, cfg = load_model_from_folder(ckpt_dir, overrides, load_encoder=False)
+    staging = out_dir.with_name(f".{out_dir.name}.merging-{os.getpid()}")
+    try:
+        _write_merged(model, cfg, ckpt_dir, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.replaced-{os.getpid()}")
+        os.replace(out_dir, old)
+        os.replace(staging, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out_dir)
+    logger.info("merged %s into %s", ckpt_dir, out_dir)
+    return out_dir
+
+
+def _write_merged(model: NextGPT, cfg: Config, ckpt_dir: Path, out_dir: Path) -> None:
+    """The merged folder's files (see the module docstring), written into `out_dir`."""
     # 1. Project weights (projectors + token rows) keep their canonical names; LoRA goes into the LLM itself.
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True)
     state = {k: v.contiguous().cpu() for k, v in project_state_dict(model).items() if "lora_" not in k}
     save_file(state, str(out_dir / ckpt.WEIGHTS_FILE))
     # 2. The standalone LLM folder.
@@ -116,5 +214,3 @@ def merge_checkpoint(ckpt_dir: Path, out_dir: Path, overrides: list[str] | tuple
     }
     (out_dir / ckpt.META_FILE).write_text(json.dumps(meta, indent=2))
     write_manifest(out_dir)
-    logger.info("merged %s into %s", ckpt_dir, out_dir)
-    return out_dir

@@ -1,6 +1,9 @@
 """Metrics sink: one JSON line per optimizer step in `<run>/metrics.jsonl`, TensorBoard scalars, a log echo.
 
-metrics = MetricLogger(run_dir)
+A run that resumes from step N (or starts over: N = 0) first drops the records of steps after N that the interrupted
+run wrote, so every step appears once in the file and in TensorBoard.
+
+metrics = MetricLogger(run_dir, resume_step=100)   # keeps steps 1..100 of the file
 metrics.log(step, {"loss": 1.2, "lr": 1e-4})
 """
 
@@ -8,9 +11,40 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def truncate_metrics(path: Path, last_step: int) -> int:
+    """Keep one record (the last) of each step <= `last_step`, dropping later steps and lines cut short by a kill.
+
+    The file is rewritten atomically, and only when something is dropped.
+
+    Returns:
+        The number of lines dropped.
+    """
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    kept: dict[int, str] = {}
+    for line in lines:
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if isinstance(step, int) and step <= last_step:
+            kept[step] = line
+    dropped = len(lines) - len(kept)
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(f"{kept[step]}\n" for step in sorted(kept)))
+        os.replace(tmp, path)
+        logger.info("%s: dropped %d records after step %d (the interrupted run's)", path, dropped, last_step)
+    return dropped
 
 
 class MetricLogger:
@@ -20,19 +54,23 @@ class MetricLogger:
         run_dir: the run's output folder.
         enabled: False makes every call a no-op.
         tensorboard: also write TensorBoard scalars under run_dir/tensorboard.
+        resume_step: the step training continues after; records of later steps are dropped first.
     """
 
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True, resume_step: int = 0) -> None:
         self.enabled = enabled
         self._writer = None
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        self._file = (run_dir / "metrics.jsonl").open("a")
+        path = run_dir / METRICS_FILE
+        truncate_metrics(path, resume_step)
+        self._file = path.open("a")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(run_dir / "tensorboard"))
+            # purge_step hides the interrupted run's events from resume_step + 1 on.
+            self._writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1)
 
     def log(self, step: int, values: dict[str, float], echo: bool = False) -> None:
         """Record `values` for optimizer step `step`."""

@@ -97,3 +97,53 @@ def test_needed_folders_ignores_assistant_tags():
     records = [{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "<Image>a.jpg</Image>"}]}]
     assert needed_folders(records) == set()
     assert needed_folders([{"image_list": [], "input_audio": ["x.wav"]}]) == {"audio_dir"}
+
+
+def _image_dataset(tmp_path: Path, num: int, junk_entry: bool = False) -> DatasetEntryConfig:
+    """`num` image-caption records (plus one non-object entry) whose images live in tmp_path/images."""
+    records = [
+        {"input_image": f"{i}.png", "conversations": [{"from": "human", "value": "<image>\nWhat?"},
+                                                      {"from": "gpt", "value": "A thing."}]}
+        for i in range(num)
+    ]  # fmt: skip
+    annotation = tmp_path / "ann.json"
+    annotation.write_text(json.dumps([*records, 42] if junk_entry else records))
+    (tmp_path / "images").mkdir(exist_ok=True)
+    return DatasetEntryConfig(annotation_path=annotation, image_dir=tmp_path / "images")
+
+
+def test_a_folder_none_of_whose_files_exist_is_named_with_its_key(tmp_path: Path):
+    entry = _image_dataset(tmp_path, num=100)
+    with pytest.raises(ValueError) as info:
+        validate_datasets(["pairs"], {"pairs": entry})
+    assert "pairs: none of the first 64 files its records name exists under image_dir" in str(info.value)
+    assert str(tmp_path / "images") in str(info.value) and "check it in the catalog" in str(info.value)
+    validate_datasets(["pairs"], {"pairs": entry}, media=False)  # a feature cache replaces the files
+
+
+def test_empty_files_are_named_but_a_few_bad_ones_are_left_to_the_dataset(tmp_path: Path):
+    entry = _image_dataset(tmp_path, num=5, junk_entry=True)
+    for i in range(5):
+        (tmp_path / "images" / f"{i}.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"pairs: the first 5 files under image_dir .* are all empty"):
+        validate_datasets(["pairs"], {"pairs": entry})
+    (tmp_path / "images" / "3.png").write_bytes(b"\x89PNG")  # one real file: the rest are skipped while training
+    (tmp_path / "images" / "4.png").unlink()
+    validate_datasets(["pairs"], {"pairs": entry})
+
+
+def test_caption_embeddings_are_checked_unless_they_are_about_to_be_written(tmp_path: Path):
+    records = [
+        {"output_image": "a.png", "image_captions": ["a cat"], "image_caption_embeddings": "a.npy",
+         "conversations": [{"from": "human", "value": "Draw a cat."}, {"from": "gpt", "value": "<image>"}]}
+    ]  # fmt: skip
+    (tmp_path / "ann.json").write_text(json.dumps(records))
+    entry = DatasetEntryConfig(
+        annotation_path=tmp_path / "ann.json", image_dir=tmp_path, caption_embed_dir=tmp_path / "embed"
+    )
+    with pytest.raises(ValueError, match=r"caption_embed_dir .*embed does not exist \(run preprocess_embeddings"):
+        validate_datasets(["gen"], {"gen": entry})
+    validate_datasets(["gen"], {"gen": entry}, embeddings=False)  # what preprocess_embeddings.py checks
+    (tmp_path / "embed").mkdir()
+    with pytest.raises(ValueError, match="none of the first 1 files its records name exists under caption_embed_dir"):
+        validate_datasets(["gen"], {"gen": entry})

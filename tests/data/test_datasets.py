@@ -204,3 +204,27 @@ def test_target_loader_fills_denoise_targets_in_span_order(world, tokenizer, sig
     dataset = ConversationDataset("cc3m_dec", broken, None, tokenizer, signal_ids, tiny_model_cfg.encoder,
                                   target_loader=load_target)  # fmt: skip
     assert isinstance(dataset[0], SkippedSample) and dataset[0].path.parent.name == "nowhere"
+
+
+@pytest.mark.parametrize("entry", [["a", "list"], "a string", 7, None])
+def test_a_non_object_entry_is_one_skipped_record_not_a_rejected_file(make_dataset, world, tmp_path, caplog, entry):
+    records = json.loads(Path(load_catalog(world)["cc3m_dec"].annotation_path).read_text())
+    annotation = tmp_path / "with_junk.json"
+    annotation.write_text(json.dumps([records[0], entry, *records[1:]]))
+    with caplog.at_level(logging.WARNING, logger="nextgpt.data.datasets"):
+        dataset = make_dataset("cc3m_dec", annotation_path=annotation)
+    assert len(dataset) == len(records) + 1 and dataset.spec(1) is None
+    assert sum("1 of" in r.getMessage() and "malformed" in r.getMessage() for r in caplog.records) == 1
+    assert "record must be a JSON object" in caplog.text
+    skipped = dataset[1]
+    assert isinstance(skipped, SkippedSample) and "record must be a JSON object" in skipped.reason
+    assert not isinstance(dataset[0], SkippedSample) and not isinstance(dataset[2], SkippedSample)
+    with pytest.raises(BadSampleError, match=r"cc3m_dec\[1\]: malformed record: record must be a JSON object"):
+        make_dataset("cc3m_dec", policy="error", annotation_path=annotation)
+
+
+def test_an_annotation_file_that_is_not_a_list_is_rejected_in_one_line(make_dataset, tmp_path):
+    annotation = tmp_path / "object.json"
+    annotation.write_text(json.dumps({"records": []}))
+    with pytest.raises(ValueError, match="must hold a JSON list of records, got a dict"):
+        make_dataset("cc3m_dec", annotation_path=annotation)

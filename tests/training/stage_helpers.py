@@ -22,3 +22,47 @@ def read_metrics(run_dir: Path) -> dict[int, float]:
         record = json.loads(line)
         losses[record["step"]] = record["loss"]
     return losses
+
+
+QUICK_STAGE_2 = (
+    "train.init_from=",
+    "train.micro_batch_size=2",
+    "train.warmup_ratio=0",
+    "train.schedule=constant",
+    "train.log_every=1",
+)
+"""Stage 2 of the tiny world without its stage-1 checkpoint: text-only batches, about 20 steps a second on CPU; a
+constant LR so that a run continued with more steps matches an uninterrupted longer run exactly."""
+
+
+def quick_cfg(tiny_root: Path, catalog: Path, out_dir: Path, *extra: str):
+    """The quick stage-2 config of QUICK_STAGE_2 writing to `out_dir`."""
+    from nextgpt.config import load_config
+
+    overrides = stage_overrides(tiny_root, catalog, out_dir, *QUICK_STAGE_2, *extra)
+    return load_config(REPO_ROOT / "configs" / "tiny_stage_2.yaml", overrides=overrides)
+
+
+def metric_steps(run_dir: Path) -> list[int]:
+    """Every step number in metrics.jsonl, in file order (repeats included)."""
+    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Content of every file under `folder` (to assert that a failed command changed nothing)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def no_model_built(monkeypatch) -> None:
+    """Make building a model fail the test: the error under test must come before it."""
+    import nextgpt.training.loop as loop
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("build_nextgpt was called: the error should have come before any model is built")
+
+    monkeypatch.setattr(loop, "build_nextgpt", refuse)
+
+
+def error_lines(err: str) -> list[str]:
+    """The `error:` lines of a script's stderr (logging lines are not counted)."""
+    return [line for line in err.splitlines() if line.startswith("error:")]

@@ -55,3 +55,51 @@ def test_policy_error_stops_with_the_path(tiny_root, corrupt_world, tmp_path):
     catalog, victim = corrupt_world
     with pytest.raises(BadSampleError, match=victim.name):
         run(_cfg(tiny_root, catalog, tmp_path / "run", "data.bad_sample_policy=error"))
+
+
+@pytest.fixture()
+def unreadable_images(tiny_world: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the session world whose cc3m training images are all present, non-empty and not images."""
+    import shutil
+
+    from nextgpt.data.catalog import load_catalog
+
+    world = Path(shutil.copytree(tiny_world.parent, tmp_path / "world"))
+    catalog = world / tiny_world.name
+    images = Path(load_catalog(catalog)["cc3m_enc"].image_dir)
+    for image in images.glob("train_*.png"):
+        image.write_bytes(b"not an image at all")
+    return catalog, images
+
+
+def test_a_run_whose_every_sample_is_bad_stops_naming_the_dataset_and_folder(tiny_root, unreadable_images, tmp_path):
+    from nextgpt.training.data_health import NoUsableDataError
+
+    catalog, images = unreadable_images
+    overrides = stage_overrides(
+        tiny_root, catalog, tmp_path / "run", "data.datasets=[cc3m_enc]", "train.micro_batch_size=4",
+        "train.max_steps=1000",
+    )  # fmt: skip
+    with pytest.raises(NoUsableDataError) as info:
+        run(load_config(REPO_ROOT / "configs" / "tiny_stage_1.yaml", overrides=overrides))
+    message = str(info.value)
+    assert message.startswith("no usable sample in epoch 0 (2 micro-batches): every sample of cc3m_enc was skipped")
+    assert "(8 of 8; first: cc3m_enc[" in message and f"check image_dir {images} in the catalog {catalog}" in message
+    assert "\n" not in message
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_a_dataset_without_a_usable_sample_is_named_while_the_others_train(
+    tiny_root, unreadable_images, tmp_path, caplog
+):
+    catalog, images = unreadable_images
+    overrides = stage_overrides(
+        tiny_root, catalog, tmp_path / "run", "data.datasets=[cc3m_enc,audiocap_enc]", "train.micro_batch_size=4",
+        "train.max_steps=null", "train.epochs=1", "train.save_every=1000",
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="nextgpt"):
+        result = run(load_config(REPO_ROOT / "configs" / "tiny_stage_1.yaml", overrides=overrides))
+    assert len(result.losses) == 4 and result.num_skipped == 16  # 2 epochs: the cc3m batches trained nothing
+    warnings = [r.getMessage() for r in caplog.records if "every sample of cc3m_enc was skipped" in r.getMessage()]
+    assert len(warnings) == 1 and f"check image_dir {images}" in warnings[0]  # epoch 1 ends at step 4, mid-epoch
+    assert warnings[0].endswith("the other datasets keep training")
