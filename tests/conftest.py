@@ -6,7 +6,9 @@ code under test loads them through the same loaders as real checkpoints.
 
 from __future__ import annotations
 
+import getpass
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# TorchInductor's shared kernel cache is not keyed by the instruction set: kernels generated under one
+# ATEN_CPU_CAPABILITY fail to compile when a run under another reuses them ("at::vec has not been declared").
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR",
+    os.path.join(
+        tempfile.gettempdir(),
+        f"torchinductor_{getpass.getuser()}_{os.environ.get('ATEN_CPU_CAPABILITY', 'native')}",
+    ),
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
