@@ -31,6 +31,7 @@ __all__ = ["ChatDemo", "ChatHandlers", "DemoSettings", "build_demo", "launch_dem
 logger = logging.getLogger(__name__)
 
 _BYTES_PER_MB = 1024 * 1024
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_EXAMPLES = (
     "Please generate an image of a red circle on the left.",
     "Please generate a video of a blue square moving up.",
@@ -225,6 +226,8 @@ def launch_demo(demo: ChatDemo, settings: DemoSettings, block: bool = True) -> C
     """
     if settings.share:
         logger.warning("share=True opens a public link to this demo; anyone with it can use the model")
+    if settings.host not in LOCAL_HOSTS:
+        logger.warning("serving on %s: anyone who can reach this machine can use the model", settings.host)
     demo.blocks.queue(default_concurrency_limit=1).launch(
         server_name=settings.host,
         server_port=settings.port,

@@ -189,3 +189,10 @@ def test_demo_script_bad_input_is_one_line(tmp_path, capsys, extra, message):
     assert demo_script.main(argv) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0]
+
+
+def test_demo_is_local_unless_told_otherwise():
+    from nextgpt.cli import demo as demo_script
+
+    assert DemoSettings().host == "127.0.0.1"
+    assert demo_script._build_parser().parse_args(["--checkpoint-dir", "x"]).host == "127.0.0.1"
