@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,6 +143,25 @@ def _example_rows(examples: tuple) -> list[list[Any]]:
     return rows
 
 
+def _session_events(handlers: ChatHandlers) -> tuple[Callable, Callable, Callable]:
+    """submit, retry and stop as Gradio events that know the browser tab they come from.
+
+    Gradio passes the request only to a leading positional parameter annotated `gr.Request`; its session key ties
+    Stop to the reply of the same tab.
+    """
+
+    def submit(request: gr.Request, *values: Any) -> Iterator[tuple]:
+        yield from handlers.submit(*values, session=session_of(request))
+
+    def retry(request: gr.Request, *values: Any) -> Iterator[tuple]:
+        yield from handlers.retry(*values, session=session_of(request))
+
+    def stop(request: gr.Request) -> None:
+        handlers.stop(session_of(request))
+
+    return submit, retry, stop
+
+
 def build_demo(pipeline: NextGPTPipeline, settings: DemoSettings) -> ChatDemo:
     """Lay out the chat page and wire its events.
 
@@ -159,17 +178,7 @@ def build_demo(pipeline: NextGPTPipeline, settings: DemoSettings) -> ChatDemo:
         pipeline, output_dir, int(settings.max_upload_mb * _BYTES_PER_MB), settings.max_prompt_chars
     )
 
-    # Gradio passes the browser request only to a leading positional parameter annotated gr.Request; the session key
-    # ties Stop to the reply of the same tab.
-    def submit(request: gr.Request, *values: Any) -> Iterator[tuple]:
-        yield from handlers.submit(*values, session=session_of(request))
-
-    def retry(request: gr.Request, *values: Any) -> Iterator[tuple]:
-        yield from handlers.retry(*values, session=session_of(request))
-
-    def stop(request: gr.Request) -> None:
-        handlers.stop(session_of(request))
-
+    submit, retry, stop = _session_events(handlers)
     checkpoint = pipeline.folder.absolute() if pipeline.folder is not None else "(built in memory)"
     with gr.Blocks(title=settings.title) as demo:
         gr.Markdown(f"## {settings.title}")
