@@ -148,8 +148,10 @@ class DecoderConfig:
     pipeline_path: Path | None = None
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
+    """Classifier-free guidance; <= 1 disables it."""
     height: int | None = None
-    """Output height in pixels; None = the pipeline's default (image/video only)."""
+    """Output height in pixels, a multiple of 8 (the VAE's downsampling); None = the pipeline's default (image/video
+    only)."""
     width: int | None = None
     num_frames: int = 16
     """Video only."""
@@ -166,6 +168,22 @@ class DecoderConfig:
     scheduler: Literal["default", "dpm_solver", "unipc", "euler"] = "default"
     """`default` keeps the pipeline's own scheduler; the others swap in a fewer-step solver built from its config
     (set `num_inference_steps` to match, e.g. 20-25). Never changed behind the user's back."""
+
+    def __post_init__(self) -> None:
+        # Checked here so a bad YAML value or override fails at load, not after the LLM has answered.
+        key = "model.decoders.<modality>"
+        if self.num_inference_steps < 1:
+            raise ConfigError(f"{key}.num_inference_steps must be >= 1, got {self.num_inference_steps}")
+        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
+            raise ConfigError(f"{key}.guidance_scale must be a finite number >= 0, got {self.guidance_scale}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and (value <= 0 or value % 8):
+                raise ConfigError(f"{key}.{name} must be a positive multiple of 8 (or null), got {value}")
+        if self.num_frames < 1:
+            raise ConfigError(f"{key}.num_frames must be >= 1, got {self.num_frames}")
+        if not math.isfinite(self.audio_seconds) or self.audio_seconds <= 0:
+            raise ConfigError(f"{key}.audio_seconds must be a finite number > 0, got {self.audio_seconds}")
 
 
 @dataclass
@@ -213,16 +231,24 @@ class GenerationConfig:
     temperature: float = 0.2
     top_p: float = 1.0
     seed: int = 0
+    """Seeds text sampling and the decoders' initial noise (the k-th item of a modality uses seed + k)."""
     max_outputs_per_modality: int = 5
     """At most this many media items of one modality per reply (extra spans are reported and skipped)."""
     fast_decode: bool = False
     """Decode with a static KV cache and a compiled step (CUDA graphs on GPU); same tokens as the plain path."""
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ConfigError(f"generation.temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
+        # NaN passes every comparison, so finiteness is checked explicitly (a NaN temperature failed deep inside HF).
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ConfigError(f"generation.temperature must be a finite number >= 0, got {self.temperature}")
+        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
             raise ConfigError(f"generation.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"generation.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"generation.seed must be in [0, 2**63), got {self.seed}")
+        if self.max_outputs_per_modality < 0:
+            raise ConfigError(f"generation.max_outputs_per_modality must be >= 0, got {self.max_outputs_per_modality}")
 
 
 @dataclass

@@ -16,6 +16,7 @@ CKPT=${TINY_CKPT:-checkpoints/tiny}
 DATA=${TINY_DATA:-data/tiny}
 RUNS=${TINY_RUNS:-runs/tiny}
 OUT=${QUICKSTART_OUT:-outputs/quickstart}
+RUN_NAME=predict-$(date +%Y%m%d-%H%M%S)  # predict.py writes each run into a new sub-folder of --output-dir
 LAUNCHER=${LAUNCHER:-deepspeed}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false GRADIO_ANALYTICS_ENABLED=False
 
@@ -90,11 +91,11 @@ predict() {
 {"id": "text_to_audio", "prompt": "Please generate a sound of a beeping high tone."}
 JSON
   "$PYTHON" predict.py --checkpoint-dir "$RUNS/merged" --batch "$OUT/requests.jsonl" --output-dir "$OUT" \
-    --no-stream --temperature 0
+    --run-name "$RUN_NAME" --no-stream --temperature 0
 }
 
 show_outputs() {
-  "$PYTHON" - "$OUT/summary.json" <<'PY'
+  "$PYTHON" - "$OUT/$RUN_NAME/summary.json" <<'PY'
 import json, sys
 summary = json.load(open(sys.argv[1]))
 for result in summary["results"]:
@@ -113,7 +114,7 @@ step "merge LoRA" merge
 step "predict (4 requests)" predict
 
 echo
-echo "==> outputs in $OUT (summary.json lists them)"
+echo "==> outputs in $OUT/$RUN_NAME (summary.json lists them)"
 show_outputs
 echo
 echo "==> step times"

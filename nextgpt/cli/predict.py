@@ -6,74 +6,98 @@ python predict.py --checkpoint-dir runs/stage_3/final --conversation chat.json -
 python predict.py --checkpoint-dir runs/stage_3/final --batch requests.jsonl --low-memory --dtype float16
 python predict.py --checkpoint-dir runs/stage_3/final --prompt "Draw a cat." --fast-decode   # static cache + CUDA graphs
 
+Every input is checked before any model loads (files exist and decode, JSON shape, ids, option ranges, output
+folder, device, checkpoint), and a problem ends the run with one `error:` line and exit code 2.
 Files given without a placeholder in the prompt are put in front of it, one `<image>`/`<video>`/`<audio>` per file.
-Per-modality decoder settings beyond the flags: pass config overrides, e.g. model.decoders.audio.guidance_scale=3.
-The reply text goes to stdout; the media and summary.json (what was produced) go to --output-dir.
+Decoders load only when a reply asks for their modality.
+
+Outputs: each run writes into its own new folder, --output-dir/<run name>/ (the start time, YYYYmmdd-HHMMSS, unless
+--run-name is given), as <request id>-<modality>-<k>.png|mp4|wav plus summary.json, which is rewritten after every
+request. Nothing earlier is overwritten. The reply text goes to stdout; each written path is logged on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import logging
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
-from nextgpt.utils.cli import run_reporting_errors
+from nextgpt.cli.inference_args import (
+    CHECKPOINT_DEFAULT,
+    OneLineArgumentParser,
+    add_checkpoint_flags,
+    check_flag_ranges,
+    parse_or_exit_code,
+)
+from nextgpt.utils.cli import USER_ERRORS, describe_os_error, run_reporting_errors
 from nextgpt.utils.logging import setup_logging
 
 logger = logging.getLogger("nextgpt.predict")
 
 SUMMARY_FILE = "summary.json"
+TEXT_FLAGS = ("temperature", "top_p", "max_new_tokens", "seed")
+MEDIA_FLAGS = ("guidance_scale", "num_inference_steps", "height", "width", "num_frames", "audio_seconds")
+DECODER_FIELDS = {
+    "image": ("num_inference_steps", "guidance_scale", "height", "width"),
+    "video": ("num_inference_steps", "guidance_scale", "height", "width", "num_frames"),
+    "audio": ("num_inference_steps", "guidance_scale", "audio_seconds"),
+}
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint-dir", type=Path, required=True, help="stage-3 checkpoint or merged folder")
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_checkpoint_flags(parser)
     source = parser.add_argument_group("request (a prompt, optionally after a conversation, or a batch)")
     source.add_argument("--prompt", help="the user's message")
     for modality in ("image", "video", "audio"):
-        source.add_argument(f"--{modality}", type=Path, action="append", default=[], help=f"input {modality} file")
+        source.add_argument(
+            f"--{modality}", type=Path, action="append", default=[], help=f"input {modality} file (repeatable)"
+        )
     source.add_argument("--conversation", type=Path, help="JSON conversation (earlier turns, or all of it)")
     source.add_argument("--batch", type=Path, help="JSONL file: one request per line")
     out = parser.add_argument_group("output")
-    out.add_argument("--output-dir", type=Path, default=Path("outputs"), help="where media and summary.json go")
-    out.add_argument("--fps", type=int, default=8, help="frame rate of written videos")
+    out.add_argument("--output-dir", type=Path, default=Path("outputs"), help="each run writes a new sub-folder here")
+    out.add_argument("--run-name", help="name of this run's sub-folder (default: the start time, YYYYmmdd-HHMMSS)")
+    out.add_argument("--fps", type=int, default=8, help="frame rate of written videos (default: 8)")
     out.add_argument("--no-stream", action="store_true", help="print the reply once it is complete")
-    text = parser.add_argument_group("text generation (default: the checkpoint's generation config)")
-    text.add_argument("--temperature", type=float, help="0 = greedy (default 0.2)")
-    text.add_argument("--top-p", type=float, help="nucleus sampling mass (default 1.0)")
-    text.add_argument("--max-new-tokens", type=int, help="reply length limit (default 512)")
-    text.add_argument("--seed", type=int, help="seeds text sampling and the decoders' initial noise (default 0)")
+    text = parser.add_argument_group(f"text generation ({CHECKPOINT_DEFAULT}: generation.*)")
+    text.add_argument("--temperature", type=float, help="0 = greedy")
+    text.add_argument("--top-p", type=float, help="nucleus sampling mass, in (0, 1]")
+    text.add_argument("--max-new-tokens", type=int, help="reply length limit in tokens")
+    text.add_argument("--seed", type=int, help="seeds text sampling and the decoders' initial noise")
     text.add_argument(
         "--fast-decode",
         action="store_true",
         default=None,
         help="static KV cache + compiled decode step, same tokens (same as generation.fast_decode=true)",
     )
-    media = parser.add_argument_group("media generation (default: the checkpoint's model.decoders)")
-    media.add_argument("--guidance-scale", type=float, help="every decoder (default 7.5; audio 2.5)")
-    media.add_argument("--num-inference-steps", type=int, help="every decoder (default 50)")
-    media.add_argument("--height", type=int, help="image and video pixels (video default 320)")
-    media.add_argument("--width", type=int, help="image and video pixels (video default 576)")
-    media.add_argument("--num-frames", type=int, help="video frames (default 16)")
-    media.add_argument("--audio-seconds", type=float, help="audio length (default 5)")
-    run = parser.add_argument_group("runtime")
-    run.add_argument("--device", default=None, help="cuda, cuda:1, cpu, ... (default: cuda when available)")
-    run.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default: config)")
-    run.add_argument("--low-memory", action="store_true", help="load each decoder when needed, offload it after")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the checkpoint's config")
+    media = parser.add_argument_group(f"media generation ({CHECKPOINT_DEFAULT}: model.decoders.<modality>.*)")
+    media.add_argument("--guidance-scale", type=float, help="every decoder; <= 1 disables guidance")
+    media.add_argument("--num-inference-steps", type=int, help="denoising steps of every decoder")
+    media.add_argument("--height", type=int, help="image and video pixels, a multiple of 8")
+    media.add_argument("--width", type=int, help="image and video pixels, a multiple of 8")
+    media.add_argument("--num-frames", type=int, help="video frames")
+    media.add_argument("--audio-seconds", type=float, help="audio length in seconds")
+    parser.add_argument(
+        "--progress",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="progress bars for diffusion steps and --batch requests (auto: only on a terminal)",
+    )
     return parser
 
 
 def _collect_requests(args: argparse.Namespace) -> list:
-    """The requests named on the command line, with every input file checked (before the model loads)."""
-    from nextgpt.constants import MODALITIES, Modality
-    from nextgpt.inference.media_io import check_input_file
+    """The requests named on the command line, with their JSON shape, ids and placeholders checked."""
+    from nextgpt.constants import Modality
     from nextgpt.inference.requests import (
         ChatRequest,
         Message,
-        check_conversation,
+        check_request_messages,
         read_conversation_file,
         read_requests_jsonl,
     )
@@ -82,106 +106,162 @@ def _collect_requests(args: argparse.Namespace) -> list:
     if args.batch is not None:
         if args.prompt is not None or args.conversation is not None or files:
             raise ValueError("--batch takes its requests from the file; drop --prompt, --conversation and media flags")
-        requests = read_requests_jsonl(args.batch)
-    else:
-        if args.prompt is None and files:
-            raise ValueError("--image/--video/--audio belong to a --prompt; add --prompt or put them in the JSON")
-        if args.prompt is None and args.conversation is None:
-            raise ValueError("nothing to answer; pass --prompt (with optional media files), --conversation or --batch")
-        messages = read_conversation_file(args.conversation) if args.conversation is not None else []
-        if args.prompt is not None:
-            messages.append(Message("user", args.prompt, files))
-        check_conversation(messages)
-        requests = [ChatRequest("reply", messages)]
-    for request in requests:
-        for message in request.messages:
-            if message.role == "user":
-                for modality in MODALITIES:
-                    for path in message.media.get(modality, ()):
-                        check_input_file(path, modality)
-    return requests
+        return read_requests_jsonl(args.batch)
+    if args.prompt is None and files:
+        raise ValueError('--image/--video/--audio belong to a --prompt; add --prompt "..." or put them in the JSON')
+    if args.prompt is None and args.conversation is None:
+        raise ValueError("nothing to answer; pass --prompt (with optional media files), --conversation or --batch")
+    messages = read_conversation_file(args.conversation) if args.conversation is not None else []
+    if args.prompt is not None:
+        messages.append(Message("user", args.prompt, files))
+    where = "--prompt" if args.conversation is None else f"{args.conversation}" + (" + --prompt" * bool(args.prompt))
+    check_request_messages(messages, where)
+    return [ChatRequest("reply", messages)]
 
 
 def _decoder_options(args: argparse.Namespace) -> dict:
     from nextgpt.constants import MODALITIES
     from nextgpt.inference.pipeline import DecoderOptions
 
-    option = DecoderOptions(
-        num_inference_steps=args.num_inference_steps,
-        guidance_scale=args.guidance_scale,
-        height=args.height,
-        width=args.width,
-        num_frames=args.num_frames,
-        audio_seconds=args.audio_seconds,
-    )
-    for modality in MODALITIES:
-        option.check(modality)
+    option = DecoderOptions(**{name: getattr(args, name) for name in MEDIA_FLAGS})
     return {modality: option for modality in MODALITIES}
 
 
-def _input_records(messages: list) -> list[dict[str, str]]:
-    return [
-        {"modality": modality.value, "path": str(path)}
-        for message in messages
-        if message.role == "user"
-        for modality, paths in message.media.items()
-        for path in paths
-    ]
+def _settings(cfg: Any, args: argparse.Namespace, options: dict) -> tuple[Any, dict[str, Any]]:
+    """The generation config and each decoder's effective config (checkpoint values, then the flags), validated."""
+    generation = dataclasses.replace(
+        cfg.generation,
+        **{n: getattr(args, n) for n in (*TEXT_FLAGS, "fast_decode") if getattr(args, n) is not None},
+    )
+    decoders = {
+        m.value: dataclasses.replace(getattr(cfg.model.decoders, m.value), **option.to_kwargs(m))
+        for m, option in options.items()
+        if getattr(cfg.model.decoders, m.value).pipeline_path is not None
+    }
+    return generation, decoders
+
+
+def _settings_record(generation: Any, decoders: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The values this run uses, for the log and summary.json."""
+    record = {"text": {n: getattr(generation, n) for n in TEXT_FLAGS}}
+    for name, cfg in decoders.items():
+        record[f"{name} decoder"] = {f: getattr(cfg, f) for f in DECODER_FIELDS[name]}
+    return record
+
+
+def _describe_settings(record: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
+    """One log line of the values this run uses; `*` marks those a flag set, the rest are the checkpoint's."""
+
+    def show(name: str, value: Any) -> str:
+        return f"{name}={value}{'*' if getattr(args, name, None) is not None else ''}"
+
+    parts = [f"{part}: " + " ".join(show(n, v) for n, v in values.items()) for part, values in record.items()]
+    return "; ".join(parts) + " (* = from a flag, else the checkpoint's config)"
+
+
+def _result_record(request: Any, reply: Any) -> dict[str, Any]:
+    from nextgpt.inference.input_checks import request_media
+
+    return {
+        "id": request.id,
+        "prompt": request.messages[-1].text,
+        "inputs": [{"modality": m.value, "path": str(p)} for m, p in request_media(request.messages)],
+        "text": reply.message.text,
+        "outputs": [item.to_json() for item in reply.saved],
+        "problems": reply.result.problems,
+    }
+
+
+def _failed(request_id: str, err: Exception, summary: Any) -> ValueError:
+    """One line for a request that failed mid-run, saying what was kept."""
+    if isinstance(err, USER_ERRORS):
+        reason = str(err)
+    else:  # an OSError while writing (full disk, folder removed, ...)
+        reason = describe_os_error(err) or f"could not write the outputs ({err})"
+    kept = f"the {summary.num_done} finished request(s) are listed in {summary.path}"
+    return ValueError(f"request {request_id} failed: {reason}; {kept}")
+
+
+def _answer_all(pipeline: Any, requests: list, run_dir: Path, summary: Any, settings: dict, args: argparse.Namespace):
+    """Answer each request, log each written file and rewrite summary.json after each one."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+    from transformers import TextStreamer
+
+    batch = len(requests) > 1
+    disable = {"auto": None, "on": False, "off": True}[args.progress] if batch else True
+    with logging_redirect_tqdm(), tqdm(total=len(requests), desc="requests", unit="request", disable=disable) as bar:
+        for request in requests:
+            logger.info("request %s: %.120s", request.id, request.messages[-1].text)
+            streamer = None
+            if not args.no_stream:
+                streamer = TextStreamer(pipeline.model.tokenizer, skip_prompt=True, skip_special_tokens=True)
+            bar.clear()
+            if batch:
+                print(f"[{request.id}] ", end="", flush=True)
+            try:
+                reply = pipeline.reply(request.messages, run_dir, request.id, streamer=streamer, **settings)
+                if args.no_stream:
+                    print(reply.message.text, flush=True)
+                summary.add(_result_record(request, reply))
+            except (*USER_ERRORS, OSError) as err:
+                raise _failed(request.id, err, summary) from err
+            for item in reply.saved:
+                logger.info("wrote %s", item.path)
+            bar.update(1)
 
 
 def run(args: argparse.Namespace) -> Path:
-    """Answer every request and write the media plus summary.json; returns the summary's path."""
-    import torch
-    from transformers import TextStreamer
+    """Check every input, load the checkpoint, answer every request; returns the run's summary.json."""
+    from nextgpt.inference.input_checks import check_request_media
+    from nextgpt.inference.outputs import RunSummary, create_run_dir, prepare_output_dir, remove_if_empty
+    from nextgpt.inference.pipeline import NextGPTPipeline, dtype_overrides
+    from nextgpt.inference.preflight import inspect_checkpoint, resolve_device
 
-    from nextgpt.inference.pipeline import NextGPTPipeline
-
+    # 1. What the user typed: flags, requests and their files, the output folder, the device (no model yet).
+    check_flag_ranges(args, (*TEXT_FLAGS, *MEDIA_FLAGS, "fps"))
     requests = _collect_requests(args)
+    check_request_media(requests)
+    output_dir = prepare_output_dir(args.output_dir)
+    device = resolve_device(args.device)
+    # 2. The checkpoint, without reading weights: config + overrides, components, architecture, file headers.
+    overrides = [*dtype_overrides(args.dtype), *args.overrides]
+    cfg = inspect_checkpoint(args.checkpoint_dir, overrides)
     options = _decoder_options(args)
-    if args.fps < 1:
-        raise ValueError(f"--fps must be >= 1, got {args.fps}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipeline = NextGPTPipeline.from_pretrained(
-        args.checkpoint_dir, device=device, dtype=args.dtype, low_memory=args.low_memory, overrides=args.overrides
-    )
-    generation = pipeline.generation_config(
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-        fast_decode=args.fast_decode,
-    )
-    results = []
-    for request in requests:
-        logger.info("request %s: %s", request.id, request.messages[-1].text)
-        streamer = None
-        if not args.no_stream:
-            streamer = TextStreamer(pipeline.model.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        reply = pipeline.reply(
-            request.messages, args.output_dir, request.id, generation, options, streamer=streamer, fps=args.fps
+    generation, decoders = _settings(cfg, args, options)
+    settings_record = _settings_record(generation, decoders)
+    logger.info("settings: %s", _describe_settings(settings_record, args))
+    # 3. Load (the manifest is verified first); decoders load when a reply needs them.
+    run_dir = create_run_dir(output_dir, args.run_name)
+    try:
+        show_progress = {"auto": None, "on": True, "off": False}[args.progress]
+        pipeline = NextGPTPipeline.from_pretrained(
+            args.checkpoint_dir, device, args.dtype, args.low_memory, args.overrides, show_progress=show_progress
         )
-        if args.no_stream:
-            print(reply.message.text, flush=True)
-        results.append(
-            {
-                "id": request.id,
-                "prompt": request.messages[-1].text,
-                "inputs": _input_records(request.messages),
-                "text": reply.message.text,
-                "outputs": [item.to_json() for item in reply.saved],
-                "problems": reply.result.problems,
-            }
-        )
-    summary_path = args.output_dir / SUMMARY_FILE
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"checkpoint": str(args.checkpoint_dir), "results": results}
-    summary_path.write_text(json.dumps(summary, indent=2))
-    logger.info("wrote %d file(s) and %s", sum(len(r["outputs"]) for r in results), summary_path)
-    return summary_path
+        for request in requests:  # over-long conversations fail here, before the first reply
+            pipeline.fit_to_context(request.messages, generation)
+        # 4. Answer; summary.json exists from now on and is rewritten after every request.
+        logger.info("writing to %s", run_dir)
+        header = {
+            "checkpoint": str(Path(args.checkpoint_dir).absolute()),
+            "run_dir": str(run_dir),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "settings": settings_record,
+        }
+        summary = RunSummary(run_dir / SUMMARY_FILE, header, len(requests))
+        settings = {"generation": generation, "decoder_options": options, "fps": args.fps}
+        _answer_all(pipeline, requests, run_dir, summary, settings, args)
+    finally:
+        remove_if_empty(run_dir)
+    num_files = sum(len(r["outputs"]) for r in summary.data["results"])
+    logger.info("done: %d request(s), %d file(s) in %s; summary: %s", len(requests), num_files, run_dir, summary.path)
+    return summary.path
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    args = parse_or_exit_code(_build_parser(), argv)
+    if isinstance(args, int):
+        return args
     setup_logging()
     logger.info("arguments: %s", vars(args))
 

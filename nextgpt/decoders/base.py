@@ -11,6 +11,7 @@ text encoder produces, checks projector outputs against it, and drives the pipel
 from __future__ import annotations
 
 import logging
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,6 +24,7 @@ from torch import Tensor
 from nextgpt.config import DecoderConfig
 from nextgpt.constants import Modality
 from nextgpt.decoders.acceleration import apply_decoder_speedups
+from nextgpt.decoders.cancel import raise_if_cancelled, step_callback_kwargs
 from nextgpt.decoders.inputs import check_pipeline_dir, format_shape
 
 logger = logging.getLogger(__name__)
@@ -44,31 +46,36 @@ class Decoder(ABC):
     Args:
         pipeline: a loaded pipeline of `pipeline_class`.
         cfg: defaults for `generate` (steps, guidance, sizes); None uses `DecoderConfig()`.
-        show_progress: keep the pipeline's per-step progress bar.
+        show_progress: the pipeline's per-step progress bar, named "<modality> decoder": True, False, or None to show
+            it only when stderr is a terminal (a real ZeroScope call otherwise prints nothing for a minute).
     """
 
     modality: ClassVar[Modality]
     pipeline_class: ClassVar[type[DiffusionPipeline]]
 
-    def __init__(self, pipeline: DiffusionPipeline, cfg: DecoderConfig | None = None, show_progress: bool = False):
+    def __init__(
+        self, pipeline: DiffusionPipeline, cfg: DecoderConfig | None = None, show_progress: bool | None = False
+    ):
         self.pipeline = pipeline
         self.cfg = cfg if cfg is not None else DecoderConfig()
         for component in pipeline.components.values():
             if isinstance(component, torch.nn.Module):
                 component.requires_grad_(False)
                 component.eval()
-        pipeline.set_progress_bar_config(disable=not show_progress)
+        # tqdm reads disable=None as "only on a terminal".
+        disable = None if show_progress is None else not show_progress
+        pipeline.set_progress_bar_config(disable=disable, desc=f"{self.modality.value} decoder", unit="step")
 
     @classmethod
     def from_pretrained(
-        cls, cfg: DecoderConfig, device: str | torch.device | None = None, show_progress: bool = False
+        cls, cfg: DecoderConfig, device: str | torch.device | None = None, show_progress: bool | None = False
     ) -> Decoder:
         """Load the pipeline folder `cfg.pipeline_path` (local files only) in `cfg.dtype`.
 
         Args:
             cfg: the decoder's config section.
             device: where to place the pipeline; None leaves it on CPU where it was loaded.
-            show_progress: keep the per-step progress bar.
+            show_progress: the per-step progress bar (see the class).
 
         Returns:
             The decoder, frozen and in eval mode.
@@ -194,6 +201,7 @@ class Decoder(ABC):
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         seed: int | None = 0,
+        cancel: threading.Event | None = None,
         **sizes: Any,
     ) -> list[np.ndarray]:
         """Generate one media item per conditioning row (classifier-free guidance against the empty prompt).
@@ -203,6 +211,7 @@ class Decoder(ABC):
             num_inference_steps: default `cfg.num_inference_steps`.
             guidance_scale: default `cfg.guidance_scale`; <= 1 disables guidance.
             seed: seeds the initial latents (CPU generator); None draws fresh noise.
+            cancel: checked after every denoising step; when set, the call stops with `GenerationCancelled`.
             **sizes: the modality's size options, documented on its `resolve_sizes` (image: `height`, `width`;
                 video: also `num_frames`; audio: `audio_seconds`); unset ones come from the config.
 
@@ -212,9 +221,11 @@ class Decoder(ABC):
         Raises:
             ValueError: wrong conditioning shape, fewer than one step, or a bad size.
             TypeError: a size option this modality does not have.
+            GenerationCancelled: `cancel` was set.
         """
         steps, guidance = self.resolve_sampling(num_inference_steps, guidance_scale)
         pipeline_sizes = self.resolve_sizes(**sizes)
+        raise_if_cancelled(cancel)
         output = self.pipeline(
             prompt_embeds=self.prepare_conditioning(prompt_embeds.detach()),
             num_inference_steps=steps,
@@ -222,6 +233,7 @@ class Decoder(ABC):
             generator=self.make_generator(seed),
             output_type="np",
             **pipeline_sizes,
+            **step_callback_kwargs(self.pipeline, cancel),
         )
         return self.collect_media(output)
 
@@ -339,7 +351,7 @@ def load_decoder(
     cfg: DecoderConfig,
     expected_dim: int,
     device: str | torch.device = "cpu",
-    show_progress: bool = False,
+    show_progress: bool | None = False,
 ) -> Decoder:
     """Load one modality's frozen decoder and check it against the output projector's width.
 
@@ -348,7 +360,7 @@ def load_decoder(
         cfg: `model.decoders.<modality>`.
         expected_dim: `model.output_projectors.<modality>.out_dim`.
         device: where to place the pipeline.
-        show_progress: keep the pipeline's per-step progress bar.
+        show_progress: the per-step progress bar: True, False, or None for "only on a terminal".
 
     Returns:
         The decoder, with the config's speed switches applied (`apply_decoder_speedups`).

@@ -12,15 +12,18 @@ reported, never a crash), re-read their hidden states, project them, and call th
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from transformers.generation.streamers import BaseStreamer
 
 from nextgpt.config import GenerationConfig
 from nextgpt.constants import Modality
+from nextgpt.decoders.cancel import raise_if_cancelled
 from nextgpt.inference.fast_decode import FastDecoder
 from nextgpt.llm.conversation import build_generation_prompt
 from nextgpt.llm.splice import splice_media
@@ -118,6 +121,27 @@ def _reply_spans(reply_ids: torch.Tensor, offset: int, model: NextGPT, cfg: Gene
     return shifted
 
 
+class _CancellingStreamer(BaseStreamer):
+    """Forwards tokens to the caller's streamer and stops decoding when the cancel event is set.
+
+    Both decoding paths (HF `generate` and `FastDecoder`) hand every new token to the streamer, so raising here stops
+    either one within a token.
+    """
+
+    def __init__(self, inner: Any | None, cancel: threading.Event):
+        self.inner = inner
+        self.cancel = cancel
+
+    def put(self, value: torch.Tensor) -> None:
+        raise_if_cancelled(self.cancel)
+        if self.inner is not None:
+            self.inner.put(value)
+
+    def end(self) -> None:
+        if self.inner is not None:
+            self.inner.end()
+
+
 @torch.no_grad()
 def generate_reply(
     model: NextGPT,
@@ -128,6 +152,7 @@ def generate_reply(
     decoder_options: Mapping[Modality, dict[str, Any]] | None = None,
     streamer: Any | None = None,
     fast_decoder: FastDecoder | None = None,
+    cancel: threading.Event | None = None,
 ) -> GenerationResult:
     """Generate one reply to a conversation, rendering every complete signal span with its decoder.
 
@@ -142,11 +167,17 @@ def generate_reply(
         streamer: an HF streamer (e.g. TextStreamer) receiving text as it is generated.
         fast_decoder: the decoder to reuse when `cfg.fast_decode` is on (its cache grows if the request needs it);
             None builds one for this call.
+        cancel: checked at every generated token and every denoising step; when set, the reply is abandoned.
 
     Returns:
         GenerationResult.
+
+    Raises:
+        GenerationCancelled: `cancel` was set.
     """
     model.eval()
+    if cancel is not None:
+        streamer = _CancellingStreamer(streamer, cancel)
     # 1. Prompt + media → spliced input embeddings.
     batch = _build_prompt_batch(model, turns, media)
     spliced = splice_media(batch.input_ids, batch.attention_mask, None, model.embed_tokens, model.encode_media(batch))
@@ -168,7 +199,8 @@ def generate_reply(
     hidden = model.llm(inputs_embeds=full_embeds, output_hidden_states=True, use_cache=False).hidden_states[-1]
     signal_embeds = model.project_signals(hidden, full_ids, scan)
     # 5. Render each span with its decoder.
-    _render(result, signal_embeds, decoders, decoder_options or {}, cfg.seed)
+    raise_if_cancelled(cancel)
+    _render(result, signal_embeds, decoders, decoder_options or {}, cfg.seed, cancel)
     return result
 
 
@@ -178,6 +210,7 @@ def _render(
     decoders: Mapping[Modality, Any] | None,
     options: Mapping[Modality, dict[str, Any]],
     seed: int,
+    cancel: threading.Event | None = None,
 ) -> None:
     for modality, embeds in signal_embeds.items():
         if decoders is None or modality not in decoders:
@@ -188,5 +221,6 @@ def _render(
         decoder = decoders[modality]
         for index in range(embeds.shape[0]):
             prompt_embeds = as_prompt_embeds(modality, embeds[index : index + 1])
-            outputs = decoder.generate(prompt_embeds, seed=seed + index, **options.get(modality, {}))
+            extra = {"cancel": cancel} if cancel is not None else {}
+            outputs = decoder.generate(prompt_embeds, seed=seed + index, **extra, **options.get(modality, {}))
             result.outputs(modality).extend(outputs)

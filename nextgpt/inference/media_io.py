@@ -24,8 +24,9 @@ from PIL import Image
 
 from nextgpt.config import ImageBindConfig
 from nextgpt.constants import MODALITIES, Modality
-from nextgpt.encoders.media import SUPPORTED_EXTENSIONS, check_media_path
+from nextgpt.encoders.media import SUPPORTED_EXTENSIONS
 from nextgpt.encoders.transforms import load_media
+from nextgpt.inference.input_checks import check_file_entry
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +34,6 @@ DEFAULT_VIDEO_FPS = 8
 """Frame rate of written MP4 files (the original demo's 8 fps)."""
 
 OUTPUT_EXTENSIONS: dict[Modality, str] = {Modality.IMAGE: ".png", Modality.VIDEO: ".mp4", Modality.AUDIO: ".wav"}
-
-_BYTES_PER_MB = 1024 * 1024
 
 
 @dataclass
@@ -78,7 +77,7 @@ def modality_of_file(path: Path) -> Modality:
 
 
 def check_input_file(path: Path, modality: Modality, max_bytes: int | None = None) -> Path:
-    """Check an input file before loading it: it exists, has a supported extension and is small enough.
+    """Check an input file before loading it (without decoding it; `input_checks.probe_media_file` also decodes).
 
     Args:
         path: the file.
@@ -90,16 +89,10 @@ def check_input_file(path: Path, modality: Modality, max_bytes: int | None = Non
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: unsupported extension, or larger than `max_bytes`.
+        ValueError: a folder, an unsupported extension, an empty, unreadable or oversized file.
     """
-    path = check_media_path(Path(path), modality)
-    size = path.stat().st_size
-    if max_bytes is not None and size > max_bytes:
-        raise ValueError(
-            f"{modality.value} file {path.name} is {size / _BYTES_PER_MB:.1f} MB, over the "
-            f"{max_bytes / _BYTES_PER_MB:.1f} MB upload limit; send a smaller file or raise the limit"
-        )
-    return path
+    check_file_entry(Path(path), modality, max_bytes)
+    return Path(path)
 
 
 def load_inputs(
@@ -229,6 +222,17 @@ def save_audio(waveform: np.ndarray, path: Path, sample_rate: int) -> Path:
     return path
 
 
+def free_path(path: Path) -> Path:
+    """`path`, or `<stem>-2<suffix>`, `-3`, ... when it is taken: earlier outputs are never overwritten."""
+    candidate, number = Path(path), 1
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+    if candidate != path:
+        logger.warning("%s exists; writing %s instead", path, candidate.name)
+    return candidate
+
+
 def save_outputs(
     outputs: Mapping[Modality, Sequence[np.ndarray]],
     output_dir: Path,
@@ -236,7 +240,7 @@ def save_outputs(
     sample_rate: int | None = None,
     fps: int = DEFAULT_VIDEO_FPS,
 ) -> list[SavedMedia]:
-    """Write every generated item as `<prefix>-<modality>-<k>.png|mp4|wav` under `output_dir`.
+    """Write every generated item as `<prefix>-<modality>-<k>.png|mp4|wav` under `output_dir` (see `free_path`).
 
     Args:
         outputs: generated arrays per modality (images (H, W, 3), videos (F, H, W, 3), audio (T,)).
@@ -254,7 +258,7 @@ def save_outputs(
     saved: list[SavedMedia] = []
     for modality in MODALITIES:
         for index, array in enumerate(outputs.get(modality, ())):
-            path = Path(output_dir) / f"{prefix}-{modality.value}-{index}{OUTPUT_EXTENSIONS[modality]}"
+            path = free_path(Path(output_dir) / f"{prefix}-{modality.value}-{index}{OUTPUT_EXTENSIONS[modality]}")
             if modality is Modality.IMAGE:
                 info = {"height": int(array.shape[0]), "width": int(array.shape[1])}
                 save_image(array, path)

@@ -1,7 +1,7 @@
 """The inference API shared by `predict.py` and the Gradio demo: load a checkpoint, answer a conversation, save media.
 
-Owns the loading (checkpoint or merged folder, dtype, device, decoders loaded eagerly or, in low-memory mode, on
-demand and offloaded after use) and one reply: conversation (`nextgpt.inference.requests.Message`) → text + files.
+Owns the loading (checkpoint or merged folder, dtype, device; decoders load when a reply first needs one, see
+`nextgpt.inference.decoder_pool`) and one reply: conversation (`nextgpt.inference.requests.Message`) → text + files.
 
     pipeline = NextGPTPipeline.from_pretrained(Path("runs/stage_3/final"), device="cuda", dtype="float16")
     reply = pipeline.reply([Message("user", "Please generate an image of a cat.")], Path("outputs"), prefix="cat")
@@ -12,75 +12,32 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from nextgpt.config import Config, GenerationConfig, ModelConfig
-from nextgpt.constants import MODALITIES, Modality
-from nextgpt.decoders.base import TORCH_DTYPES, Decoder, load_decoder
+from nextgpt.config import Config, GenerationConfig
+from nextgpt.constants import MODALITIES, SENTINEL_IDS, Modality
+from nextgpt.decoders.base import TORCH_DTYPES
+from nextgpt.decoders.cancel import GenerationCancelled
+from nextgpt.inference.decoder_pool import DecoderOptions, DecoderPool
 from nextgpt.inference.fast_decode import FastDecoder
 from nextgpt.inference.generation import GenerationResult, generate_reply
 from nextgpt.inference.media_io import DEFAULT_VIDEO_FPS, SavedMedia, load_inputs, save_outputs
+from nextgpt.inference.preflight import configured_decoders, inspect_checkpoint
 from nextgpt.inference.requests import Message, build_turns, check_conversation
+from nextgpt.llm.conversation import build_generation_prompt
 from nextgpt.model import NextGPT
+
+__all__ = ["DecoderOptions", "DecoderPool", "GenerationCancelled", "NextGPTPipeline", "Reply"]
 
 logger = logging.getLogger(__name__)
 
 DType = Literal["float32", "bfloat16", "float16"]
-
-
-@dataclass
-class DecoderOptions:
-    """Per-request overrides of one decoder's sampling; None keeps `model.decoders.<modality>`.
-
-    Attributes:
-        num_inference_steps: denoising steps.
-        guidance_scale: classifier-free guidance (<= 1 disables it).
-        height: pixels, a multiple of 8 (image, video).
-        width: pixels, a multiple of 8 (image, video).
-        num_frames: frames per clip (video).
-        audio_seconds: clip length (audio).
-    """
-
-    num_inference_steps: int | None = None
-    guidance_scale: float | None = None
-    height: int | None = None
-    width: int | None = None
-    num_frames: int | None = None
-    audio_seconds: float | None = None
-
-    def to_kwargs(self, modality: Modality) -> dict[str, Any]:
-        """The set options that `modality`'s decoder takes, as `Decoder.generate` keyword arguments."""
-        names = {"num_inference_steps", "guidance_scale"}
-        names |= {Modality.IMAGE: {"height", "width"}, Modality.VIDEO: {"height", "width", "num_frames"}}.get(
-            modality, {"audio_seconds"}
-        )
-        return {n: getattr(self, n) for n in sorted(names) if getattr(self, n) is not None}
-
-    def check(self, modality: Modality) -> None:
-        """Reject values the decoder would refuse only after the LLM ran.
-
-        Raises:
-            ValueError: a non-positive step count, frame count or length, negative guidance, or a size that is not
-                a positive multiple of 8.
-        """
-        what = f"{modality.value} decoder option"
-        for name in ("num_inference_steps", "num_frames"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{what} {name} must be >= 1, got {value}")
-        if self.guidance_scale is not None and self.guidance_scale < 0:
-            raise ValueError(f"{what} guidance_scale must be >= 0, got {self.guidance_scale}")
-        if self.audio_seconds is not None and self.audio_seconds <= 0:
-            raise ValueError(f"{what} audio_seconds must be > 0, got {self.audio_seconds}")
-        for name in ("height", "width"):
-            value = getattr(self, name)
-            if value is not None and (value <= 0 or value % 8):
-                raise ValueError(f"{what} {name} must be a positive multiple of 8, got {value}")
 
 
 @dataclass
@@ -98,97 +55,8 @@ class Reply:
     saved: list[SavedMedia]
 
 
-class _VisitingDecoder:
-    """A decoder parked on CPU that moves to the device for one `generate` call and is offloaded after.
-
-    Its VAE decodes one latent at a time (diffusers' VAE slicing): a ZeroScope clip is decoded frame by frame
-    instead of all 24 frames in one batch, which is what pushes a 7B LLM plus ZeroScope past 24 GB. The pixels are
-    the same; only the peak memory changes.
-    """
-
-    def __init__(self, decoder: Decoder, device: torch.device):
-        self.decoder = decoder
-        self.device = device
-        vae = getattr(decoder.pipeline, "vae", None)
-        if vae is not None and hasattr(vae, "enable_slicing"):
-            vae.enable_slicing()
-
-    def generate(self, prompt_embeds: torch.Tensor, **kwargs: Any) -> list:
-        self.decoder.to(self.device)
-        try:
-            return self.decoder.generate(prompt_embeds, **kwargs)
-        finally:
-            self.decoder.offload()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.decoder, name)
-
-
-class DecoderPool(Mapping):
-    """The configured decoders by modality, each loaded on first use.
-
-    In low-memory mode a decoder is kept on CPU and visits the device only while it renders, so only the LLM and
-    at most one decoder hold device memory at a time.
-
-    Args:
-        cfg: `model` config (decoder folders and the output projector widths they must match).
-        device: where decoders run.
-        low_memory: park decoders on CPU between uses.
-    """
-
-    def __init__(self, cfg: ModelConfig, device: torch.device, low_memory: bool = False):
-        self.cfg = cfg
-        self.device = device
-        self.low_memory = low_memory
-        self._loaded: dict[Modality, Decoder] = {}
-
-    @property
-    def available(self) -> tuple[Modality, ...]:
-        """Modalities whose decoder folder is configured."""
-        return tuple(m for m in MODALITIES if getattr(self.cfg.decoders, m.value).pipeline_path is not None)
-
-    @property
-    def loaded(self) -> tuple[Modality, ...]:
-        """Modalities whose decoder has been loaded so far."""
-        return tuple(m for m in MODALITIES if m in self._loaded)
-
-    def __contains__(self, modality: object) -> bool:
-        return modality in self.available
-
-    def __iter__(self) -> Iterator[Modality]:
-        return iter(self.available)
-
-    def __len__(self) -> int:
-        return len(self.available)
-
-    def load(self, modality: Modality) -> Decoder:
-        """Load (once) and return `modality`'s decoder, on CPU in low-memory mode, else on the device."""
-        if modality not in self._loaded:
-            decoder_cfg = getattr(self.cfg.decoders, modality.value)
-            out_dim = getattr(self.cfg.output_projectors, modality.value).out_dim
-            device = torch.device("cpu") if self.low_memory else self.device
-            self._loaded[modality] = load_decoder(modality, decoder_cfg, out_dim, device)
-        return self._loaded[modality]
-
-    def __getitem__(self, modality: Modality) -> Decoder | _VisitingDecoder:
-        if modality not in self.available:
-            raise KeyError(modality)
-        decoder = self.load(modality)
-        return _VisitingDecoder(decoder, self.device) if self.low_memory else decoder
-
-    def load_all(self) -> None:
-        """Load every configured decoder now (fail at start-up rather than at the first request)."""
-        for modality in self.available:
-            self.load(modality)
-
-    @property
-    def sample_rate(self) -> int | None:
-        """The audio decoder's sample rate once it is loaded, else None."""
-        audio = self._loaded.get(Modality.AUDIO)
-        return None if audio is None else audio.sample_rate
-
-
-def _dtype_overrides(dtype: DType | None) -> list[str]:
+def dtype_overrides(dtype: DType | None) -> list[str]:
+    """Config overrides that set every component's weight dtype (the `--dtype` flag)."""
     if dtype is None:
         return []
     keys = ["model.llm.dtype", "model.encoder.dtype", *(f"model.decoders.{m.value}.dtype" for m in MODALITIES)]
@@ -203,13 +71,22 @@ class NextGPTPipeline:
         cfg: the checkpoint's resolved config (generation and decoder defaults).
         decoders: the decoder pool.
         max_input_bytes: size limit for input files; None for no limit.
+        folder: the checkpoint folder it was loaded from (shown by the demo), if any.
     """
 
-    def __init__(self, model: NextGPT, cfg: Config, decoders: DecoderPool, max_input_bytes: int | None = None):
+    def __init__(
+        self,
+        model: NextGPT,
+        cfg: Config,
+        decoders: DecoderPool,
+        max_input_bytes: int | None = None,
+        folder: Path | None = None,
+    ):
         self.model = model.eval()
         self.cfg = cfg
         self.decoders = decoders
         self.max_input_bytes = max_input_bytes
+        self.folder = folder
         self._fast_decoder: FastDecoder | None = None
 
     @classmethod
@@ -221,44 +98,88 @@ class NextGPTPipeline:
         low_memory: bool = False,
         overrides: Sequence[str] = (),
         max_input_bytes: int | None = None,
+        show_progress: bool | None = False,
     ) -> NextGPTPipeline:
         """Load a stage-3 checkpoint folder or a merged folder, with the frozen components its config names.
+
+        The folder is checked first without reading weights (`inspect_checkpoint`), then its manifest is verified
+        (`load_model_from_folder`); decoders are only located here and load when a reply first needs one.
 
         Args:
             folder: `runs/.../final` (config.yaml, trainable.safetensors, lora/) or a merged folder.
             device: where the model and the decoders run.
             dtype: weight dtype of the LLM, encoder, projectors and decoders; None keeps the config's.
-            low_memory: load each decoder only when a reply needs it and offload it to CPU after.
+            low_memory: keep loaded decoders on the CPU and move each to the device only while it renders.
             overrides: `key.sub=value` config overrides (e.g. moved checkpoint paths).
             max_input_bytes: size limit for input files; None for no limit.
+            show_progress: the decoders' per-step progress bars: True, False, or None for "only on a terminal".
 
         Returns:
-            The pipeline, in eval mode; outside low-memory mode every configured decoder is already loaded.
+            The pipeline, in eval mode, with no decoder loaded yet.
 
         Raises:
             FileNotFoundError: the folder or a component it names is missing.
-            ValueError: the components do not fit each other (see the loaders).
+            ValueError: not a checkpoint, a damaged file, or components that do not fit each other.
         """
         from nextgpt.training.merge import load_model_from_folder
 
         device = torch.device(device)
-        model, cfg = load_model_from_folder(Path(folder), [*_dtype_overrides(dtype), *overrides])
+        overrides = [*dtype_overrides(dtype), *overrides]
+        cfg = inspect_checkpoint(Path(folder), overrides)
+        model, cfg = load_model_from_folder(Path(folder), overrides, decoders=configured_decoders(cfg))
         model.to(device)
         if dtype is not None:
             # The projectors are built in float32; the LLM and the encoder already loaded in `dtype`.
             model.input_projector.to(TORCH_DTYPES[dtype])
             model.output_projectors.to(TORCH_DTYPES[dtype])
-        decoders = DecoderPool(cfg.model, device, low_memory=low_memory)
-        if not low_memory:
-            decoders.load_all()
+        decoders = DecoderPool(cfg.model, device, low_memory=low_memory, show_progress=show_progress)
         logger.info(
-            "loaded %s on %s (decoders: %s%s)",
+            "loaded %s on %s (decoders, loaded when first needed: %s%s)",
             folder,
             device,
             ", ".join(m.value for m in decoders.available) or "none",
             ", low-memory" if low_memory else "",
         )
-        return cls(model, cfg, decoders, max_input_bytes)
+        return cls(model, cfg, decoders, max_input_bytes, Path(folder))
+
+    def fit_to_context(self, messages: Sequence[Message], generation: GenerationConfig) -> GenerationConfig:
+        """Check that the conversation fits the LLM's context, and shorten the reply limit to what is left.
+
+        Tokenising is fast; running the LLM over a prompt longer than its context is slow and gives garbage, so an
+        over-long conversation is refused here, before any media is read.
+
+        Args:
+            messages: the conversation, ending with a user message.
+            generation: the sampling settings.
+
+        Returns:
+            `generation`, with `max_new_tokens` lowered (and a warning) when the context leaves less room.
+
+        Raises:
+            ValueError: a bad conversation, or a prompt that fills the whole context.
+        """
+        check_conversation(messages)
+        turns, _ = build_turns(messages)
+        prompt_ids = build_generation_prompt(self.model.tokenizer, turns, self.model.signal_ids)
+        num_media = sum(1 for i in prompt_ids if i in SENTINEL_IDS.values())
+        prompt_len = len(prompt_ids) + num_media * (self.model.input_projector.num_tokens - 1)
+        context = int(self.model.llm.config.max_position_embeddings)
+        if prompt_len >= context:
+            raise ValueError(
+                f"the conversation is {prompt_len} tokens long, but the LLM reads at most {context}; "
+                "shorten the prompt or start a new conversation"
+            )
+        room = context - prompt_len
+        if generation.max_new_tokens > room:
+            logger.warning(
+                "reply limit lowered from %d to %d tokens: the conversation uses %d of the LLM's %d",
+                generation.max_new_tokens,
+                room,
+                prompt_len,
+                context,
+            )
+            generation = dataclasses.replace(generation, max_new_tokens=room)
+        return generation
 
     def generate(
         self,
@@ -266,6 +187,7 @@ class NextGPTPipeline:
         generation: GenerationConfig | None = None,
         decoder_options: Mapping[Modality, DecoderOptions] | None = None,
         streamer: Any | None = None,
+        cancel: threading.Event | None = None,
     ) -> GenerationResult:
         """Answer the conversation's last user message.
 
@@ -274,6 +196,7 @@ class NextGPTPipeline:
             generation: text sampling settings; None uses the config's `generation`.
             decoder_options: per-modality overrides of the decoder settings.
             streamer: an HF streamer receiving the reply text as it is generated.
+            cancel: set it (from another thread) to stop the reply at the next token or denoising step.
 
         Returns:
             The generation result (arrays, not files).
@@ -281,20 +204,22 @@ class NextGPTPipeline:
         Raises:
             FileNotFoundError: an input file is missing.
             ValueError: a bad conversation, input file or option (one line saying what to fix).
+            GenerationCancelled: `cancel` was set.
         """
         options = dict(decoder_options or {})
         for modality, option in options.items():
             option.check(modality)
-        # 1. Conversation → prompt turns + input files in splice order.
-        check_conversation(messages)
+        # 1. Conversation → prompt turns + input files in splice order; refuse what the context cannot hold.
+        generation = self.fit_to_context(messages, generation or self.cfg.generation)
         turns, files = build_turns(messages)
         # 2. Files → encoder inputs (all checked before any is decoded).
         media = load_inputs(files, self.cfg.model.encoder, self.max_input_bytes)
         # 3. Reply text, signal spans and media.
         kwargs = {m: o.to_kwargs(m) for m, o in options.items()}
-        generation = generation or self.cfg.generation
         fast_decoder = self.fast_decoder(generation.max_new_tokens) if generation.fast_decode else None
-        return generate_reply(self.model, turns, media, generation, self.decoders, kwargs, streamer, fast_decoder)
+        return generate_reply(
+            self.model, turns, media, generation, self.decoders, kwargs, streamer, fast_decoder, cancel
+        )
 
     def fast_decoder(self, max_new_tokens: int) -> FastDecoder:
         """The pipeline's static-cache decoder (`generation.fast_decode`), built on first use and kept.
@@ -327,8 +252,10 @@ class NextGPTPipeline:
         decoder_options: Mapping[Modality, DecoderOptions] | None = None,
         streamer: Any | None = None,
         fps: int = DEFAULT_VIDEO_FPS,
+        cancel: threading.Event | None = None,
     ) -> Reply:
-        """`generate`, then write the media to `output_dir` as `<prefix>-<modality>-<k>.png|mp4|wav`.
+        """`generate`, then write the media to `output_dir` as `<prefix>-<modality>-<k>.png|mp4|wav` (a name that is
+        taken gets a numeric suffix: nothing is overwritten).
 
         Args:
             messages: the conversation, ending with a user message.
@@ -338,6 +265,7 @@ class NextGPTPipeline:
             decoder_options: per-modality decoder overrides.
             streamer: an HF streamer for the reply text.
             fps: frame rate of written videos.
+            cancel: set it (from another thread) to stop the reply; nothing is written then.
 
         Returns:
             The reply: assistant message (text + files), generation result and saved files.
@@ -345,8 +273,9 @@ class NextGPTPipeline:
         Raises:
             FileNotFoundError: an input file is missing.
             ValueError: a bad conversation, input file or option.
+            GenerationCancelled: `cancel` was set.
         """
-        result = self.generate(messages, generation, decoder_options, streamer)
+        result = self.generate(messages, generation, decoder_options, streamer, cancel)
         for problem in result.problems:
             logger.warning("reply: %s", problem)
         outputs = {m: result.outputs(m) for m in MODALITIES}
@@ -360,9 +289,6 @@ class NextGPTPipeline:
         """The config's generation settings with `changes` applied (None values are ignored).
 
         Raises:
-            ValueError: an invalid value (e.g. top_p outside (0, 1], max_new_tokens below 1).
+            ConfigError: an invalid value (e.g. top_p outside (0, 1], max_new_tokens below 1, a NaN temperature).
         """
-        generation = dataclasses.replace(self.cfg.generation, **{k: v for k, v in changes.items() if v is not None})
-        if generation.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {generation.max_new_tokens}")
-        return generation
+        return dataclasses.replace(self.cfg.generation, **{k: v for k, v in changes.items() if v is not None})

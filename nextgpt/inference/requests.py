@@ -16,6 +16,7 @@ file holds one request (or a bare list of messages), a batch file one request pe
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from nextgpt.constants import MODALITIES, PLACEHOLDERS, Modality
+from nextgpt.inference.input_checks import check_request_id, join_problems
 from nextgpt.llm.conversation import Turn
 from nextgpt.llm.tokenizer import split_placeholders
 
@@ -31,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 _MESSAGE_KEYS = {"role", "text", *(m.value for m in MODALITIES)}
 _REQUEST_KEYS = {"id", "messages", "prompt", *(m.value for m in MODALITIES)}
+_EXAMPLE_EXTENSIONS = {Modality.IMAGE: ".png", Modality.VIDEO: ".mp4", Modality.AUDIO: ".wav"}
 
 
 @dataclass
@@ -68,9 +71,14 @@ def check_conversation(messages: Sequence[Message]) -> None:
             )
     last = messages[-1]
     if last.role != "user":
-        raise ValueError("the conversation ends with an assistant message; add a user prompt to answer")
+        raise ValueError(
+            "the conversation ends with an assistant message; add the user's next message (predict.py: --prompt)"
+        )
     if not last.text.strip() and not any(last.media.values()):
         raise ValueError("the prompt is empty; type a request, e.g. 'Please generate an image of a cat.'")
+    for index, message in enumerate(messages[:-1]):
+        if message.role == "user" and not message.text.strip() and not any(message.media.values()):
+            raise ValueError(f"message {index} (user) has no text and no files; write what the user said")
 
 
 def _with_placeholders(message: Message, index: int) -> str:
@@ -132,7 +140,12 @@ def _read_paths(obj: dict[str, Any], base_dir: Path, where: str) -> dict[Modalit
         value = obj.get(modality.value, [])
         paths = [value] if isinstance(value, str) else value
         if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-            raise ValueError(f"{where}: {modality.value!r} must be a path or a list of paths, got {value!r}")
+            raise ValueError(
+                f"{where}: {modality.value!r} must be a path or a list of paths, got {value!r}; "
+                f'write e.g. "{modality.value}": ["cat{_EXAMPLE_EXTENSIONS[modality]}"]'
+            )
+        if any(not p.strip() or "\x00" in p for p in paths):
+            raise ValueError(f"{where}: {modality.value!r} holds an empty or invalid path {value!r}; name a file")
         if paths:
             media[modality] = [base_dir / p for p in paths]  # an absolute p replaces base_dir
     return media
@@ -143,7 +156,9 @@ def _check_keys(obj: Any, allowed: set[str], where: str) -> None:
         raise ValueError(f"{where} must be a JSON object, got {type(obj).__name__}")
     unknown = sorted(set(obj) - allowed)
     if unknown:
-        raise ValueError(f"{where} has unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+        close = difflib.get_close_matches(str(unknown[0]), sorted(allowed), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"{where} has unknown key(s) {unknown}; {hint}allowed: {sorted(allowed)}")
 
 
 def parse_messages(items: Any, base_dir: Path, where: str = "conversation") -> list[Message]:
@@ -201,13 +216,59 @@ def parse_request(obj: Any, base_dir: Path, default_id: str, where: str = "reque
         if not isinstance(obj["prompt"], str):
             raise ValueError(f"{where}: 'prompt' must be a string, got {type(obj['prompt']).__name__}")
         messages = [Message("user", obj["prompt"], _read_paths(obj, base_dir, where))]
-    request_id = str(obj.get("id", default_id))
-    if not request_id or any(c in request_id for c in "/\\") or request_id.startswith("."):
-        raise ValueError(
-            f"{where}: 'id' names output files, so it must be non-empty without / or \\, got {request_id!r}"
-        )
-    check_conversation(messages)
+    request_id = check_request_id(obj.get("id", default_id), where)
+    check_request_messages(messages, where)
     return ChatRequest(request_id, messages)
+
+
+def check_request_messages(messages: Sequence[Message], where: str) -> None:
+    """Check a conversation as the pipeline will read it: roles, a final prompt, one file per placeholder.
+
+    Args:
+        messages: the conversation.
+        where: names the source in error messages (a file and line, or a command-line flag).
+
+    Raises:
+        ValueError: the first problem, prefixed with `where`.
+    """
+    try:
+        check_conversation(messages)
+        build_turns(messages)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+def read_text_file(path: Path, what: str, fix: str) -> str:
+    """Read a UTF-8 request file, turning every way it can be unusable into one line with the fix.
+
+    Args:
+        path: the file.
+        what: what the file is, e.g. "conversation file".
+        fix: what the file should hold, for an empty file.
+
+    Returns:
+        Its text.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a folder, unreadable, not UTF-8, or empty.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}; check the path")
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder; pass the file itself")
+    try:
+        data = path.read_bytes()
+    except PermissionError:
+        raise ValueError(f"cannot read {what} {path} (permission denied); make it readable (chmod u+r)") from None
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark, as some editors write, is fine
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{what} {path} is not UTF-8 text (byte {err.start}); save it as UTF-8 JSON") from None
+    if not text.strip():
+        raise ValueError(f"{what} {path} is empty; {fix}")
+    return text
 
 
 def read_conversation_file(path: Path) -> list[Message]:
@@ -221,25 +282,29 @@ def read_conversation_file(path: Path) -> list[Message]:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: not valid JSON or not a conversation.
+        ValueError: unreadable, not valid JSON or not a conversation.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"conversation file not found: {path}; check the path")
+    shape = 'write a list of messages or {"messages": [...]}'
+    text = read_text_file(path, "conversation file", shape)
     try:
-        obj = json.loads(path.read_text())
+        obj = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(
-            f'{path} is not valid JSON ({err}); write a list of messages or {{"messages": [...]}}'
-        ) from err
+        raise ValueError(f"{path} is not valid JSON ({err}); {shape}") from None
     if isinstance(obj, dict):
         _check_keys(obj, {"id", "messages"}, str(path))
-        obj = obj.get("messages")
+        if "messages" not in obj:
+            raise ValueError(f'{path} has no "messages" list; {shape}')
+        obj = obj["messages"]
+    elif not isinstance(obj, list):
+        raise ValueError(f"{path} holds a JSON {type(obj).__name__}; {shape}")
     return parse_messages(obj, path.parent, str(path))
 
 
 def read_requests_jsonl(path: Path) -> list[ChatRequest]:
     """Read a batch file: one request object per line (blank lines skipped), ids default to the line number.
+
+    Every line is read before anything is reported, so all malformed lines are named at once.
 
     Args:
         path: the .jsonl file; relative media paths are read from its folder.
@@ -249,23 +314,27 @@ def read_requests_jsonl(path: Path) -> list[ChatRequest]:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: a malformed line (named by its number), duplicate ids, or no requests.
+        ValueError: malformed lines (each named by its number), duplicate ids, or no requests.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"batch file not found: {path}; check the path")
-    requests = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    shape = 'write one request per line, e.g. {"id": "q1", "prompt": "Draw a cat."}'
+    text = read_text_file(path, "batch file", shape)
+    requests, problems = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{where} is not valid JSON ({err}); write one request object per line") from err
-        requests.append(parse_request(obj, path.parent, f"{number:04d}", where))
-    if not requests:
-        raise ValueError(f"{path} holds no requests; write one JSON request object per line")
+            problems.append(f"{where} is not valid JSON ({err}); write one request object per line")
+            continue
+        try:
+            requests.append(parse_request(obj, path.parent, f"{number:04d}", where))
+        except ValueError as err:
+            problems.append(str(err))
+    if problems:
+        raise ValueError(join_problems(problems, f"bad lines in {path}"))
     ids = [r.id for r in requests]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:

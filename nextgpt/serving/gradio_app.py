@@ -1,11 +1,12 @@
-"""The Gradio chat demo: a thin UI over `NextGPTPipeline` (no model logic here).
+"""The Gradio chat demo: the page layout over `nextgpt.serving.handlers.ChatHandlers` (no model logic here).
 
 Chat with history; image / video / audio uploads; generated media shown inline in the chat; the original demo's
-settings panels (text, image, video, audio); retry and clear. Bad input (empty prompt, unsupported or oversized file)
-and generation failures show as an error message in the page, and the app keeps serving.
+settings panels (text, image, video, audio); Stop, Retry and Clear; example prompts; the checkpoint's path on the page.
+Refused input (an over-long message, a bad upload) shows as a toast and the app keeps serving; an empty message does
+nothing.
 
     pipeline = NextGPTPipeline.from_pretrained(Path("runs/stage_3/final"), device="cuda")
-    settings = DemoSettings(max_upload_mb=50)
+    settings = DemoSettings(max_upload_mb=50, max_prompt_chars=4000)
     launch_demo(build_demo(pipeline, settings), settings)  # serves http://127.0.0.1:7860 until interrupted
 """
 
@@ -13,27 +14,32 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import threading
-import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from transformers import TextIteratorStreamer
 
-from nextgpt.config import Config, GenerationConfig
-from nextgpt.constants import MODALITIES, Modality
-from nextgpt.inference.media_io import check_input_file
-from nextgpt.inference.pipeline import DecoderOptions, NextGPTPipeline
-from nextgpt.inference.requests import Message, check_conversation
+from nextgpt.config import Config
+from nextgpt.constants import Modality
+from nextgpt.inference.pipeline import NextGPTPipeline
+from nextgpt.serving.handlers import ChatHandlers, render_chat, session_of
+
+__all__ = ["ChatDemo", "ChatHandlers", "DemoSettings", "build_demo", "launch_demo", "render_chat"]
 
 logger = logging.getLogger(__name__)
 
 _BYTES_PER_MB = 1024 * 1024
-STREAM_TIMEOUT_S = 600.0
-"""Longest wait for the next streamed text piece before the reply is abandoned."""
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+DEFAULT_EXAMPLES = (
+    "Please generate an image of a red circle on the left.",
+    "Please generate a video of a blue square moving up.",
+    "Please generate a sound of a steady low tone.",
+    "What can you do?",
+)
+"""Prompts offered under the chat. The repository ships no media files, so no example carries an upload; examples
+with files can be passed in `DemoSettings.examples` and are shown when their files exist."""
 
 
 @dataclass
@@ -45,171 +51,27 @@ class DemoSettings:
         port: TCP port; None lets Gradio pick a free one from 7860.
         share: open a public Gradio share link (opt-in).
         max_upload_mb: per-file upload limit.
+        max_prompt_chars: longest message accepted (longer ones are refused at once instead of holding the queue).
         output_dir: where generated media are written; None uses a fresh temporary folder.
         title: page heading.
+        examples: example prompts: a text, or (text, image, video, audio) with None for no file.
     """
 
     host: str = "127.0.0.1"
     port: int | None = 7860
     share: bool = False
     max_upload_mb: float = 50.0
+    max_prompt_chars: int = 4000
     output_dir: Path | None = None
     title: str = "NExT-GPT: any-to-any chat"
-
-
-def render_chat(history: Sequence[Message]) -> list[dict[str, Any]]:
-    """Chatbot messages for a conversation: each text, then each file (shown inline by its type).
-
-    Args:
-        history: the conversation.
-
-    Returns:
-        Gradio "messages" entries.
-    """
-    rendered: list[dict[str, Any]] = []
-    for message in history:
-        if message.text.strip():
-            rendered.append({"role": message.role, "content": message.text})
-        for modality in MODALITIES:
-            for path in message.media.get(modality, ()):
-                rendered.append({"role": message.role, "content": {"path": str(path)}})
-        if message.role == "assistant" and not message.text.strip() and not any(message.media.values()):
-            rendered.append({"role": "assistant", "content": "(empty reply)"})
-    return rendered
+    examples: tuple[str | tuple[str, str | None, str | None, str | None], ...] = field(
+        default_factory=lambda: DEFAULT_EXAMPLES
+    )
 
 
 def _slider_range(low: float, high: float, default: float) -> tuple[float, float]:
     """The original demo's slider range, widened to hold the checkpoint's default."""
     return min(low, default), max(high, default)
-
-
-class ChatHandlers:
-    """The demo's event handlers (also callable without a browser).
-
-    Args:
-        pipeline: the loaded inference pipeline.
-        output_dir: where generated media go.
-        max_upload_bytes: per-file limit for uploads.
-    """
-
-    def __init__(self, pipeline: NextGPTPipeline, output_dir: Path, max_upload_bytes: int):
-        self.pipeline = pipeline
-        self.output_dir = Path(output_dir)
-        self.max_upload_bytes = max_upload_bytes
-
-    def options(self, values: Sequence[Any]) -> tuple[GenerationConfig, dict[Modality, DecoderOptions]]:
-        """Settings-panel values (in `build_settings` order) → text and decoder options.
-
-        Raises:
-            gr.Error: an invalid value.
-        """
-        temperature, top_p, max_new_tokens, seed, *media = values
-        image_guidance, image_steps, video_guidance, video_steps, frames, audio_guidance, audio_steps, seconds = media
-        try:
-            generation = self.pipeline.generation_config(
-                temperature=float(temperature), top_p=float(top_p), max_new_tokens=int(max_new_tokens), seed=int(seed)
-            )
-        except ValueError as err:
-            raise gr.Error(str(err), print_exception=False) from err
-        decoders = {
-            Modality.IMAGE: DecoderOptions(num_inference_steps=int(image_steps), guidance_scale=float(image_guidance)),
-            Modality.VIDEO: DecoderOptions(
-                num_inference_steps=int(video_steps), guidance_scale=float(video_guidance), num_frames=int(frames)
-            ),
-            Modality.AUDIO: DecoderOptions(
-                num_inference_steps=int(audio_steps), guidance_scale=float(audio_guidance), audio_seconds=float(seconds)
-            ),
-        }
-        return generation, decoders
-
-    def user_message(self, text: str | None, image: str | None, video: str | None, audio: str | None) -> Message:
-        """The user's message from the input widgets, with every file checked.
-
-        Raises:
-            gr.Error: a missing, unsupported or oversized file.
-        """
-        media: dict[Modality, list[Path]] = {}
-        for modality, path in ((Modality.IMAGE, image), (Modality.VIDEO, video), (Modality.AUDIO, audio)):
-            if path:
-                try:
-                    media[modality] = [check_input_file(Path(path), modality, self.max_upload_bytes)]
-                except (FileNotFoundError, ValueError) as err:
-                    raise gr.Error(str(err), print_exception=False) from err
-        return Message("user", text or "", media)
-
-    def submit(
-        self, text: str | None, image: str | None, video: str | None, audio: str | None, history: list, *settings: Any
-    ) -> Iterator[tuple]:
-        """Answer the typed message (streaming); outputs: chatbot, history, text box, image, video, audio.
-
-        Raises:
-            gr.Error: bad input or a failed generation (the history is left as it was).
-        """
-        user = self.user_message(text, image, video, audio)
-        for shown, new_history in self._answer(list(history), user, settings):
-            if new_history is None:
-                yield shown, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            else:
-                yield shown, new_history, "", None, None, None
-
-    def retry(self, history: list, *settings: Any) -> Iterator[tuple]:
-        """Answer the last user message again with the current settings; outputs: chatbot, history.
-
-        Raises:
-            gr.Error: nothing to retry, or a failed generation.
-        """
-        if len(history) < 2 or history[-1].role != "assistant":
-            raise gr.Error("nothing to retry yet; send a message first", print_exception=False)
-        for shown, new_history in self._answer(list(history[:-2]), history[-2], settings):
-            yield shown, gr.skip() if new_history is None else new_history
-
-    def clear(self) -> tuple:
-        """Empty chat and inputs; outputs: chatbot, history, text box, image, video, audio."""
-        return [], [], "", None, None, None
-
-    def _answer(self, history: list[Message], user: Message, settings: Sequence[Any]) -> Iterator[tuple]:
-        """Yield (chatbot, None) while the reply streams, then (chatbot, new history)."""
-        generation, decoders = self.options(settings)
-        messages = [*history, user]
-        try:
-            check_conversation(messages)
-        except ValueError as err:
-            raise gr.Error(str(err), print_exception=False) from err
-        streamer = TextIteratorStreamer(
-            self.pipeline.model.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=STREAM_TIMEOUT_S
-        )
-        outcome: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                prefix = uuid.uuid4().hex[:10]
-                outcome["reply"] = self.pipeline.reply(
-                    messages, self.output_dir, prefix, generation, decoders, streamer
-                )
-            except Exception as err:  # reported in the page below; the app keeps serving
-                outcome["error"] = err
-            finally:
-                streamer.end()  # unblocks the loop below even when generation failed before streaming
-
-        worker = threading.Thread(target=work, daemon=True)
-        worker.start()
-        shown = render_chat(messages)
-        partial = ""
-        for piece in streamer:
-            partial += piece
-            yield [*shown, {"role": "assistant", "content": partial or "…"}], None
-        worker.join()
-        if "error" in outcome:
-            err = outcome["error"]
-            if not isinstance(err, (FileNotFoundError, ValueError)):
-                logger.error("generation failed", exc_info=err)
-            yield render_chat(history), None
-            raise gr.Error(f"generation failed: {err}", print_exception=False)
-        reply = outcome["reply"]
-        for problem in reply.result.problems:
-            gr.Warning(problem)
-        new_history = [*messages, reply.message]
-        yield render_chat(new_history), new_history
 
 
 def build_settings(cfg: Config) -> list[gr.components.Component]:
@@ -268,42 +130,94 @@ class ChatDemo:
         self.blocks.close()
 
 
+def _example_rows(examples: tuple) -> list[list[Any]]:
+    """Example rows for (text, image, video, audio); rows whose files are missing are left out with a warning."""
+    rows = []
+    for example in examples:
+        row = [example, None, None, None] if isinstance(example, str) else list(example)
+        missing = [path for path in row[1:] if path is not None and not Path(path).is_file()]
+        if missing:
+            logger.warning("example %r left out: %s not found", row[0], ", ".join(map(str, missing)))
+            continue
+        rows.append(row)
+    return rows
+
+
+def _session_events(handlers: ChatHandlers) -> tuple[Callable, Callable, Callable]:
+    """submit, retry and stop as Gradio events that know the browser tab they come from.
+
+    Gradio passes the request only to a leading positional parameter annotated `gr.Request`; its session key ties
+    Stop to the reply of the same tab.
+    """
+
+    def submit(request: gr.Request, *values: Any) -> Iterator[tuple]:
+        yield from handlers.submit(*values, session=session_of(request))
+
+    def retry(request: gr.Request, *values: Any) -> Iterator[tuple]:
+        yield from handlers.retry(*values, session=session_of(request))
+
+    def stop(request: gr.Request) -> None:
+        handlers.stop(session_of(request))
+
+    return submit, retry, stop
+
+
 def build_demo(pipeline: NextGPTPipeline, settings: DemoSettings) -> ChatDemo:
     """Lay out the chat page and wire its events.
 
     Args:
         pipeline: the loaded inference pipeline.
-        settings: upload limit, output folder, title.
+        settings: upload and prompt limits, output folder, title, examples.
 
     Returns:
         The demo, not yet launched.
     """
     output_dir = settings.output_dir or Path(tempfile.mkdtemp(prefix="nextgpt-demo-"))
     output_dir.mkdir(parents=True, exist_ok=True)
-    handlers = ChatHandlers(pipeline, output_dir, int(settings.max_upload_mb * _BYTES_PER_MB))
+    handlers = ChatHandlers(
+        pipeline, output_dir, int(settings.max_upload_mb * _BYTES_PER_MB), settings.max_prompt_chars
+    )
+
+    submit, retry, stop = _session_events(handlers)
+    checkpoint = pipeline.folder.absolute() if pipeline.folder is not None else "(built in memory)"
     with gr.Blocks(title=settings.title) as demo:
         gr.Markdown(f"## {settings.title}")
+        gr.Markdown(f"Checkpoint: `{checkpoint}`", elem_id="checkpoint")
         history = gr.State([])
         with gr.Row():
             with gr.Column(scale=3):
                 chatbot = gr.Chatbot(label="Chat", height=520, elem_id="chat")
                 with gr.Row():
-                    text = gr.Textbox(placeholder="Ask, or request an image, video or sound", show_label=False, scale=5)
+                    text = gr.Textbox(
+                        placeholder="Ask, or request an image, video or sound",
+                        show_label=False,
+                        scale=5,
+                        max_length=settings.max_prompt_chars,
+                        elem_id="prompt",
+                    )
                     send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+                    stop_button = gr.Button("Stop", variant="stop", scale=1, elem_id="stop")
                 with gr.Row():
                     image = gr.Image(type="filepath", label="Image", elem_id="image-input")
                     video = gr.Video(label="Video", elem_id="video-input")
                     audio = gr.Audio(type="filepath", label="Audio", elem_id="audio-input")
                 with gr.Row():
-                    retry = gr.Button("Retry", elem_id="retry")
+                    retry_button = gr.Button("Retry", elem_id="retry")
                     clear = gr.Button("Clear", elem_id="clear")
+                inputs = [text, image, video, audio]
+                rows = _example_rows(settings.examples)
+                with_media = any(value is not None for row in rows for value in row[1:])
+                example_inputs = inputs if with_media else [text]
+                rows = rows if with_media else [row[:1] for row in rows]
+                gr.Examples(rows, example_inputs, label="Examples", elem_id="examples")
             with gr.Column(scale=1):
                 controls = build_settings(pipeline.cfg)
-        inputs = [text, image, video, audio]
         chat_outputs = [chatbot, history, *inputs]
         for trigger in (send.click, text.submit):
-            trigger(handlers.submit, [*inputs, history, *controls], chat_outputs, show_progress="minimal")
-        retry.click(handlers.retry, [history, *controls], [chatbot, history], show_progress="minimal")
+            trigger(submit, [*inputs, history, *controls], chat_outputs, show_progress="minimal")
+        retry_button.click(retry, [history, *controls], [chatbot, history], show_progress="minimal")
+        # Outside the queue: the queue answers one request at a time and is busy with the reply to stop.
+        stop_button.click(stop, None, None, queue=False)
         clear.click(handlers.clear, [], chat_outputs)
     return ChatDemo(demo, handlers, output_dir)
 
@@ -321,6 +235,8 @@ def launch_demo(demo: ChatDemo, settings: DemoSettings, block: bool = True) -> C
     """
     if settings.share:
         logger.warning("share=True opens a public link to this demo; anyone with it can use the model")
+    if settings.host not in LOCAL_HOSTS:
+        logger.warning("serving on %s: anyone who can reach this machine can use the model", settings.host)
     demo.blocks.queue(default_concurrency_limit=1).launch(
         server_name=settings.host,
         server_port=settings.port,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import torch
 from nextgpt.config import DecoderConfig, load_config
 from nextgpt.constants import Modality
 from nextgpt.decoders import AudioDecoder, ImageDecoder, VideoDecoder, load_decoder
+from nextgpt.decoders.cancel import GenerationCancelled
 from nextgpt.tiny.decoders import TINY_NUM_MEL_BINS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -96,11 +99,33 @@ def test_offload_and_to_keep_the_decoder_usable(tiny_decoder_cfgs: dict[Modality
     assert wave.shape == (8000,)
 
 
-def test_progress_bar_disabled_unless_asked(tiny_decoder_cfgs: dict[Modality, DecoderConfig]) -> None:
-    quiet = load_decoder(Modality.IMAGE, tiny_decoder_cfgs[Modality.IMAGE], expected_dim=32)
-    loud = load_decoder(Modality.IMAGE, tiny_decoder_cfgs[Modality.IMAGE], expected_dim=32, show_progress=True)
-    assert quiet.pipeline._progress_bar_config == {"disable": True}
-    assert loud.pipeline._progress_bar_config == {"disable": False}
+def test_progress_bar_names_the_decoder_and_counts_steps(
+    tiny_decoder_cfgs: dict[Modality, DecoderConfig], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tiny_decoder_cfgs[Modality.IMAGE]
+    conditioning = torch.randn(1, 77, 32)
+    for show, shown in ((True, True), (False, False), (None, False)):  # None: only on a terminal (capsys is not one)
+        decoder = load_decoder(Modality.IMAGE, cfg, expected_dim=32, show_progress=show)
+        decoder.generate(conditioning, num_inference_steps=3)
+        err = capsys.readouterr().err
+        assert bool(re.search(r"image decoder: 100%.*3/3", err)) is shown, (show, err)
+
+
+def test_cancel_stops_diffusion_after_the_current_step(tiny_decoder_cfgs: dict[Modality, DecoderConfig]) -> None:
+    for modality, conditioning in ((Modality.IMAGE, torch.randn(1, 77, 32)), (Modality.AUDIO, torch.randn(1, 16))):
+        decoder = load_decoder(modality, tiny_decoder_cfgs[modality], expected_dim=conditioning.shape[-1])
+        cancel, steps = threading.Event(), []
+        unet_forward = decoder.pipeline.unet.forward
+
+        def counting_forward(*args, _forward=unet_forward, _steps=steps, _cancel=cancel, **kwargs):
+            _steps.append(1)
+            _cancel.set()  # someone presses Stop during the first step
+            return _forward(*args, **kwargs)
+
+        decoder.pipeline.unet.forward = counting_forward
+        with pytest.raises(GenerationCancelled):
+            decoder.generate(conditioning, num_inference_steps=5, cancel=cancel)
+        assert len(steps) == 1, modality  # (guidance batches both halves into one UNet call per step)
 
 
 def test_generate_defaults_come_from_config(tiny_decoder_dirs: dict[Modality, Path]) -> None:

@@ -104,8 +104,16 @@ def test_save_outputs_names_and_describes_files(tmp_path):
         save_outputs({Modality.AUDIO: [np.zeros(10, np.float32)]}, tmp_path, "q2")
 
 
+def test_save_outputs_never_overwrites(tmp_path, caplog):
+    first = save_outputs({Modality.IMAGE: [np.zeros((8, 8, 3), np.uint8)]}, tmp_path, prefix="q1")[0].path
+    before = first.read_bytes()
+    second = save_outputs({Modality.IMAGE: [np.full((8, 8, 3), 255, np.uint8)]}, tmp_path, prefix="q1")[0].path
+    assert second.name == "q1-image-0-2.png" and first.read_bytes() == before
+    assert "q1-image-0.png exists; writing q1-image-0-2.png instead" in caplog.text
+
+
 def test_input_checks(tmp_path):
-    with pytest.raises(FileNotFoundError, match="image file not found"):
+    with pytest.raises(FileNotFoundError, match="missing.png not found; check the path"):
         check_input_file(tmp_path / "missing.png", Modality.IMAGE)
     text_file = tmp_path / "notes.txt"
     text_file.write_text("hello")

@@ -85,7 +85,12 @@ def test_parse_request_forms(tmp_path):
         ({"prompt": "a", "messages": []}, "exactly one of 'messages'"),
         ({"prompt": "a", "images": ["x.png"]}, r"unknown key\(s\) \['images'\]"),
         ({"prompt": "a", "image": [3]}, "must be a path or a list of paths"),
-        ({"prompt": "a", "id": "../x"}, "without / or"),
+        ({"prompt": "a", "id": "../x"}, "cannot name output files"),
+        ({"prompt": "a", "id": "x" * 65}, "65 characters long, over the limit of 64"),
+        ({"prompt": "a", "id": None}, "'id' must be a string"),
+        ({"prompt": "<image> and <image>", "image": ["a.png"]}, r"2 <image> placeholder\(s\) but 1 image file"),
+        ({"prompt": "a", "image": [""]}, "empty or invalid path"),
+        ({"prompt": "a", "imgae": "a.png"}, "did you mean 'image'"),
         ({"messages": [{"role": "bot", "text": "a"}]}, "'role' must be 'user' or 'assistant'"),
         ({"prompt": ""}, "prompt is empty"),
     ]:
@@ -99,14 +104,24 @@ def test_batch_and_conversation_files(tmp_path):
     requests = read_requests_jsonl(batch)
     assert [r.id for r in requests] == ["0001", "b"]
     assert requests[1].messages[0].media == {Modality.VIDEO: [tmp_path / "v.mp4"]}
-    batch.write_text('{"prompt": "one"}\n{"prompt": \n')
-    with pytest.raises(ValueError, match=r"batch.jsonl:2 is not valid JSON"):
-        read_requests_jsonl(batch)
+    batch.write_text('{"prompt": "one"}\n{"prompt": \n[1]\n{"prompt": "x", "id": "a/b"}\n')
+    with pytest.raises(
+        ValueError, match=r"3 bad lines in .*batch.jsonl:2 is not valid JSON.*batch.jsonl:3 must be a JSON obj"
+    ):
+        read_requests_jsonl(batch)  # every bad line named at once
     batch.write_text('{"id": "a", "prompt": "one"}\n{"id": "a", "prompt": "two"}\n')
     with pytest.raises(ValueError, match=r"ids \['a'\] repeat"):
         read_requests_jsonl(batch)
     with pytest.raises(FileNotFoundError, match="batch file not found"):
         read_requests_jsonl(tmp_path / "none.jsonl")
+    with pytest.raises(ValueError, match="is a folder; pass the file itself"):
+        read_requests_jsonl(tmp_path)
+    batch.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(ValueError, match="is not UTF-8 text"):
+        read_requests_jsonl(batch)
+    batch.write_text("\n  \n")
+    with pytest.raises(ValueError, match="is empty; write one request per line"):
+        read_requests_jsonl(batch)
     conversation = tmp_path / "chat.json"
     conversation.write_text(
         json.dumps([{"role": "user", "text": "Hi", "image": "x.png"}, {"role": "assistant", "text": "Yo"}])

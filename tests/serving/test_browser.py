@@ -1,5 +1,6 @@
-"""The demo in a real headless browser (Debian's chromium driven by Playwright): errors show, then a picture appears;
-generated videos and sounds play inline in the chat.
+"""The demo in a real headless browser (Debian's chromium driven by Playwright): an empty message does nothing (no red
+"Error" badge), a bad upload shows a message, then a picture appears; Stop ends a running reply; examples and the
+checkpoint's path are on the page; generated videos and sounds play inline in the chat.
 
 `make browser` (run by CI) installs chromium when it is missing; Playwright's own browser downloads are never used.
 """
@@ -7,6 +8,7 @@ generated videos and sounds play inline in the chat.
 from __future__ import annotations
 
 import socket
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -17,7 +19,8 @@ from playwright.sync_api import expect, sync_playwright
 from nextgpt.constants import Modality
 from nextgpt.inference.media_io import save_audio, save_image, save_video
 from nextgpt.inference.requests import Message
-from nextgpt.serving.gradio_app import DemoSettings, build_demo, launch_demo, render_chat
+from nextgpt.serving.gradio_app import DEFAULT_EXAMPLES, DemoSettings, build_demo, launch_demo, render_chat
+from nextgpt.serving.handlers import STOPPED_MESSAGE
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -32,6 +35,8 @@ CHROMIUM_FLAGS = [
 UPLOAD_LIMIT_MB = 0.05
 REPLY_TIMEOUT_MS = 180_000
 IMAGE_REQUEST = "Please generate an image of a red circle on the left."
+ERROR_BADGES = "[data-testid=status-tracker] .error"
+"""The red "Error" label Gradio puts on every output component of an event that raised."""
 
 
 def _free_port() -> int:
@@ -70,9 +75,12 @@ def test_errors_show_then_an_uploaded_image_and_a_request_give_a_picture(
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
     page.goto(demo_url)
     errors = page.locator(".toast-body")
-    # 1. An empty prompt is refused with a visible message.
+    # 1. An empty message does nothing: no toast, no red "Error" badge on the components, no chat entry.
     page.locator("#send").click()
-    expect(errors.filter(has_text="the prompt is empty")).to_be_visible()
+    page.wait_for_timeout(1500)  # a refused event would have marked the components by now (local server)
+    expect(page.locator(ERROR_BADGES)).to_have_count(0)
+    expect(errors).to_have_count(0)
+    expect(page.locator("#chat .message-row")).to_have_count(0)
     # 2. An oversized upload is refused with a visible message.
     upload = page.locator("#image-input input[type=file]")
     upload.set_input_files(str(big))
@@ -85,6 +93,7 @@ def test_errors_show_then_an_uploaded_image_and_a_request_give_a_picture(
     generated = page.locator("#chat .bot-row img").first
     expect(generated).to_be_visible(timeout=REPLY_TIMEOUT_MS)
     expect(page.locator("#chat .user-row img").first).to_be_visible()  # the upload is shown in the chat too
+    expect(page.locator("#chat .message-row")).not_to_have_count(0)  # (the selector step 1 counted)
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=generated.element_handle())
     size = generated.evaluate("img => [img.naturalWidth, img.naturalHeight]")
     decoder = demo_pipeline.cfg.model.decoders.image
@@ -95,6 +104,49 @@ def test_errors_show_then_an_uploaded_image_and_a_request_give_a_picture(
     page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.stat().st_size > 10_000
     print(f"screenshot: {screenshot}")
+
+
+def test_page_shows_the_checkpoint_and_examples_that_fill_the_prompt(demo_url, demo_pipeline, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(demo_url)
+    expect(page.locator("#checkpoint")).to_contain_text(str(demo_pipeline.folder.absolute()))
+    example = page.locator("#examples").get_by_text(DEFAULT_EXAMPLES[1])
+    expect(example).to_be_visible()
+    example.click()
+    expect(page.get_by_placeholder("Ask, or request")).to_have_value(DEFAULT_EXAMPLES[1])
+
+
+def test_stop_ends_a_running_reply(demo_url, demo_pipeline, browser):
+    decoder = demo_pipeline.decoders.load(Modality.IMAGE)
+    entered, release, calls = threading.Event(), threading.Event(), []
+    unet_forward = decoder.pipeline.unet.forward
+
+    def held_forward(*args, **kwargs):  # the first denoising step waits until the test has pressed Stop
+        calls.append(1)
+        entered.set()
+        release.wait(60)
+        return unet_forward(*args, **kwargs)
+
+    decoder.pipeline.unet.forward = held_forward
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(demo_url)
+        stop = page.locator("#stop")
+        expect(stop).to_be_visible()
+        page.get_by_placeholder("Ask, or request").fill(IMAGE_REQUEST)
+        page.locator("#send").click()
+        assert entered.wait(120), "the reply never reached the image decoder"
+        stop.click()
+        page.wait_for_timeout(500)  # Stop bypasses the queue; let it land before the step finishes
+        release.set()
+        expect(page.locator(".toast-body").filter(has_text=STOPPED_MESSAGE[:20])).to_be_visible(timeout=30_000)
+    finally:
+        release.set()
+        decoder.pipeline.unet.forward = unet_forward
+    assert len(calls) == 1  # no denoising step ran after Stop
+    expect(page.locator("#chat .bot-row img")).to_have_count(0)
+    expect(page.locator(ERROR_BADGES)).to_have_count(0)
+    expect(page.get_by_placeholder("Ask, or request")).to_have_value(IMAGE_REQUEST)  # kept, to edit and resend
 
 
 def test_generated_video_and_audio_play_inline(browser, tmp_path):

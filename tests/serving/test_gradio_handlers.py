@@ -1,7 +1,9 @@
-"""The demo's handlers without a browser: a full reply with inline media, retry, clear, and every bad input."""
+"""The demo's handlers without a browser: a full reply with inline media, retry, clear, stop, and every bad input
+(a toast and no change, never a raised error: that would put red "Error" badges on every output)."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -12,13 +14,17 @@ from nextgpt.constants import Modality
 from nextgpt.inference.media_io import save_image
 from nextgpt.inference.requests import Message
 from nextgpt.serving.gradio_app import ChatHandlers, DemoSettings, build_demo, render_chat
+from nextgpt.serving.handlers import STOPPED_MESSAGE
+
+SKIP = type(gr.skip())
 
 IMAGE_REQUEST = "Please generate an image of a red circle on the left."
 
 
 @pytest.fixture(scope="module")
 def demo(demo_pipeline, tmp_path_factory):
-    return build_demo(demo_pipeline, DemoSettings(max_upload_mb=0.01, output_dir=tmp_path_factory.mktemp("demo")))
+    settings = DemoSettings(max_upload_mb=0.01, max_prompt_chars=200, output_dir=tmp_path_factory.mktemp("demo"))
+    return build_demo(demo_pipeline, settings)
 
 
 @pytest.fixture()
@@ -75,30 +81,47 @@ def test_submit_streams_then_shows_the_generated_image_and_retry_replaces_it(dem
     assert handlers.clear() == ([], [], "", None, None, None)
 
 
+def _refused(updates) -> bool:
+    """True when the handler changed nothing (every output skipped)."""
+    (only,) = list(updates)
+    return all(isinstance(value, SKIP) for value in only)
+
+
+def test_an_empty_message_does_nothing(demo, settings, recwarn):
+    assert _refused(demo.handlers.submit("   ", None, None, None, [], *settings))
+    assert _refused(demo.handlers.submit(None, None, None, None, [], *settings))
+    assert len(recwarn) == 0  # not even a toast
+
+
 @pytest.mark.parametrize(
     ("inputs", "message"),
     [
-        (("  ", None, None, None), "the prompt is empty"),
-        (("Describe", "{tmp}/missing.png", None, None), "image file not found"),
+        (("Describe", "{tmp}/missing.png", None, None), "upload refused: image file .*missing.png not found"),
         (("Describe", None, None, "{tmp}/notes.txt"), "not a supported audio format"),
         (("Describe", "{tmp}/big.png", None, None), "over the 0.0 MB upload limit"),
+        (("Describe", "{tmp}/broken.png", None, None), "broken.png does not decode as image"),
+        (("Describe", None, "{tmp}/broken.mp4", None), "broken.mp4 does not decode as video"),
+        (("x" * 201, None, None, None), "the message is 201 characters long; the limit is 200 .*--max-prompt-chars"),
     ],
 )
-def test_bad_input_is_a_visible_error(demo, settings, tmp_path, inputs, message):
+def test_bad_input_is_a_toast_and_changes_nothing(demo, settings, tmp_path, inputs, message):
     (tmp_path / "notes.txt").write_text("not audio")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100)
     noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
     save_image(noise, tmp_path / "big.png")
     values = [v.replace("{tmp}", str(tmp_path)) if isinstance(v, str) else v for v in inputs]
-    with pytest.raises(gr.Error, match=message):
-        list(demo.handlers.submit(*values, [], *settings))
+    with pytest.warns(UserWarning, match=message):
+        assert _refused(demo.handlers.submit(*values, [], *settings))
 
 
-def test_bad_settings_and_empty_retry_are_visible_errors(demo, settings):
+def test_bad_settings_and_empty_retry_are_toasts(demo, settings):
     bad_top_p = [settings[0], 0.0, *settings[2:]]
-    with pytest.raises(gr.Error, match="top_p must be in"):
-        list(demo.handlers.submit("Hi", None, None, None, [], *bad_top_p))
-    with pytest.raises(gr.Error, match="nothing to retry"):
-        list(demo.handlers.retry([], *settings))
+    with pytest.warns(UserWarning, match="bad setting: generation.top_p must be in"):
+        assert _refused(demo.handlers.submit("Hi", None, None, None, [], *bad_top_p))
+    with pytest.warns(UserWarning, match="nothing to retry"):
+        (update,) = list(demo.handlers.retry([], *settings))
+    assert all(isinstance(value, SKIP) for value in update)
 
 
 def test_a_failed_generation_keeps_the_history(demo, settings, monkeypatch):
@@ -108,22 +131,69 @@ def test_a_failed_generation_keeps_the_history(demo, settings, monkeypatch):
         raise RuntimeError("out of memory")
 
     monkeypatch.setattr(demo.handlers.pipeline, "reply", fail)
-    updates = demo.handlers.submit("Again", None, None, None, history, *settings)
-    shown = []
-    with pytest.raises(gr.Error, match="generation failed: out of memory"):
-        for update in updates:
-            shown.append(update[0])
-    assert shown[-1] == render_chat(history)  # the page goes back to the last good state
+    with pytest.warns(UserWarning, match="generation failed: out of memory"):
+        updates = list(demo.handlers.submit("Again", None, None, None, history, *settings))
+    assert updates[-1][0] == render_chat(history)  # the page goes back to the last good state
+    assert isinstance(updates[-1][1], SKIP)  # and the history is not changed
+
+
+def test_stop_ends_the_running_reply_at_the_next_step(demo, settings, capsys):
+    handlers: ChatHandlers = demo.handlers
+    decoder = handlers.pipeline.decoders.load(Modality.IMAGE)
+    entered, release, calls = threading.Event(), threading.Event(), []
+    unet_forward = decoder.pipeline.unet.forward
+
+    def held_forward(*args, **kwargs):
+        calls.append(1)
+        entered.set()
+        release.wait(30)
+        return unet_forward(*args, **kwargs)
+
+    decoder.pipeline.unet.forward = held_forward
+    history: list[Message] = []
+    files_before = sorted(demo.output_dir.iterdir())
+    try:
+        updates = []
+        consumer = threading.Thread(
+            target=lambda: updates.extend(handlers.submit(IMAGE_REQUEST, None, None, None, history, *settings))
+        )
+        consumer.start()
+        assert entered.wait(60), "the reply never reached the image decoder"
+        assert handlers.stop() is True  # pressed during the first denoising step
+        release.set()
+        consumer.join(60)
+    finally:
+        decoder.pipeline.unet.forward = unet_forward
+    assert not consumer.is_alive() and len(calls) == 1  # no step after Stop
+    assert updates[-1][0] == render_chat(history) and isinstance(updates[-1][1], SKIP)
+    assert STOPPED_MESSAGE in capsys.readouterr().out  # gr.Info outside a page prints
+    assert handlers.stop() is False  # nothing runs any more
+    assert sorted(demo.output_dir.iterdir()) == files_before  # a stopped reply writes nothing
 
 
 @pytest.mark.parametrize(
     ("extra", "message"),
-    [(["--checkpoint-dir", "{tmp}/none"], "has no config.yaml"), (["--max-upload-mb", "0"], "must be > 0")],
+    [
+        (["--checkpoint-dir", "{tmp}/none"], "checkpoint folder"),
+        (["--max-upload-mb", "0"], "--max-upload-mb must be a finite number > 0, got 0.0"),
+        (["--max-prompt-chars", "0"], "--max-prompt-chars must be an integer >= 1"),
+        (["--port", "70000"], "--port must be a TCP port"),
+        (["--device", "gpu"], "device 'gpu' is not a torch device"),
+        (["--output-dir", "{tmp}/file"], "is a file; pass a folder path"),
+    ],
 )
 def test_demo_script_bad_input_is_one_line(tmp_path, capsys, extra, message):
     from nextgpt.cli import demo as demo_script
 
+    (tmp_path / "file").write_text("x")
     argv = ["--checkpoint-dir", str(tmp_path), *[a.replace("{tmp}", str(tmp_path)) for a in extra]]
     assert demo_script.main(argv) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0]
+
+
+def test_demo_is_local_unless_told_otherwise():
+    from nextgpt.cli import demo as demo_script
+
+    assert DemoSettings().host == "127.0.0.1"
+    assert demo_script._build_parser().parse_args(["--checkpoint-dir", "x"]).host == "127.0.0.1"
