@@ -34,7 +34,7 @@ class ConfigError(ValueError):
 
 
 def _closest(name: str, candidates: list[str]) -> str:
-    match = difflib.get_close_matches(name, candidates, n=1, cutoff=0.0)
+    match = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
@@ -122,17 +122,29 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         ConfigError: naming the offending key (and the closest valid key for unknown ones).
     """
     hints = get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields)
     kwargs = {}
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
             raise ConfigError(f"unknown config key '{dotted}'{_closest(str(key), names)}")
+        default = _field_default(fields[key])
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            # A partial section overlays the field's own default (e.g. the video decoder's 320x576), not the bare
+            # class defaults of its type.
+            value = merge_dicts(to_dict(default), value)
         kwargs[key] = _coerce(value, hints[key], dotted)
     try:
         return cls(**kwargs)
     except TypeError as err:  # pragma: no cover - fields are checked above
         raise ConfigError(f"{prefix or cls.__name__}: {err}") from err
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
 
 
 def to_dict(obj: Any) -> Any:

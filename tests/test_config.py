@@ -144,3 +144,16 @@ def test_out_of_range_training_values_fail_when_the_config_loads(override: str, 
     with pytest.raises(ConfigError) as info:
         load_config(overrides=[override])
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_partial_section_keeps_its_fields_own_defaults():
+    """`decoders.video: {pipeline_path: ...}` must keep ZeroScope's 320x576 and audio's guidance 2.5 (the field
+    defaults), not the bare DecoderConfig defaults."""
+    cfg = load_config(overrides=["model.decoders.video.pipeline_path=/v", "model.decoders.audio.num_inference_steps=9"])
+    assert (cfg.model.decoders.video.height, cfg.model.decoders.video.width) == (320, 576)
+    assert cfg.model.decoders.audio.guidance_scale == 2.5 and cfg.model.decoders.audio.num_inference_steps == 9
+    assert cfg.model.output_projectors.audio.out_dim == 512
+    base = load_config("configs/base.yaml")
+    assert base.model.decoders.audio.guidance_scale == 2.5 and base.model.decoders.video.num_frames == 16
+    with pytest.raises(ConfigError, match="unknown config key 'model.foo'$"):
+        load_config(overrides=["model.foo=1"])  # no far-fetched "did you mean"
