@@ -3,6 +3,7 @@ with the configs shipped inside the package and every declared dependency satisf
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -116,7 +117,8 @@ def test_installed_commands_train_merge_and_predict_from_another_folder(
     ]
     done = subprocess.run(predict, capture_output=True, text=True, cwd=work, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (out_dir / "summary.json").is_file()
+    (summary,) = out_dir.glob("*/summary.json")  # one new run folder per run
+    assert json.loads(summary.read_text())["results"][0]["id"] == "reply"
     assert str(moved) in done.stderr  # it loaded the moved folder, from another working directory
 
 

@@ -2,7 +2,7 @@
 
     nextgpt-train --config configs/stage_1.yaml train.lr=1e-4      # nextgpt.cli.train
     nextgpt-predict --checkpoint-dir runs/stage_3/final --prompt "Draw a cat."
-    nextgpt-quickstart --workdir /tmp/nextgpt-tiny                # proves an install in minutes on a CPU
+    nextgpt-build-tiny --out checkpoints/tiny                     # tiny checkpoints in the real formats
 
 The repository's top-level scripts (train.py, predict.py, ...) call the same `main`s.
 """

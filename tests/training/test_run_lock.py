@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -37,6 +38,17 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def _lock_is_free(run_dir: Path) -> bool:
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing the descriptor releases the probe's own lock
+    return True
 
 
 def _wait_for(condition, timeout: float, what: str, log: Path | None = None) -> None:
@@ -115,6 +127,8 @@ def test_killing_the_deepspeed_launcher_stops_the_trainer_and_the_run_resumes(
         launch = int(Path(f"/proc/{trainer}/stat").read_text().rsplit(")", 1)[1].split()[1])
         os.kill(runner.pid if victim == "runner" else launch, signal.SIGKILL)
         _wait_for(lambda: not _alive(trainer), 10, f"trainer {trainer} to stop after its {victim} died", log)
+        # The main thread turns zombie first; the kernel drops the flock once the process's last thread is gone.
+        _wait_for(lambda: _lock_is_free(run_dir), 30, f"the lock of the stopped trainer {trainer} to be released", log)
         runner.wait(timeout=60)
         assert not (run_dir / "final").exists(), "the trainer was stopped mid-run"
         assert "stopping this trainer" in log.read_text() or victim == "launch"
