@@ -93,6 +93,17 @@ def as_os_error(err: BaseException, folder: Path) -> OSError | None:
     return None
 
 
+def replace_folder(staging: Path, target: Path) -> None:
+    """Put a complete folder in place by renames only: readers see the old `target` or the new one, never a mix."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+
+
 def staging_dir(ckpt_dir: Path) -> Path:
     """The temporary folder a checkpoint is assembled in (the same name on every rank) before its rename."""
     ckpt_dir = Path(ckpt_dir)
@@ -133,13 +144,7 @@ def save_checkpoint(
             raise os_error from err
         raise
     # The atomic swap.
-    if ckpt_dir.exists():
-        old = ckpt_dir.with_name(f".{ckpt_dir.name}.old-{os.getpid()}")
-        os.replace(ckpt_dir, old)
-        os.replace(tmp_dir, ckpt_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp_dir, ckpt_dir)
+    replace_folder(tmp_dir, ckpt_dir)
     write_atomic_text(ckpt_dir.parent / LATEST_FILE, ckpt_dir.name + "\n")
     logger.info("saved checkpoint %s (%d tensors)", ckpt_dir, num_tensors)
     return ckpt_dir

@@ -178,13 +178,7 @@ def merge_checkpoint(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.replaced-{os.getpid()}")
-        os.replace(out_dir, old)
-        os.replace(staging, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, out_dir)
+    ckpt.replace_folder(staging, out_dir)
     logger.info("merged %s into %s", ckpt_dir, out_dir)
     return out_dir
 
