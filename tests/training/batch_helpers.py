@@ -159,12 +159,6 @@ def collate(model: NextGPT, items: list[dict], packing: bool, max_length: int = 
     return collator(items)
 
 
-def max_grad_difference(a: Step, b: Step) -> float:
-    """Largest absolute gradient difference over the trainable parameters (both steps must have the same set)."""
-    assert a.grads.keys() == b.grads.keys()
-    return max(float((a.grads[n] - b.grads[n]).abs().max()) for n in a.grads)
-
-
 def signal_embeds_by_sample(out: NextGPTOutput, samples: list[str], items: list[dict]) -> dict[tuple, torch.Tensor]:
     """Projected conditioning keyed by (sample name, modality, span number), from spans listed in batch order."""
     by_name = {item["dataset"]: item for item in items}
