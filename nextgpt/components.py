@@ -120,5 +120,7 @@ def check_components(model_cfg: Any, encoder: bool, decoders: Iterable[Modality]
     problems = missing_components(model_cfg, encoder=encoder, decoders=decoders, llm=llm)
     if problems:
         raise FileNotFoundError(
-            f"{len(problems)} missing component(s): " + "; ".join(problems) + "; set the keys (key=value) to local paths"
+            f"{len(problems)} missing component(s): "
+            + "; ".join(problems)
+            + "; set the keys (key=value) to local paths"
         )

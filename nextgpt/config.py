@@ -85,10 +85,18 @@ class LLMConfig:
     """Training: `torch.compile` each decoder layer (dynamic shapes): fewer kernel launches and fused elementwise work
     per step; the first steps pay the compile time. Inference keeps eager layers (`generation.fast_decode` compiles its
     own step)."""
+    template: str = "vicuna_v1"
+    """Chat template (`nextgpt.llm.templates`): vicuna_v1, vicuna_v0 (the legacy release), llama_2_chat, plain. Saved
+    with each checkpoint; data, training and inference all render conversations with it."""
     cudnn_attention: bool = False
     """Let PyTorch's sdpa pick its cuDNN kernels on CUDA. Off by default: cuDNN builds a kernel for every new
     sequence length, which costs up to a second per step when lengths vary (docs/benchmarks.md); the flash and
     memory-efficient kernels are used instead. Process-wide (torch.backends.cuda.enable_cudnn_sdp)."""
+
+    def __post_init__(self) -> None:
+        from nextgpt.llm.templates import get_template
+
+        get_template(self.template)  # an unknown name fails when the config loads, listing the valid ones
 
 
 @dataclass
@@ -98,6 +106,13 @@ class SignalTokenConfig:
     num_image: int = 4
     num_video: int = 24
     num_audio: int = 8
+
+    style: Literal["nextgpt", "legacy"] = "nextgpt"
+    """Token strings: `nextgpt` = `<image_00>` … (the NEW code), `legacy` = `[IMG0]` … (the `7b_tiva_v0` release)."""
+    span_separator: str | None = None
+    """Text between consecutive signal tokens of a span. None: the n signal ids follow each other (n tokens). " ":
+    the NEW code's spans, whose slow tokenizer put a `▁` id between neighbouring special tokens (2n-1 tokens, all
+    fed to the output projector), needed to run checkpoints trained by that code."""
 
     def __post_init__(self) -> None:
         for name in ("num_image", "num_video", "num_audio"):

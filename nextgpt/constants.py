@@ -31,14 +31,21 @@ SENTINEL_IDS: dict[Modality, int] = {Modality.IMAGE: -200, Modality.VIDEO: -300,
 """Negative ids standing for a media placeholder inside token-id sequences (never real vocabulary ids)."""
 
 
-def signal_token_strings(modality: Modality, num_tokens: int) -> list[str]:
-    """Return the signal-token strings of one modality, e.g. `<video_00>` … `<video_23>`.
+LEGACY_SIGNAL_STEMS: dict[Modality, str] = {Modality.IMAGE: "IMG", Modality.VIDEO: "VID", Modality.AUDIO: "AUD"}
+"""Stems of the legacy release's signal tokens (`[IMG0]`, `[VID0]`, `[AUD0]`)."""
+
+
+def signal_token_strings(modality: Modality, num_tokens: int, style: str = "nextgpt") -> list[str]:
+    """Return the signal-token strings of one modality, e.g. `<video_00>` … `<video_23>` or `[VID0]` … `[VID23]`.
 
     Args:
         modality: which modality's signal tokens.
         num_tokens: how many (config `signal_tokens.num_<modality>`).
+        style: `nextgpt` (the NEW code's strings) or `legacy` (the `7b_tiva_v0` release's).
 
     Returns:
         The token strings in order.
     """
+    if style == "legacy":
+        return [f"[{LEGACY_SIGNAL_STEMS[modality]}{i}]" for i in range(num_tokens)]
     return [f"<{modality.value}_{i:02d}>" for i in range(num_tokens)]

@@ -26,6 +26,7 @@ from nextgpt.llm.lora import apply_lora
 from nextgpt.llm.packing import build_block_causal_mask, splice_layout
 from nextgpt.llm.prefix_cache import PrefixKVCache, TokenRows, shared_prefix_length, strip_prefix
 from nextgpt.llm.splice import SplicedInputs, splice_media
+from nextgpt.llm.templates import ChatTemplate, get_template
 from nextgpt.llm.tokenizer import load_tokenizer, signal_token_ids
 from nextgpt.llm.varlen import attached_prefix, varlen_kwargs
 from nextgpt.projectors.input_projector import build_input_projector
@@ -53,6 +54,8 @@ class NextGPTBatch:
         position_ids: (B, L) for packed rows (`data.packing`): each token's position within its sample, restarting
             at 0 at every sample's first token (token space, before splicing; the model derives the LLM positions and
             the block-diagonal mask after splicing, see `nextgpt.llm.packing`). None: one sample per row.
+        media_group_sizes: per modality, how many consecutive items each sentinel stands for (the legacy template
+            sums several inputs of one modality into one token); None: one item per sentinel.
     """
 
     input_ids: torch.Tensor
@@ -63,6 +66,7 @@ class NextGPTBatch:
     caption_embeds: dict[Modality, torch.Tensor] = field(default_factory=dict)
     denoise_targets: dict[Modality, torch.Tensor] = field(default_factory=dict)
     position_ids: torch.Tensor | None = None
+    media_group_sizes: dict[Modality, list[int]] | None = None
 
     def to(self, device: torch.device | str) -> NextGPTBatch:
         """Move every tensor to `device`."""
@@ -79,6 +83,7 @@ class NextGPTBatch:
             caption_embeds=move(self.caption_embeds),
             denoise_targets=move(self.denoise_targets),
             position_ids=None if self.position_ids is None else self.position_ids.to(device),
+            media_group_sizes=self.media_group_sizes,
         )
 
 
@@ -114,7 +119,8 @@ class NextGPT(nn.Module):
         encoder: frozen ImageBind, or None when every batch brings precomputed `media_features`.
         input_projector: module (N, encoder_dim) -> (N, k, llm_dim).
         output_projectors: one module per modality name, (N, T, llm_dim) x2 -> (N, Q, out_dim).
-        signal_ids: the signal-token ids of each modality.
+        signal_ids: the signal span ids of each modality (`nextgpt.llm.tokenizer.signal_token_ids`).
+        template: the chat template conversations are rendered with (`model.llm.template`).
 
     Attributes:
         prefix_reuse: serve the conversation prefix every sample shares from a KV cache computed once
@@ -132,8 +138,10 @@ class NextGPT(nn.Module):
         input_projector: nn.Module,
         output_projectors: nn.ModuleDict,
         signal_ids: dict[Modality, list[int]],
+        template: ChatTemplate | None = None,
     ) -> None:
         super().__init__()
+        self.template = template or get_template(cfg.llm.template)
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.llm = llm
@@ -153,7 +161,7 @@ class NextGPT(nn.Module):
     def template_prefix_ids(self) -> list[int]:
         """The ids every conversation opens with (BOS, system prompt, "USER:"), tokenised once."""
         if self._template_prefix_ids is None:
-            self._template_prefix_ids = system_prefix_ids(self.tokenizer)
+            self._template_prefix_ids = system_prefix_ids(self.tokenizer, self.template)
         return self._template_prefix_ids
 
     def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
@@ -182,7 +190,11 @@ class NextGPT(nn.Module):
                 with torch.no_grad():
                     features = self.encoder(modality, batch.media[modality])  # (N, encoder_dim)
             if features is not None:
-                tokens[modality] = self.input_projector(features.to(proj_dtype))  # (N, k, llm_dim)
+                projected = self.input_projector(features.to(proj_dtype))  # (N, k, llm_dim)
+                sizes = (batch.media_group_sizes or {}).get(modality)
+                if sizes is not None:
+                    projected = sum_groups(projected, sizes)  # (N, k, D) -> (G, k, D)
+                tokens[modality] = projected
         return tokens
 
     def project_signals(
@@ -380,6 +392,17 @@ class NextGPT(nn.Module):
         return total
 
 
+def sum_groups(tokens: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Sum consecutive items: (N, k, D) with group sizes summing to N -> (G, k, D) (the legacy several-inputs rule).
+
+    Raises:
+        ValueError: the sizes do not add up to N.
+    """
+    if sum(sizes) != tokens.shape[0] or any(size < 1 for size in sizes):
+        raise ValueError(f"media group sizes {sizes} do not cover the {tokens.shape[0]} media items of the batch")
+    return torch.stack([chunk.sum(dim=0) for chunk in torch.split(tokens, sizes)])  # (G, k, D)
+
+
 def as_prompt_embeds(modality: Modality, projected: torch.Tensor) -> torch.Tensor:
     """Shape projected conditioning for a decoder: AudioLDM takes (N, D), the others (N, Q, D)."""
     return projected.squeeze(1) if modality is Modality.AUDIO else projected  # (N, 1, D) -> (N, D)
@@ -397,7 +420,8 @@ def build_nextgpt(cfg: ModelConfig, load_encoder: bool = True) -> NextGPT:
     """
     if cfg.llm.model_path is None:
         raise ValueError("model.llm.model_path is not set; point it at a local HF LLaMA/Vicuna folder")
-    tokenizer = load_tokenizer(cfg.llm.model_path, cfg.signal_tokens)
+    template = get_template(cfg.llm.template)
+    tokenizer = load_tokenizer(cfg.llm.model_path, cfg.signal_tokens, template)
     llm = load_llm(cfg.llm, tokenizer)
     if cfg.lora.enabled:
         llm = apply_lora(llm, cfg.lora)
@@ -415,4 +439,5 @@ def build_nextgpt(cfg: ModelConfig, load_encoder: bool = True) -> NextGPT:
         input_projector,
         output_projectors,
         signal_token_ids(tokenizer, cfg.signal_tokens),
+        template,
     )

@@ -1,6 +1,7 @@
 """Find signal-token spans in token-id sequences (training targets and generated replies alike).
 
-A span is complete when a modality's n signal ids appear consecutively and in order (`<image_00>` … `<image_03>`).
+A span is complete when a modality's span ids appear consecutively and in order (`<image_00>` … `<image_03>`; with
+the NEW code's separator, `<image_00> ▁ <image_01> …`, see `nextgpt.llm.tokenizer.signal_token_ids`).
 Anything else containing signal ids (a partial run, ids out of order, a span cut by the end of the sequence) is
 reported as a problem string and skipped — never an assertion crash (the original's issues #66/#68).
 
@@ -50,10 +51,13 @@ def find_signal_spans(token_ids: torch.Tensor, signal_ids: dict[Modality, list[i
     """
     ids = token_ids.unsqueeze(0) if token_ids.dim() == 1 else token_ids  # (L,) -> (1, L)
     scan = SpanScan(spans={m: [] for m in signal_ids})
+    # Ids every modality's span holds (the NEW code's separator between signal tokens) are ordinary text elsewhere.
+    shared = set.intersection(*(set(v) for v in signal_ids.values())) if len(signal_ids) > 1 else set()
     for modality, expected in signal_ids.items():
         n = len(expected)
         expected_t = torch.tensor(expected, device=ids.device)
-        is_signal = torch.isin(ids, expected_t)  # (B, L)
+        markers = torch.tensor([i for i in expected if i not in shared], device=ids.device)
+        is_signal = torch.isin(ids, markers)  # (B, L)
         covered = torch.zeros_like(is_signal)
         rows, starts = (ids == expected[0]).nonzero(as_tuple=True)
         for row, start in zip(rows.tolist(), starts.tolist(), strict=True):

@@ -50,7 +50,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     python = env_dir / "bin" / "python"
     site = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     (Path(site) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     # The wheel is built with this interpreter's setuptools (a fresh venv's bundled one may predate PEP 660/wheels).
@@ -94,9 +96,16 @@ def test_installed_commands_train_merge_and_predict_from_another_folder(
     bin_dir = installed / "bin"
     run_dir = tmp_path / "run"
     train = [
-        bin_dir / "nextgpt-train", "--config", "tiny_stage_3",  # a shipped config, found by name
-        *tiny_path_overrides(tiny_root), f"data.catalog_path={tiny_world}", f"train.output_dir={run_dir}",
-        "train.init_from=", "train.max_steps=2", "train.micro_batch_size=2", "train.save_every=100",
+        bin_dir / "nextgpt-train",
+        "--config",
+        "tiny_stage_3",  # a shipped config, found by name
+        *tiny_path_overrides(tiny_root),
+        f"data.catalog_path={tiny_world}",
+        f"train.output_dir={run_dir}",
+        "train.init_from=",
+        "train.max_steps=2",
+        "train.micro_batch_size=2",
+        "train.save_every=100",
     ]
     env = {**_clean_env(), "MASTER_PORT": "29611"}
     done = subprocess.run(train, capture_output=True, text=True, cwd=work, env=env)
@@ -104,7 +113,10 @@ def test_installed_commands_train_merge_and_predict_from_another_folder(
     merged = tmp_path / "merged"
     done = subprocess.run(
         [bin_dir / "nextgpt-merge", "--checkpoint-dir", run_dir / "final", "--output-dir", merged],
-        capture_output=True, text=True, cwd=work, env=env,
+        capture_output=True,
+        text=True,
+        cwd=work,
+        env=env,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     moved = tmp_path / "moved" / "model"
@@ -112,8 +124,16 @@ def test_installed_commands_train_merge_and_predict_from_another_folder(
     shutil.move(merged, moved)
     out_dir = work / "out"
     predict = [
-        bin_dir / "nextgpt-predict", "--checkpoint-dir", moved, "--prompt", "Please generate an image of a cat.",
-        "--output-dir", out_dir, "--max-new-tokens", "8", "--no-stream",
+        bin_dir / "nextgpt-predict",
+        "--checkpoint-dir",
+        moved,
+        "--prompt",
+        "Please generate an image of a cat.",
+        "--output-dir",
+        out_dir,
+        "--max-new-tokens",
+        "8",
+        "--no-stream",
     ]
     done = subprocess.run(predict, capture_output=True, text=True, cwd=work, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -134,9 +154,9 @@ def test_wheel_metadata_declares_commands_and_dependencies():
     }
     declared = {dep.split(">")[0].split("<")[0].split("=")[0].strip().lower() for dep in project["dependencies"]}
     assert declared == pinned  # every pinned runtime package is declared, and nothing else
-    packages = set(project and tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    on_disk = {
-        ".".join(p.relative_to(REPO_ROOT).parts[:-1]) for p in (REPO_ROOT / "nextgpt").rglob("__init__.py")
-    }
+    packages = set(
+        project and tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    on_disk = {".".join(p.relative_to(REPO_ROOT).parts[:-1]) for p in (REPO_ROOT / "nextgpt").rglob("__init__.py")}
     assert on_disk <= packages, f"add {sorted(on_disk - packages)} to [tool.setuptools] packages in pyproject.toml"
     assert sys.version_info >= (3, 10)

@@ -25,7 +25,7 @@ from nextgpt.config import GenerationConfig
 from nextgpt.constants import Modality
 from nextgpt.decoders.cancel import raise_if_cancelled
 from nextgpt.inference.fast_decode import FastDecoder
-from nextgpt.llm.conversation import build_generation_prompt
+from nextgpt.llm.conversation import build_prompt
 from nextgpt.llm.splice import splice_media
 from nextgpt.model import NextGPT, NextGPTBatch, as_prompt_embeds
 from nextgpt.signals import SignalSpan, SpanScan, find_signal_spans
@@ -59,9 +59,38 @@ class GenerationResult:
 
 
 def _build_prompt_batch(model: NextGPT, turns: list, media: Mapping[Modality, torch.Tensor]) -> NextGPTBatch:
-    prompt_ids = torch.tensor([build_generation_prompt(model.tokenizer, turns)], device=model.device)  # (1, L)
+    prompt = build_prompt(model.tokenizer, turns, model.signal_ids, model.template)
+    prompt_ids = torch.tensor([prompt.input_ids], device=model.device)  # (1, L)
     media_on_device = {m: t.to(model.device) for m, t in media.items()}
-    return NextGPTBatch(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), media=media_on_device)
+    sizes: dict[Modality, list[int]] = {}
+    for modality, count in prompt.media_groups:
+        sizes.setdefault(modality, []).append(count)
+    grouped = any(count > 1 for _, count in prompt.media_groups)
+    return NextGPTBatch(
+        input_ids=prompt_ids,
+        attention_mask=torch.ones_like(prompt_ids),
+        media=media_on_device,
+        media_group_sizes=sizes if grouped else None,
+    )
+
+
+def stop_token_ids(model: NextGPT) -> list[int]:
+    """Ids that end a reply: EOS, plus each template stop string that is one token (legacy `###`, id 835 for
+    Vicuna, the legacy demo's only stop). A stop string of several tokens is cut from the text (`_reply_text`)."""
+    ids = [model.tokenizer.eos_token_id]
+    for stop in model.template.stop_strings:
+        stop_ids = model.tokenizer.encode(stop, add_special_tokens=False)
+        if len(stop_ids) == 1 and stop_ids[0] not in ids:
+            ids.append(stop_ids[0])
+    return ids
+
+
+def _reply_text(model: NextGPT, reply_ids: torch.Tensor) -> str:
+    """Reply text without special tokens, cut at the first template stop string (several-token stops included)."""
+    text = model.tokenizer.decode(reply_ids, skip_special_tokens=True)
+    for stop in model.template.stop_strings:
+        text = text.split(stop, 1)[0]
+    return text.strip()
 
 
 def _decode_text(
@@ -85,7 +114,7 @@ def _decode_text(
             cfg.max_new_tokens,
             temperature=cfg.temperature,
             top_p=cfg.top_p,
-            eos_token_ids=[tokenizer.eos_token_id],
+            eos_token_ids=stop_token_ids(model),
             streamer=streamer,
         )
     sampling = cfg.temperature > 0
@@ -97,7 +126,7 @@ def _decode_text(
         inputs_embeds=inputs_embeds,
         attention_mask=attention_mask,
         max_new_tokens=cfg.max_new_tokens,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=stop_token_ids(model),
         pad_token_id=tokenizer.pad_token_id,
         use_cache=True,
         streamer=streamer,
@@ -183,9 +212,7 @@ def generate_reply(
     spliced = splice_media(batch.input_ids, batch.attention_mask, None, model.embed_tokens, model.encode_media(batch))
     # 2. Decode the reply text (KV cache on; static and compiled with generation.fast_decode).
     reply_ids = _decode_text(model, spliced.inputs_embeds, spliced.attention_mask, cfg, streamer, fast_decoder)
-    result = GenerationResult(
-        text=model.tokenizer.decode(reply_ids, skip_special_tokens=True).strip(), token_ids=reply_ids.tolist()
-    )
+    result = GenerationResult(text=_reply_text(model, reply_ids), token_ids=reply_ids.tolist())
     # 3. Complete signal spans of the reply (malformed ones become problems).
     prompt_len = spliced.token_ids.shape[1]
     scan = _reply_spans(reply_ids, prompt_len, model, cfg)

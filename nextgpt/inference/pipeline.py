@@ -160,7 +160,7 @@ class NextGPTPipeline:
         """
         check_conversation(messages)
         turns, _ = build_turns(messages)
-        prompt_ids = build_generation_prompt(self.model.tokenizer, turns, self.model.signal_ids)
+        prompt_ids = build_generation_prompt(self.model.tokenizer, turns, self.model.signal_ids, self.model.template)
         num_media = sum(1 for i in prompt_ids if i in SENTINEL_IDS.values())
         prompt_len = len(prompt_ids) + num_media * (self.model.input_projector.num_tokens - 1)
         context = int(self.model.llm.config.max_position_embeddings)

@@ -39,6 +39,8 @@ class _TokenRows(nn.Module):
         super().__init__()
         self.base_weight = nn.Parameter(base_weight, requires_grad=False)
         self.new_rows = nn.Parameter(new_rows)
+        self.base_rows_changed = False
+        """True once a checkpoint replaced the base rows (legacy whole-matrix training): saves then include them."""
 
     @property
     def num_base_tokens(self) -> int:

@@ -25,6 +25,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from nextgpt.config import SignalTokenConfig
 from nextgpt.constants import MODALITIES, PLACEHOLDERS, SENTINEL_IDS, Modality, signal_token_strings
+from nextgpt.llm.templates import ChatTemplate, get_template
 
 logger = logging.getLogger(__name__)
 
@@ -60,27 +61,32 @@ def all_signal_token_strings(signal_cfg: SignalTokenConfig) -> list[str]:
     """Return every signal-token string in vocabulary order: image, then video, then audio.
 
     Args:
-        signal_cfg: counts per modality (`model.signal_tokens`).
+        signal_cfg: counts per modality and style (`model.signal_tokens`).
 
     Returns:
         E.g. `<image_00>` … `<image_03>`, `<video_00>` … `<video_23>`, `<audio_00>` … `<audio_07>`.
     """
-    return [s for m, n in _signal_cfg_counts(signal_cfg).items() for s in signal_token_strings(m, n)]
+    return [s for m, n in _signal_cfg_counts(signal_cfg).items() for s in signal_token_strings(m, n, signal_cfg.style)]
 
 
-def load_tokenizer(model_path: Path, signal_cfg: SignalTokenConfig) -> PreTrainedTokenizerBase:
-    """Load the tokenizer of a local LLaMA/Vicuna folder and add the signal tokens.
+def load_tokenizer(
+    model_path: Path, signal_cfg: SignalTokenConfig, template: ChatTemplate | str = "vicuna_v1"
+) -> PreTrainedTokenizerBase:
+    """Load the tokenizer of a local LLaMA/Vicuna folder and add the template's and the signal tokens.
 
     Padding is on the right and, as in Vicuna v1, the pad token is the unk token when the folder names
-    none. Signal tokens are added as special tokens in the order image, video, audio; tokens the folder
-    already holds (a merged export) are not added again.
+    none. The template's extra tokens (legacy `<Img>`, `</Img>`) come first, then the signal tokens in the order
+    image, video, audio — the ids both original codebases gave them. Everything is added as special tokens, so text
+    can never produce these ids (`encode_text`). Tokens the folder already holds (a merged export) are not added
+    again.
 
     Args:
         model_path: the LLM folder (`model.llm.model_path`).
-        signal_cfg: how many signal tokens per modality (`model.signal_tokens`).
+        signal_cfg: how many signal tokens per modality and their style (`model.signal_tokens`).
+        template: the chat template (`model.llm.template`) or its name.
 
     Returns:
-        The tokenizer, with `len(tokenizer)` covering the signal tokens.
+        The tokenizer, with `len(tokenizer)` covering the added tokens.
 
     Raises:
         FileNotFoundError: the folder or its tokenizer files are missing.
@@ -95,41 +101,75 @@ def load_tokenizer(model_path: Path, signal_cfg: SignalTokenConfig) -> PreTraine
             f"no tokenizer.model or tokenizer.json in {model_path}; model.llm.model_path must point at a folder "
             "that holds the tokenizer files (as a Vicuna download does)"
         )
+    if isinstance(template, str):
+        template = get_template(template)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token
-    missing = [s for s in all_signal_token_strings(signal_cfg) if _token_id(tokenizer, s) is None]
+    wanted = [*template.extra_tokens, *all_signal_token_strings(signal_cfg)]
+    missing = [s for s in wanted if _token_id(tokenizer, s) is None]
     if missing:
         tokenizer.add_tokens(missing, special_tokens=True)
-        logger.info("added %d signal tokens to the tokenizer (now %d tokens)", len(missing), len(tokenizer))
+        logger.info("added %d tokens to the tokenizer (now %d tokens)", len(missing), len(tokenizer))
     return tokenizer
 
 
 def signal_token_ids(tokenizer: PreTrainedTokenizerBase, signal_cfg: SignalTokenConfig) -> dict[Modality, list[int]]:
-    """Return the ids of each modality's signal tokens, in order.
+    """Return each modality's signal span: the ids a reply emits to ask for one output, in order.
+
+    This is the one place span ids come from (training targets, the model's span search and inference all use it).
+    Without `span_separator` a span is the n signal ids; with it (the NEW code's spans) the separator's ids sit between
+    neighbouring signal ids, 2n-1 tokens for a one-token separator.
 
     Args:
         tokenizer: a tokenizer from `load_tokenizer`.
-        signal_cfg: counts per modality (`model.signal_tokens`).
+        signal_cfg: counts, style and separator (`model.signal_tokens`).
 
     Returns:
-        {Modality.IMAGE: [n_image ids], Modality.VIDEO: [...], Modality.AUDIO: [...]}.
+        {Modality.IMAGE: [span ids], Modality.VIDEO: [...], Modality.AUDIO: [...]}.
 
     Raises:
         ValueError: a signal token is missing from the tokenizer.
     """
+    separator = span_separator_ids(tokenizer, signal_cfg)
     ids: dict[Modality, list[int]] = {}
     for modality, count in _signal_cfg_counts(signal_cfg).items():
-        found = {s: _token_id(tokenizer, s) for s in signal_token_strings(modality, count)}
+        found = {s: _token_id(tokenizer, s) for s in signal_token_strings(modality, count, signal_cfg.style)}
         absent = [s for s, token_id in found.items() if token_id is None]
         if absent:
             raise ValueError(
                 f"tokenizer lacks signal tokens {absent[:3]} (of {len(absent)} missing); "
                 "load it with nextgpt.llm.tokenizer.load_tokenizer using the same model.signal_tokens"
             )
-        ids[modality] = [token_id for token_id in found.values() if token_id is not None]
+        span: list[int] = []
+        for index, token_id in enumerate(found.values()):
+            if index:
+                span.extend(separator)
+            span.append(token_id)  # type: ignore[arg-type]
+        ids[modality] = span
     return ids
+
+
+def span_separator_ids(tokenizer: PreTrainedTokenizerBase, signal_cfg: SignalTokenConfig) -> list[int]:
+    """The ids the tokenizer puts between two signal tokens for `signal_cfg.span_separator` (empty when None).
+
+    Read from the tokenizer itself (the ids between the first two image signal tokens of `s0 + separator + s1`),
+    so they are what that tokenizer gave the NEW code's "<image_00> <image_01>" (`▁`, 29871, for Vicuna).
+
+    Raises:
+        ValueError: the tokenizer produces no ids for the separator.
+    """
+    if signal_cfg.span_separator is None:
+        return []
+    first, second = signal_token_strings(Modality.IMAGE, 2, signal_cfg.style)
+    ids = tokenizer.encode(first + signal_cfg.span_separator + second, add_special_tokens=False)
+    if len(ids) < 3 or ids[0] != _token_id(tokenizer, first) or ids[-1] != _token_id(tokenizer, second):
+        raise ValueError(
+            f"model.signal_tokens.span_separator {signal_cfg.span_separator!r} gives no ids between two signal tokens "
+            f"with this tokenizer ({ids}); set it to null"
+        )
+    return ids[1:-1]
 
 
 def find_signal_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[Modality, list[int]]:

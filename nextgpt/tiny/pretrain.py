@@ -27,8 +27,9 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from nextgpt.constants import IGNORE_INDEX, MODALITIES, Modality
-from nextgpt.llm.conversation import VICUNA_V1, Turn, build_training_example
+from nextgpt.llm.conversation import Turn, build_training_example
 from nextgpt.llm.splice import splice_media
+from nextgpt.llm.templates import VICUNA_V1_SYSTEM
 from nextgpt.tiny import data as world
 from nextgpt.tiny.pretrain_encoder import ATTRIBUTE_VALUES, enumerate_world_attrs, one_torch_thread, warmup_cosine
 from nextgpt.training.losses import compute_lm_loss
@@ -259,7 +260,7 @@ def pretrain_tiny_llm(
         slots = AttributeSlots(model.config.hidden_size, init_std, torch.Generator().manual_seed(seed))
         pad_id = tokenizer.unk_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
         examples = [_encode(tokenizer, conversation) for conversation in conversations]
-        system_ids = tokenizer(VICUNA_V1.system, add_special_tokens=False).input_ids
+        system_ids = tokenizer(VICUNA_V1_SYSTEM, add_special_tokens=False).input_ids
         phases = [
             (num_short_steps, [_strip_system_prompt(e, system_ids) for e in examples]),
             (num_steps - num_short_steps, examples),

@@ -1,7 +1,9 @@
 """Self-describing, atomic checkpoints holding only the project's own weights.
 
 A checkpoint folder (`step-000500/` or `final/`) holds:
-    trainable.safetensors   projectors + new signal-token rows (canonical names, no peft prefix)
+    trainable.safetensors   projectors + new signal-token rows (canonical names, no peft prefix); also the base
+                            vocabulary rows when a loaded checkpoint changed them (the legacy release trained the
+                            whole embedding and LM-head matrices)
     lora/                   peft adapter format (adapter_config.json + adapter_model.safetensors), when LoRA is on
     config.yaml             the resolved config of the run
     meta.json               stage, step, parameter counts per group, base checkpoint paths, code version
@@ -33,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from nextgpt.components import absolute_paths
 from nextgpt.config import Config, load_config, save_config, to_dict
 from nextgpt.manifest import CorruptCheckpointError, write_manifest
-from nextgpt.training.stages import canonical_name, parameter_group, project_state_dict
+from nextgpt.training.stages import BASE_ROWS_NAME, canonical_name, parameter_group, project_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -270,8 +272,9 @@ def load_project_weights(model: torch.nn.Module, ckpt_dir: Path, cfg: Config) ->
     check_architecture(ckpt_dir, cfg)
     saved = read_safetensors(weights)
     params = {canonical_name(n): p for n, p in model.named_parameters() if parameter_group(n) not in (None, "lora")}
+    base_rows = _base_row_modules(model)
     missing = sorted(set(params) - set(saved))
-    unexpected = sorted(set(saved) - set(params))
+    unexpected = sorted(set(saved) - set(params) - set(base_rows))
     if missing or unexpected:
         raise ValueError(
             f"checkpoint {ckpt_dir} does not fit the model: missing {_by_group(missing)}, unexpected {_by_group(unexpected)}"
@@ -279,12 +282,37 @@ def load_project_weights(model: torch.nn.Module, ckpt_dir: Path, cfg: Config) ->
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(saved[name].to(param.dtype))
+        for name, module in base_rows.items():
+            if name in saved:
+                _load_base_rows(module, saved[name], ckpt_dir)
     lora_dir = ckpt_dir / LORA_DIR
     if cfg.model.lora.enabled and lora_dir.is_dir():
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model.llm, read_safetensors(lora_dir / "adapter_model.safetensors"))
     logger.info("loaded %d project tensors from %s", len(params), ckpt_dir)
+
+
+def _base_row_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Token-row modules by the canonical name their base rows would have in a checkpoint."""
+    return {
+        canonical_name(f"{name}.{BASE_ROWS_NAME}"): module
+        for name, module in model.named_modules()
+        if isinstance(getattr(module, BASE_ROWS_NAME, None), torch.nn.Parameter) and hasattr(module, "new_rows")
+    }
+
+
+def _load_base_rows(module: torch.nn.Module, rows: torch.Tensor, ckpt_dir: Path) -> None:
+    """Replace a vocabulary matrix's base rows with a checkpoint's (legacy trained whole matrices) and flag them so
+    later saves keep them."""
+    target = module.base_weight
+    if tuple(rows.shape) != tuple(target.shape):
+        raise ValueError(
+            f"checkpoint {ckpt_dir} holds base vocabulary rows of shape {tuple(rows.shape)}, the LLM has "
+            f"{tuple(target.shape)}; point model.llm.model_path at the base LLM the checkpoint was trained on"
+        )
+    target.copy_(rows.to(device=target.device, dtype=target.dtype))
+    module.base_rows_changed = True
 
 
 def _by_group(names: list[str]) -> str:

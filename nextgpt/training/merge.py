@@ -31,7 +31,7 @@ from nextgpt.llm.backbone import save_merged_llm
 from nextgpt.manifest import verify_manifest, write_manifest
 from nextgpt.model import NextGPT, build_nextgpt
 from nextgpt.training import checkpoint as ckpt
-from nextgpt.training.stages import project_state_dict
+from nextgpt.training.stages import BASE_ROWS_NAME, project_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,12 @@ def _write_merged(model: NextGPT, cfg: Config, ckpt_dir: Path, out_dir: Path) ->
     """The merged folder's files (see the module docstring), written into `out_dir`."""
     # 1. Project weights (projectors + token rows) keep their canonical names; LoRA goes into the LLM itself.
     out_dir.mkdir(parents=True)
-    state = {k: v.contiguous().cpu() for k, v in project_state_dict(model).items() if "lora_" not in k}
+    # Changed base vocabulary rows (legacy checkpoints) live in llm/ once folded, not twice.
+    state = {
+        k: v.contiguous().cpu()
+        for k, v in project_state_dict(model).items()
+        if "lora_" not in k and not k.endswith(f".{BASE_ROWS_NAME}")
+    }
     save_file(state, str(out_dir / ckpt.WEIGHTS_FILE))
     # 2. The standalone LLM folder.
     save_merged_llm(model.llm, model.tokenizer, out_dir / MERGED_LLM_DIR)

@@ -79,13 +79,32 @@ def apply_trainable_groups(model: nn.Module, groups: Iterable[str]) -> dict[str,
     return {k: (v[0], v[1]) for k, v in counts.items()}
 
 
+BASE_ROWS_NAME = "base_weight"
+"""Parameter name of the frozen original vocabulary rows (nextgpt.llm.token_rows)."""
+
+
+def changed_base_rows(model: nn.Module) -> dict[str, object]:
+    """Base vocabulary rows that differ from the base LLM's and so must travel with the checkpoint, canonical names.
+
+    Only token-row modules flagged `base_rows_changed` (rows loaded from a checkpoint that trained whole
+    matrices: the legacy release) are included; for every other checkpoint the base LLM supplies them.
+    """
+    return {
+        canonical_name(f"{name}.{BASE_ROWS_NAME}"): module.base_weight.detach()
+        for name, module in model.named_modules()
+        if getattr(module, "base_rows_changed", False)
+    }
+
+
 def project_state_dict(model: nn.Module) -> dict[str, object]:
     """The weights a checkpoint holds: every parameter of a trainable group (trained now or not), canonical names.
 
-    Frozen base weights (LLM, ImageBind) are never included; they come from the base checkpoints.
+    Frozen base weights (LLM, ImageBind) are not included — they come from the base checkpoints — except vocabulary
+    rows that a loaded checkpoint changed (`changed_base_rows`).
     """
-    return {
+    state = {
         canonical_name(name): param.detach()
         for name, param in model.named_parameters()
         if parameter_group(name) is not None
     }
+    return {**state, **changed_base_rows(model)}

@@ -42,7 +42,7 @@ def _labelled_spans(example: Example) -> list[list[int]]:
 
 
 def test_exact_rendering_of_two_rounds() -> None:
-    assert VICUNA_V1.system == SYSTEM
+    assert VICUNA_V1.system == SYSTEM + " "
     assert render_conversation(TWO_ROUNDS) == (
         f"{SYSTEM} USER: show me a red circle ASSISTANT: Here is a red circle.</s>"
         "USER: and a blue square? ASSISTANT: Sure, a blue square.</s>"
