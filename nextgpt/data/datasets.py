@@ -118,6 +118,7 @@ class ConversationDataset(Dataset):
         caption_embed_shapes: dict[Modality, tuple[int, ...]] | None = None,
         target_loader: TargetLoader | None = None,
         feature_cache: FeatureCache | None = None,
+        template: str = "vicuna_v1",
     ) -> None:
         if policy not in ("skip", "error"):
             raise ValueError(f"bad-sample policy must be 'skip' or 'error', got {policy!r}")
@@ -130,6 +131,7 @@ class ConversationDataset(Dataset):
         self.caption_embed_shapes = caption_embed_shapes or {}
         self.target_loader = target_loader
         self.feature_cache = feature_cache
+        self.template = template
         self.num_tokenization_mismatches = 0
         self._logged: set[int] = set()
         if source is None or isinstance(source, (str, Path)):
@@ -261,12 +263,12 @@ class ConversationDataset(Dataset):
         from nextgpt.llm.conversation import build_training_example, check_tokenization
 
         try:
-            example = build_training_example(self.tokenizer, spec.turns, self.signal_ids)
+            example = build_training_example(self.tokenizer, spec.turns, self.signal_ids, self.template)
         except ValueError as err:
             raise _BadSample(self._record_path(index), f"tokenization failed: {err}") from err
         if all(label == IGNORE_INDEX for label in example.labels):
             raise _BadSample(self._record_path(index), "no supervised token (every label is masked)")
-        mismatch = not check_tokenization(self.tokenizer, spec.turns, example, self.signal_ids)
+        mismatch = not check_tokenization(self.tokenizer, spec.turns, example, self.signal_ids, self.template)
         if mismatch:
             self.num_tokenization_mismatches += 1
             if self.num_tokenization_mismatches <= _MAX_MISMATCH_WARNINGS:
@@ -325,6 +327,7 @@ def build_datasets(
     encoder_cfg: ImageBindConfig,
     caption_embed_shapes: dict[Modality, tuple[int, ...]] | None = None,
     target_loader: TargetLoader | None = None,
+    template: str = "vicuna_v1",
 ) -> list[ConversationDataset]:
     """Validate the run's datasets against the catalog and build one dataset per name, in `data_cfg.datasets` order.
 
@@ -336,6 +339,7 @@ def build_datasets(
         encoder_cfg: `cfg.model.encoder`.
         caption_embed_shapes: see `expected_caption_shapes(cfg.model.output_projectors)`.
         target_loader: optional target-media loader for the denoising loss.
+        template: the chat template name (`model.llm.template`).
 
     Returns:
         The datasets; with `data_cfg.feature_cache_dir` set, each reads its input media from its feature cache.
@@ -361,6 +365,7 @@ def build_datasets(
             caption_embed_shapes=caption_embed_shapes,
             target_loader=target_loader,
             feature_cache=caches[name],
+            template=template,
         )
         for name in data_cfg.datasets
     ]

@@ -67,6 +67,7 @@ def build_training_data(cfg: Config, model: NextGPT) -> TrainingData:
         cfg.model.encoder,
         caption_embed_shapes=expected_caption_shapes(cfg.model.output_projectors),
         target_loader=target_loader,
+        template=cfg.model.llm.template,
     )
     for dataset in datasets:
         logger.info("dataset %-24s %7d samples", dataset.name, len(dataset))
