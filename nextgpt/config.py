@@ -45,6 +45,13 @@ class ImageBindConfig:
     audio_clip_seconds: float = 2.0
     audio_mean: float = -4.268
     audio_std: float = 9.138
+    audio_channel_mode: Literal["official", "average"] = "official"
+    """How audio channels and per-clip centring are handled. `official`: exactly ImageBind's (and NExT-GPT's)
+    `data.py`: all channels are kept, each clip's mean over all its channels is subtracted in place from the shared
+    waveform (so a later overlapping clip sees the already shifted samples), and the fbank reads the first channel
+    only. Checkpoints trained on official features expect these inputs. `average`: channels averaged to mono and each
+    clip centred on a copy (the previous behaviour): stereo files contribute both channels and clips are independent
+    of each other, but the features differ from the official ones on stereo files and in the overlap of clips."""
     video_num_clips: int = 5
     video_clip_seconds: float = 2.0
     video_frames_per_clip: int = 2

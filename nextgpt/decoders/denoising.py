@@ -25,6 +25,7 @@ from torch import Tensor
 
 from nextgpt.decoders.acceleration import run_eagerly_under_autograd
 from nextgpt.decoders.base import Decoder
+from nextgpt.encoders.media import to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def compute_denoising_loss(
 def _to_uint8_frames(item: Any, what: str) -> np.ndarray:
     """One RGB image (PIL or uint8 (H, W, 3)) or a stack (..., H, W, 3) as a uint8 array."""
     if isinstance(item, Image.Image):
-        return np.asarray(item.convert("RGB"))
+        return np.asarray(to_rgb(item))  # 16-bit images scaled to 8 bits, not clamped
     array = item.numpy() if isinstance(item, Tensor) else np.asarray(item)
     if array.dtype != np.uint8 or array.ndim < 3 or array.shape[-1] != 3:
         raise ValueError(

@@ -65,14 +65,40 @@ def _unreadable(path: Path, modality: Modality, err: Exception) -> ValueError:
     )
 
 
+def _is_wide_integer_mode(mode: str) -> bool:
+    """PIL modes of more than 8 bits per integer sample: "I" (32-bit) and the 16-bit "I;16", "I;16B", "I;16L", ..."""
+    return mode == "I" or mode.startswith("I;")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert a PIL image to 8-bit RGB, scaling wide integer samples (16-bit PNG/TIFF) to 8 bits first.
+
+    PIL's own `convert("RGB")` clamps wide integer samples to 255 instead of scaling them, which turns almost every
+    pixel of a 16-bit image white. Here the samples are mapped from the 16-bit range to 8 bits,
+    round(value * 255 / 65535), before the RGB conversion. Mode "I" is treated as 16-bit too (PIL decodes 16-bit
+    files into it); values outside [0, 65535] are clipped. 8-bit images go straight to `convert("RGB")`.
+
+    Args:
+        image: any PIL image.
+
+    Returns:
+        An RGB image.
+    """
+    if _is_wide_integer_mode(image.mode):
+        wide = np.clip(np.asarray(image).astype(np.int64), 0, 65535)  # (H, W) samples, any byte order
+        # value/257 is never exactly halfway between integers, so adding half the divisor rounds to nearest.
+        image = Image.fromarray(((wide * 255 + 65535 // 2) // 65535).astype(np.uint8))  # -> mode "L"
+    return image.convert("RGB")
+
+
 def read_image(path: Path) -> Image.Image:
-    """Open an image file as RGB (the first frame of animated formats).
+    """Open an image file as RGB (the first frame of animated formats); 16-bit images are scaled to 8 bits.
 
     Args:
         path: image file.
 
     Returns:
-        The decoded RGB image.
+        The decoded RGB image (`to_rgb`).
 
     Raises:
         FileNotFoundError: if the file does not exist.
@@ -81,7 +107,7 @@ def read_image(path: Path) -> Image.Image:
     path = check_media_path(path, Modality.IMAGE)
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return to_rgb(image)
     except (UnidentifiedImageError, OSError) as err:
         raise _unreadable(path, Modality.IMAGE, err) from err
 

@@ -150,27 +150,14 @@ def load_video(path: Path, cfg: ImageBindConfig) -> torch.Tensor:
     return torch.stack(views)  # num_clips*num_crops x (3, T, S, S) -> (V, 3, T, S, S)
 
 
-def compute_fbank(
-    clip: torch.Tensor, sample_rate: int, cfg: ImageBindConfig, warn_source: str | None = None
+def _fbank_of_centred_clip(
+    clip: torch.Tensor, sample_rate: int, cfg: ImageBindConfig, warn_source: str | None
 ) -> torch.Tensor:
-    """Kaldi log-mel filterbank of one mono clip, padded or cut to `audio_target_frames`, not yet normalised.
-
-    Args:
-        clip: (1, samples) waveform at `sample_rate`.
-        sample_rate: Hz.
-        cfg: `model.encoder` (`audio_num_mel_bins`, `audio_target_frames`).
-        warn_source: when given, a warning naming it is logged if more than 20% of the frames are padded or cut.
-
-    Returns:
-        (1, num_mel_bins, target_frames).
-
-    Raises:
-        ValueError: if the clip is shorter than one 25 ms frame.
-    """
+    """Kaldi fbank of channel 0 of an already centred (C, samples) clip, padded or cut: (1, mel, target_frames)."""
     if clip.shape[1] < sample_rate * FBANK_FRAME_LENGTH_MS / 1000:
         raise ValueError(f"audio clip of {clip.shape[1]} samples is shorter than one 25 ms fbank frame")
     fbank = kaldi.fbank(
-        clip - clip.mean(),
+        clip[:1],  # (C, n) -> (1, n): Kaldi fbank reads channel 0 only (the official code hands it all channels)
         htk_compat=True,
         sample_frequency=sample_rate,
         use_energy=False,
@@ -190,18 +177,90 @@ def compute_fbank(
             target,
         )
     if num_frames < target:
-        fbank = torch.nn.functional.pad(fbank, (0, target - num_frames))
+        fbank = torch.nn.functional.pad(fbank, (0, target - num_frames))  # zero frames appended at the end
     return fbank[:, :target].unsqueeze(0)  # (mel, frames) -> (1, mel, target)
 
 
-def load_audio(path: Path, cfg: ImageBindConfig) -> torch.Tensor:
-    """Read audio as ImageBind fbank clips: mono, 16 kHz, `audio_num_clips` clips of `audio_clip_seconds`.
+def compute_fbank(
+    clip: torch.Tensor, sample_rate: int, cfg: ImageBindConfig, warn_source: str | None = None
+) -> torch.Tensor:
+    """Kaldi log-mel filterbank of one clip (official `waveform2melspec`), padded or cut, not yet normalised.
 
-    Channels are averaged (the official code feeds all channels to Kaldi fbank, which reads only the first; the
-    two agree on mono files). Each clip has its mean removed (on a copy: the official code subtracts in place,
-    which shifts later overlapping clips of files shorter than `num_clips` clips), is turned into a Kaldi fbank,
-    padded/cut, and normalised with `audio_mean`/`audio_std`. All clips have the same length, so a padding
-    warning is logged once per file.
+    The clip's mean over all its channels is subtracted (on a copy; the official function subtracts in place, which
+    `audio_to_fbanks` reproduces across clips), then the fbank of channel 0 is taken, as Kaldi fbank does.
+
+    Args:
+        clip: (C, samples) waveform at `sample_rate`; C is 1 for mono.
+        sample_rate: Hz.
+        cfg: `model.encoder` (`audio_num_mel_bins`, `audio_target_frames`).
+        warn_source: when given, a warning naming it is logged if more than 20% of the frames are padded or cut.
+
+    Returns:
+        (1, num_mel_bins, target_frames).
+
+    Raises:
+        ValueError: if the clip is shorter than one 25 ms frame.
+    """
+    return _fbank_of_centred_clip(clip - clip.mean(), sample_rate, cfg, warn_source)
+
+
+def audio_to_fbanks(
+    waveform: torch.Tensor, sample_rate: int, cfg: ImageBindConfig, source: str = "waveform"
+) -> torch.Tensor:
+    """Turn a waveform into ImageBind fbank clips: 16 kHz, `audio_num_clips` clips of `audio_clip_seconds`.
+
+    With `audio_channel_mode="official"` (the default) this is ImageBind's `load_and_transform_audio_data` step for
+    step, because checkpoints trained on official features must see the same inputs: all channels are kept through
+    resampling; each clip is the slice [int(start * rate), int(end * rate)) of the one shared waveform, and its mean
+    over all channels is subtracted from that slice in place, so a later clip that overlaps an earlier one sees the
+    samples the earlier one already shifted; the fbank then reads channel 0. The in-place steps run on a private copy,
+    so `waveform` itself is left unchanged. With "average", channels are averaged first and each clip is centred on a
+    copy. Each fbank is padded (zeros) or cut to `audio_target_frames` and normalised with `audio_mean`/`audio_std`.
+    All clips have the same length, so a padding warning is logged once.
+
+    Args:
+        waveform: (C, samples) float32 at `sample_rate`.
+        sample_rate: Hz.
+        cfg: `model.encoder` (`audio_*`).
+        source: names the audio in warnings and errors.
+
+    Returns:
+        (num_clips, 1, num_mel_bins, target_frames) float32, e.g. (3, 1, 128, 204).
+
+    Raises:
+        ValueError: if the audio is shorter than one 25 ms fbank frame, or the channel mode is unknown.
+    """
+    if cfg.audio_channel_mode not in ("official", "average"):
+        raise ValueError(
+            f"model.encoder.audio_channel_mode must be 'official' or 'average', got {cfg.audio_channel_mode!r}"
+        )
+    official = cfg.audio_channel_mode == "official"
+    loaded = waveform
+    if not official:
+        waveform = waveform.mean(dim=0, keepdim=True)  # (C, N) -> (1, N)
+    rate = cfg.audio_sample_rate
+    if sample_rate != rate:
+        waveform = torchaudio.functional.resample(waveform, orig_freq=sample_rate, new_freq=rate)  # (C, N) -> (C, M)
+    if official and waveform is loaded:
+        waveform = waveform.clone()  # the in-place centring below must not reach the caller's tensor
+    timepoints = compute_clip_timepoints(waveform.shape[1] / rate, cfg.audio_clip_seconds, cfg.audio_num_clips)
+    clips = []
+    for index, (start, end) in enumerate(timepoints):
+        clip = waveform[:, int(start * rate) : int(end * rate)]  # (C, n), a view of the shared waveform
+        if official:
+            clip -= clip.mean()  # in place: later overlapping clips read these shifted samples
+        else:
+            clip = clip - clip.mean()
+        try:
+            fbank = _fbank_of_centred_clip(clip, rate, cfg, warn_source=source if index == 0 else None)
+        except ValueError as err:
+            raise ValueError(f"audio {source} is too short: {err}; use at least 25 ms of sound") from err
+        clips.append((fbank - cfg.audio_mean) / cfg.audio_std)
+    return torch.stack(clips)  # num_clips x (1, mel, frames) -> (N, 1, mel, frames)
+
+
+def load_audio(path: Path, cfg: ImageBindConfig) -> torch.Tensor:
+    """Read audio as ImageBind fbank clips (`audio_to_fbanks`, which says how channels and clips are handled).
 
     Args:
         path: audio file.
@@ -214,21 +273,8 @@ def load_audio(path: Path, cfg: ImageBindConfig) -> torch.Tensor:
         FileNotFoundError: if the file does not exist.
         ValueError: if it cannot be decoded or is shorter than 25 ms.
     """
-    waveform, sample_rate = read_audio(path)
-    waveform = waveform.mean(dim=0, keepdim=True)  # (C, N) -> (1, N)
-    if sample_rate != cfg.audio_sample_rate:
-        waveform = torchaudio.functional.resample(waveform, orig_freq=sample_rate, new_freq=cfg.audio_sample_rate)
-    rate = cfg.audio_sample_rate
-    timepoints = compute_clip_timepoints(waveform.shape[1] / rate, cfg.audio_clip_seconds, cfg.audio_num_clips)
-    clips = []
-    for index, (start, end) in enumerate(timepoints):
-        source = str(path) if index == 0 else None
-        try:
-            fbank = compute_fbank(waveform[:, int(start * rate) : int(end * rate)], rate, cfg, warn_source=source)
-        except ValueError as err:
-            raise ValueError(f"audio {path} is too short: {err}; use at least 25 ms of sound") from err
-        clips.append((fbank - cfg.audio_mean) / cfg.audio_std)
-    return torch.stack(clips)  # num_clips x (1, mel, frames) -> (N, 1, mel, frames)
+    waveform, sample_rate = read_audio(path)  # (C, N)
+    return audio_to_fbanks(waveform, sample_rate, cfg, source=str(path))
 
 
 def load_media(modality: Modality, path: Path, cfg: ImageBindConfig) -> torch.Tensor:

@@ -53,6 +53,10 @@ _EXTENSIONS = {Modality.IMAGE: "png", Modality.VIDEO: "mp4", Modality.AUDIO: "wa
 _WRITERS = {Modality.IMAGE: world.write_image, Modality.VIDEO: world.write_video, Modality.AUDIO: world.write_audio}
 _LOGIT_SCALE = 10.0
 """Unit-length embeddings give logits in [-|w|, |w|]; scaling them lets the heads reach confident predictions fast."""
+VIEW_EQUAL_ATOL = 1e-3
+"""Views this close count as equal. The official audio preprocessing centres clips in place on one shared waveform,
+so the repeated clips of a file one clip long subtract the float32 residue (~1e-9) of an already removed mean and
+differ from the first clip by up to ~1e-4 in normalised log-mel; distinct clips or crops differ by far more than 0.1."""
 
 
 @dataclass
@@ -63,7 +67,7 @@ class WorldMedia:
         modality: image, video or audio.
         attrs: one attribute dict per item.
         inputs: per item, the `load_media` output (image (3, S, S); video (V, 3, 2, S, S); audio (V, 1, M, F)),
-            with views that are all equal stored once: the world's media are no longer than one ImageBind clip and
+            with views that are all equal (up to `VIEW_EQUAL_ATOL`) stored once: the world's media are no longer than one ImageBind clip and
             its frames are square, so every clip and crop is the same view and V is 1 (saving ~1 GB of copies).
     """
 
@@ -152,8 +156,9 @@ def render_world_media(
 
 
 def _collapse_equal_views(views: torch.Tensor) -> torch.Tensor:
-    """(V, ...) -> (1, ...) when all views are equal (the encoder's mean over views is then unchanged), else as is."""
-    if all(torch.equal(view, views[0]) for view in views[1:]):
+    """(V, ...) -> (1, ...) when all views are equal up to `VIEW_EQUAL_ATOL` (the encoder's mean over views then
+    changes only by float noise), else as is."""
+    if all(torch.allclose(view, views[0], atol=VIEW_EQUAL_ATOL, rtol=0) for view in views[1:]):
         return views[:1]
     return views
 

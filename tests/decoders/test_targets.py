@@ -41,6 +41,14 @@ def test_image_target_resizes_to_cover_and_accepts_pil() -> None:
     assert (pixels[0, 0] > 0.99).float().mean() > 0.5  # the red centre band survives the resize
 
 
+def test_image_target_scales_16bit_pil_images() -> None:
+    wide = np.linspace(0, 65535, 16 * 16).round().astype(np.uint16).reshape(16, 16)
+    image = Image.fromarray(wide)
+    assert image.mode == "I;16"  # PIL's own convert("RGB") would clamp nearly all of it to white
+    narrow = Image.fromarray(np.round(wide.astype(np.float64) * 255 / 65535).astype(np.uint8))
+    torch.testing.assert_close(prepare_image_target([image], 16), prepare_image_target([narrow], 16), atol=0, rtol=0)
+
+
 def test_image_target_rejects_float_pixels() -> None:
     with pytest.raises(ValueError, match=r"uint8 RGB arrays \(\.\.\., H, W, 3\) or PIL images, got float32"):
         prepare_image_target(np.zeros((1, 8, 8, 3), np.float32), 8)

@@ -39,8 +39,9 @@ def tiny_encoder(encoder_cfg: ImageBindConfig):
 
 @pytest.fixture(scope="session")
 def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Real media files: photo.png/.jpg, tone_long/short/mid.wav (44.1 kHz), stereo.wav, pan_long/short.mp4,
-    counter.mp4 (frame i is uniform grey 5*i, losslessly encoded)."""
+    """Real media files: photo.png/.jpg, tone_long/short/mid.wav (44.1 kHz), stereo.wav and stereo_offset.wav
+    (2.5 s, so the three 2 s clips overlap), pan_long/short.mp4, counter.mp4 (frame i is uniform grey 5*i, losslessly
+    encoded)."""
     root = tmp_path_factory.mktemp("media")
     photo = Image.fromarray(skdata.astronaut())
     photo.save(root / "photo.png")
@@ -49,6 +50,9 @@ def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_wav(root / "tone_short.wav", tone(1.2))
     write_wav(root / "tone_mid.wav", tone(3.7))
     write_wav(root / "stereo.wav", np.stack([tone(2.5), tone(2.5, freq=880.0)], axis=1))
+    # Channels with different tones and DC offsets: the per-clip mean is large, so where clips overlap the in-place
+    # centring of the official code leaves a step that a centring on copies does not.
+    write_wav(root / "stereo_offset.wav", np.stack([tone(2.5) + 0.25, 0.5 * tone(2.5, freq=880.0) - 0.05], axis=1))
     write_mp4(root / "pan_long.mp4", astronaut_pan(12 * 11), fps=12)
     write_mp4(root / "pan_short.mp4", astronaut_pan(18), fps=12)
     greys = [np.full((48, 64, 3), 5 * i, dtype=np.uint8) for i in range(48)]

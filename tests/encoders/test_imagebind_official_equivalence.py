@@ -7,11 +7,16 @@ resample, pytorchvideo 0.1.5's decord reader and video transforms). Two pieces c
 `torchaudio.load` needs torchcodec, so files are decoded by our reader; and PyPI's pytorchvideo predates the clip
 sampler that ImageBind pins, so the pinned sampler's rule is restated below (its values are checked against
 hand-computed times in test_media_transforms.py).
+
+Audio is checked on mono files and on a stereo file whose channels differ and whose clips overlap, where the
+official code's channel handling (fbank of channel 0 after subtracting the mean over all channels) and its in-place
+centring of views of one shared waveform both change the result.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import importlib.util
 import io
@@ -34,7 +39,7 @@ from nextgpt.config import ImageBindConfig
 from nextgpt.constants import Modality
 from nextgpt.encoders.imagebind import ImageBindEncoder
 from nextgpt.encoders.media import read_audio
-from nextgpt.encoders.transforms import load_audio, load_image, load_video
+from nextgpt.encoders.transforms import compute_clip_timepoints, load_audio, load_image, load_video
 from nextgpt.tiny.imagebind import UNUSED_TOWER_SIZES
 
 OFFICIAL_DATA_NAMES = {
@@ -210,11 +215,62 @@ def test_audio_preprocessing_equals_official(
     torch.testing.assert_close(ours, official, atol=1e-4, rtol=1e-5)
 
 
+def _official_clips_centred_on_copies(official_data: dict, path: Path) -> torch.Tensor:
+    """The official audio pipeline with one change: each clip is centred on its own copy, so no clip sees the
+    in-place shift of an earlier one. Built from the official pieces (reader, resample, sampler, `waveform2melspec`);
+    it shows whether a file's clip layout makes the in-place centring matter. (1, clips, 1, mel, frames)."""
+    waveform, rate = read_audio(path)
+    waveform = torchaudio.functional.resample(waveform, orig_freq=rate, new_freq=16000)  # (C, N) -> (C, M)
+    sampler = PinnedClipSampler(clip_duration=2, clips_per_video=3)
+    clips = [
+        official_data["waveform2melspec"](waveform[:, int(start * 16000) : int(end * 16000)].clone(), 16000, 128, 204)
+        for start, end in official_data["get_clip_timepoints"](sampler, waveform.shape[1] / 16000)
+    ]
+    return ((torch.stack(clips) - -4.268) / 9.138)[None]
+
+
 @pytest.mark.numerics
-def test_fbank_equals_official_waveform2melspec(official_data: dict, encoder_cfg: ImageBindConfig) -> None:
+def test_stereo_audio_with_overlapping_clips_equals_official(
+    official_data: dict,
+    official_model: nn.Module,
+    tiny_encoder: ImageBindEncoder,
+    media_dir: Path,
+    encoder_cfg: ImageBindConfig,
+) -> None:
+    path = media_dir / "stereo_offset.wav"
+    waveform, rate = read_audio(path)
+    assert waveform.shape[0] == 2 and (waveform[0] - waveform[1]).abs().mean() > 0.1  # the channels differ
+    starts = [start for start, _ in compute_clip_timepoints(waveform.shape[1] / rate, 2.0, 3)]
+    assert starts == [0, Fraction(1, 4), Fraction(1, 2)]  # 2 s clips 0.25 s apart: each overlaps the previous ones
+    official = official_data["load_and_transform_audio_data"]([str(path)], "cpu")
+    ours = load_audio(path, encoder_cfg)[None]
+    assert official.shape == ours.shape == (1, 3, 1, 128, 204)
+    # Both sides run the same float32 operations on the same samples (bitwise equal here); 1e-3 on normalised
+    # log-mel values of order 1 only allows for a different summation order in a clip mean, while a wrong channel
+    # or centring moves values by more than 0.1 (checked below).
+    torch.testing.assert_close(ours, official, atol=1e-3, rtol=0)
+    averaged = load_audio(path, dataclasses.replace(encoder_cfg, audio_channel_mode="average"))[None]
+    assert (averaged - official).abs().amax() > 0.1
+    assert (_official_clips_centred_on_copies(official_data, path) - official).abs().amax() > 0.1
+    # Unit-norm float32 embeddings from two implementations of the same tower: 1e-4 covers their kernel orders.
+    torch.testing.assert_close(
+        tiny_encoder(Modality.AUDIO, ours),
+        _official_embeddings(official_model, Modality.AUDIO, official),
+        atol=1e-4,
+        rtol=0,
+    )
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("channels", [1, 2])
+def test_fbank_equals_official_waveform2melspec(
+    official_data: dict, encoder_cfg: ImageBindConfig, channels: int
+) -> None:
     from nextgpt.encoders.transforms import compute_fbank
 
-    clip = torch.randn(1, 30000, generator=torch.Generator().manual_seed(0)) * 0.1 + 0.05
+    gen = torch.Generator().manual_seed(0)
+    # Channel c has DC offset 0.05 + 0.3c, so the mean over all channels differs from channel 0's own mean.
+    clip = torch.randn(channels, 30000, generator=gen) * 0.1 + 0.05 + 0.3 * torch.arange(channels)[:, None]
     official = official_data["waveform2melspec"](clip.clone(), 16000, 128, 204)
     torch.testing.assert_close(compute_fbank(clip, 16000, encoder_cfg), official, atol=1e-5, rtol=1e-5)
 

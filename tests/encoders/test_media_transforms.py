@@ -13,14 +13,16 @@ import numpy as np
 import pytest
 import torch
 from encoder_media import tone, write_wav
+from PIL import Image
 
 from nextgpt.config import ImageBindConfig
 from nextgpt.constants import Modality
 from nextgpt.encoders.imagebind import ImageBindEncoder
-from nextgpt.encoders.media import read_audio
+from nextgpt.encoders.media import read_audio, read_image, to_rgb
 from nextgpt.encoders.transforms import (
     CLIP_MEAN,
     CLIP_STD,
+    audio_to_fbanks,
     compute_clip_timepoints,
     load_audio,
     load_image,
@@ -82,11 +84,15 @@ def test_short_audio_repeats_one_padded_clip(
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="nextgpt.encoders.transforms"):
         fbanks = load_audio(media_dir / "tone_short.wav", encoder_cfg)
-    assert fbanks.shape == (3, 1, 128, 204)
-    torch.testing.assert_close(fbanks[0], fbanks[1])
-    torch.testing.assert_close(fbanks[0], fbanks[2])
     warnings = [r.getMessage() for r in caplog.records if "padded/cut to 204" in r.getMessage()]
     assert len(warnings) == 1 and "tone_short.wav" in warnings[0]
+    assert fbanks.shape == (3, 1, 128, 204)
+    # Every clip is the whole file. The first clip centres the shared samples in place, so the later ones subtract
+    # only the float32 residue of a mean of centred samples (~1e-9), which log-mel turns into at most ~1e-4 in the
+    # quietest bins; centring on copies ("average") repeats the clip exactly.
+    torch.testing.assert_close(fbanks[1:], fbanks[:1].expand(2, -1, -1, -1), atol=1e-4, rtol=0)
+    averaged = load_audio(media_dir / "tone_short.wav", dataclasses.replace(encoder_cfg, audio_channel_mode="average"))
+    torch.testing.assert_close(averaged[1:], averaged[:1].expand(2, -1, -1, -1), atol=0, rtol=0)
 
 
 def test_mid_length_audio_has_overlapping_distinct_clips(media_dir: Path, encoder_cfg: ImageBindConfig) -> None:
@@ -96,15 +102,103 @@ def test_mid_length_audio_has_overlapping_distinct_clips(media_dir: Path, encode
 
 
 @pytest.mark.numerics
-def test_stereo_audio_is_mixed_to_mono(media_dir: Path, encoder_cfg: ImageBindConfig, tmp_path: Path) -> None:
+def test_stereo_audio_default_reads_the_first_channel(
+    media_dir: Path, encoder_cfg: ImageBindConfig, tmp_path: Path
+) -> None:
     waveform, rate = read_audio(media_dir / "stereo.wav")
     assert waveform.shape == (2, int(2.5 * rate)) and rate == 44100
     np.testing.assert_allclose(waveform[1].numpy(), tone(2.5, freq=880.0), atol=1e-4)
+    assert encoder_cfg.audio_channel_mode == "official"
+    stereo_fbanks = load_audio(media_dir / "stereo.wav", encoder_cfg)
+    left = write_wav(tmp_path / "left.wav", tone(2.5))
+    mixed = write_wav(tmp_path / "mixed.wav", (tone(2.5) + tone(2.5, freq=880.0)) / 2)
+    assert (stereo_fbanks - load_audio(left, encoder_cfg)).abs().mean() < 0.01
+    assert (stereo_fbanks - load_audio(mixed, encoder_cfg)).abs().mean() > 0.1
+
+
+@pytest.mark.numerics
+def test_average_channel_mode_mixes_stereo_to_mono(
+    media_dir: Path, encoder_cfg: ImageBindConfig, tmp_path: Path
+) -> None:
+    cfg = dataclasses.replace(encoder_cfg, audio_channel_mode="average")
+    stereo_fbanks = load_audio(media_dir / "stereo.wav", cfg)
     mixed = write_wav(tmp_path / "mixed.wav", (tone(2.5) + tone(2.5, freq=880.0)) / 2)
     left = write_wav(tmp_path / "left.wav", tone(2.5))
-    stereo_fbanks = load_audio(media_dir / "stereo.wav", encoder_cfg)
-    assert (stereo_fbanks - load_audio(mixed, encoder_cfg)).abs().mean() < 0.01
-    assert (stereo_fbanks - load_audio(left, encoder_cfg)).abs().mean() > 0.1
+    assert (stereo_fbanks - load_audio(mixed, cfg)).abs().mean() < 0.01
+    assert (stereo_fbanks - load_audio(left, cfg)).abs().mean() > 0.1
+
+
+def test_channel_modes_differ_on_stereo_and_agree_on_mono(media_dir: Path, encoder_cfg: ImageBindConfig) -> None:
+    average = dataclasses.replace(encoder_cfg, audio_channel_mode="average")
+    stereo = media_dir / "stereo.wav"
+    assert (load_audio(stereo, encoder_cfg) - load_audio(stereo, average)).abs().mean() > 0.1
+    # One channel and clips that do not overlap (7.3 s): both modes do the same float operations.
+    mono = media_dir / "tone_long.wav"
+    torch.testing.assert_close(load_audio(mono, encoder_cfg), load_audio(mono, average), atol=0, rtol=0)
+
+
+def test_official_centring_leaves_the_callers_waveform_unchanged(encoder_cfg: ImageBindConfig) -> None:
+    # Already at 16 kHz (nothing is resampled into a new tensor), two channels with offsets, overlapping clips.
+    left, right = tone(2.5, sample_rate=16000) + 0.25, tone(2.5, sample_rate=16000, freq=880.0) - 0.05
+    waveform = torch.from_numpy(np.stack([left, right]).astype(np.float32))  # (2, 40000)
+    before = waveform.clone()
+    first = audio_to_fbanks(waveform, 16000, encoder_cfg)
+    torch.testing.assert_close(waveform, before, atol=0, rtol=0)
+    torch.testing.assert_close(audio_to_fbanks(waveform, 16000, encoder_cfg), first, atol=0, rtol=0)
+
+
+def test_unknown_channel_mode_is_an_error(media_dir: Path, encoder_cfg: ImageBindConfig) -> None:
+    with pytest.raises(ValueError, match="audio_channel_mode must be 'official' or 'average', got 'left'"):
+        load_audio(media_dir / "stereo.wav", dataclasses.replace(encoder_cfg, audio_channel_mode="left"))
+
+
+def _gradient16(side: int) -> np.ndarray:
+    """(side, side) uint16 ramp over the full 16-bit range, most values not multiples of 257."""
+    return np.linspace(0, 65535, side * side).round().astype(np.uint16).reshape(side, side)
+
+
+def test_16bit_png_is_scaled_to_8bit_not_clipped(tmp_path: Path, encoder_cfg: ImageBindConfig) -> None:
+    side = encoder_cfg.image_size  # square at the crop size, so load_image does not resample
+    wide = _gradient16(side)
+    Image.fromarray(wide).save(tmp_path / "ramp16.png")
+    with Image.open(tmp_path / "ramp16.png") as raw:
+        assert raw.mode == "I;16"
+    rgb = np.asarray(read_image(tmp_path / "ramp16.png"))  # (S, S, 3) uint8
+    expected = np.round(wide.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    np.testing.assert_array_equal(rgb, np.repeat(expected[..., None], 3, axis=2))
+    assert len(np.unique(rgb)) == 256  # the full ramp, not white
+    # The same picture stored in 8 bits (high byte) loads to within one 8-bit step, after CLIP normalisation.
+    Image.fromarray((wide >> 8).astype(np.uint8)).save(tmp_path / "ramp8.png")
+    step = 1 / 255 / min(CLIP_STD)
+    diff = (load_image(tmp_path / "ramp16.png", encoder_cfg) - load_image(tmp_path / "ramp8.png", encoder_cfg)).abs()
+    assert diff.max() <= step + 1e-6  # float32 rounding of the normalisation
+
+
+def test_wide_integer_modes_scale_alike() -> None:
+    wide = _gradient16(16)
+    images = {
+        "I;16": Image.frombytes("I;16", (16, 16), wide.astype("<u2").tobytes()),
+        "I;16B": Image.frombytes("I;16B", (16, 16), wide.astype(">u2").tobytes()),
+        "I": Image.fromarray(wide.astype(np.int32)),
+    }
+    expected = np.round(wide.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    for mode, image in images.items():
+        assert image.mode == mode
+        np.testing.assert_array_equal(np.asarray(to_rgb(image))[..., 0], expected, err_msg=mode)
+
+
+def test_8bit_images_are_unchanged(media_dir: Path) -> None:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(12, 10, 4), dtype=np.uint8)
+    for image in (
+        Image.fromarray(pixels[..., 0]),
+        Image.fromarray(pixels[..., :3]),
+        Image.fromarray(pixels),
+        Image.fromarray(pixels[..., :3]).convert("P"),
+    ):
+        np.testing.assert_array_equal(np.asarray(to_rgb(image)), np.asarray(image.convert("RGB")), err_msg=image.mode)
+    with Image.open(media_dir / "photo.png") as photo:
+        np.testing.assert_array_equal(np.asarray(read_image(media_dir / "photo.png")), np.asarray(photo.convert("RGB")))
 
 
 def _write_float_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
