@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModelForCausalLM
 
@@ -289,3 +290,16 @@ def test_predict_text_to_image_and_image_to_text_on_the_converted_folder(legacy,
     assert sorted(p.suffix for p in (tmp_path / "outputs" / "t2i").iterdir()) == [".json", ".png"]
     assert predict.main([*base, "--run-name", "i2t", "--image", str(image), "--prompt", "What is it?"]) == 0
     assert (tmp_path / "outputs" / "i2t" / "summary.json").is_file()
+
+
+def test_merge_keeps_the_legacy_rows_and_reply(legacy, tmp_path: Path) -> None:
+    from nextgpt.training.merge import merge_checkpoint
+
+    fake, model, out, _ = legacy
+    merged = merge_checkpoint(out, tmp_path / "merged")
+    assert not any(k.endswith("base_weight") for k in load_file(str(merged / "trainable.safetensors")))
+    merged_model, cfg = load_model_from_folder(merged)
+    assert not cfg.model.lora.enabled and cfg.model.llm.template == "vicuna_v0"
+    assert torch.equal(merged_model.llm.get_input_embeddings().weight, fake.embed.half().float())
+    result = generate_reply(merged_model.eval(), [Turn("user", PROMPT)], {}, _greedy(), decoders=None)
+    assert result.token_ids == [*fake.ids(["[IMG0]", "[IMG1]", "[IMG2]", "[IMG3]"]), fake.tokenizer.eos_token_id]
