@@ -25,6 +25,7 @@ COMMANDS = (
     "nextgpt-evaluate",
     "nextgpt-build-tiny",
     "nextgpt-make-tiny-world",
+    "nextgpt-convert",
 )
 
 

@@ -137,8 +137,8 @@ def test_unsupervised_sample_is_bad(make_dataset, monkeypatch):
 
     real = conversation.build_training_example
 
-    def masked(tok, turns, ids):
-        example = real(tok, turns, ids)
+    def masked(tok, turns, ids, template=None):
+        example = real(tok, turns, ids, template)
         return conversation.Example(example.input_ids, [IGNORE_INDEX] * len(example.labels))
 
     monkeypatch.setattr(conversation, "build_training_example", masked)
