@@ -3,13 +3,26 @@
     python prepare_data.py --dataset cc3m --root /data/cc3m --out data/prepared
     python prepare_data.py --dataset audiocap --root /data/audiocap --split generation --limit 100
     python prepare_data.py --dataset all --root /data/nextgpt_raw --out data/prepared
+    python preprocess_embeddings.py --config configs/base.yaml --catalog data/prepared/datasets.yaml --datasets cc3m_dec
     python train.py --config configs/stage_1.yaml data.catalog_path=data/prepared/datasets.yaml
 
-Writes `<out>/<dataset>/*.json` (the NExT-GPT formats the training parser reads), `<out>/datasets.yaml` (catalog
-entries named as in configs/datasets.yaml) and `<out>/report.json` (records found, written and skipped with reasons
-and example ids). Generation sets name caption embeddings under `<out>/embed/<dataset>/`: write them next with
-preprocess_embeddings.py --catalog <out>/datasets.yaml. Rerunning gives the same files. The raw layouts (one folder per
-dataset, or the layout of --dataset all) are described in nextgpt/data/prepare/{pairs,instructions,t2m,runner}.py.
+Raw layouts, one folder per dataset (`--root`); with `--dataset all`, `--root` holds these folders by name (or is the
+official repository's data/ folder: T_X_pair_data/<name>, IT_data/T+X-T_data/<name>, IT_data/T-T+X_data,
+IT_data/MosIT_data):
+    cc3m/       cc3m.json [{caption, id, image_name}] + images/   (or img2dataset "files" output: *.jpg + *.txt)
+    webvid/     webvid.json [{caption, id, video_name}] + videos/
+    audiocap/   audiocap.json [{audio_id, audio_name, caption}] + audios/   (or train.csv, val.csv, test.csv)
+    llava/      llava_instruct_150k.json + COCO images in train2017/ (or train2014/, images/)
+    alpaca/     alpaca_data.json
+    videochat/  videochat_instruct_11k.json [{video, QA}] (or videochat.json) + videos/
+    t2m/        {image,video,audio}_t2x.json (or {x}_instruction_tuning.json)
+    mosit/      mosit.json (or mosit_instruction_tuning.json), optional images/ videos/ audios/
+
+Writes `<out>/<dataset>/*.json` (the NExT-GPT formats the training parser reads; every record is checked with it),
+`<out>/datasets.yaml` (catalog entries named as in configs/datasets.yaml: cc3m_enc, cc3m_dec, ..., mosit_instruction)
+and `<out>/report.json` (records found, written and skipped, with reasons and example ids). Generation sets name their
+caption embeddings `<media name>.npy` under `<out>/embed/<dataset>/`, the names preprocess_embeddings.py writes.
+Rerunning gives the same files; datasets converted one by one share one catalog and one report.
 """
 
 from __future__ import annotations

@@ -67,6 +67,18 @@ def _read_mapping(path: Path, key: str) -> dict[str, Any]:
     return data[key]
 
 
+def check_output_folder(out: Path) -> None:
+    """Refuse an output folder whose catalog or report is not an earlier prepare_data.py output, before writing.
+
+    Raises:
+        ValueError: naming the file.
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pass a folder")
+    _read_mapping(out / CATALOG_FILE, "datasets")
+    _read_mapping(out / REPORT_FILE, "datasets")
+
+
 def update_catalog(path: Path, entries: dict[str, dict[str, Any]], remove: tuple[str, ...] = ()) -> None:
     """Add or replace catalog entries by name in the fragment at `path`, keeping the others, sorted by name.
 

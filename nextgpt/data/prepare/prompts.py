@@ -6,8 +6,8 @@ random; unlike them, the draw comes from a generator seeded by (seed, dataset, r
 skipped neighbour never changes another record's prompt.
 
     rng = record_rng(0, "cc3m", "001312382")
-    comprehension_prompt(rng, Modality.IMAGE)                    # "Caption this image."
-    generation_request(rng, Modality.IMAGE, "a dog on a beach")  # "Could you render a photo of a dog on a beach?"
+    comprehension_prompt(rng, Modality.IMAGE)                    # "Tell me in a few words what the image contains."
+    generation_request(rng, Modality.IMAGE, "a dog on a beach")  # "Can you render me an image based on this ...: a dog ..."
 """
 
 from __future__ import annotations
@@ -49,13 +49,13 @@ COMPREHENSION_TEMPLATES = (
 COMPREHENSION_NOUNS = {Modality.IMAGE: "image", Modality.VIDEO: "video", Modality.AUDIO: "audio clip"}
 
 REQUEST_TEMPLATES = (
-    "Please {verb} a {noun} of {caption}",
-    "Could you {verb} a {noun} of {caption}?",
-    "I would like a {noun} of {caption}.",
-    "Can you {verb} me a {noun} based on this description: {caption}",
-    "{Verb} a {noun} matching the following: {caption}",
-    "I need a {noun} of {caption}.",
-    "{Verb} a {noun}: {caption}",
+    "Please {verb} {a_noun} of {caption}",
+    "Could you {verb} {a_noun} of {caption}?",
+    "I would like {a_noun} of {caption}.",
+    "Can you {verb} me {a_noun} based on this description: {caption}",
+    "{Verb} {a_noun} matching the following: {caption}",
+    "I need {a_noun} of {caption}.",
+    "{Verb} {a_noun}: {caption}",
 )
 """Stage-2 requests; the caption always ends up in the text, as in the original `*_generation` files."""
 
@@ -80,6 +80,10 @@ REPLY_TEMPLATES = (
 """Stage-2 answers; the output placeholder follows them."""
 
 
+def _with_article(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
 def record_rng(seed: int, dataset: str, key: str) -> random.Random:
     """A generator for one record, fixed by (seed, dataset, record id) alone."""
     return random.Random(f"{seed}/{dataset}/{key}")
@@ -94,7 +98,8 @@ def generation_request(rng: random.Random, modality: Modality, caption: str) -> 
     """A stage-2 request holding the caption."""
     verb = rng.choice(REQUEST_VERBS)
     template = rng.choice(REQUEST_TEMPLATES)
-    return template.format(verb=verb, Verb=verb.capitalize(), noun=rng.choice(REQUEST_NOUNS[modality]), caption=caption)
+    noun = rng.choice(REQUEST_NOUNS[modality])
+    return template.format(verb=verb, Verb=verb.capitalize(), noun=noun, a_noun=_with_article(noun), caption=caption)
 
 
 def generation_reply(rng: random.Random, modality: Modality) -> str:

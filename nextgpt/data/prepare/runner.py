@@ -29,7 +29,14 @@ from nextgpt.constants import Modality
 from nextgpt.data.prepare.converter import Converted, Converter, DatasetSource, OutputSpec, RawItem
 from nextgpt.data.prepare.instructions import AlpacaConverter, LlavaConverter, VideoChatConverter
 from nextgpt.data.prepare.options import DATASETS, PrepareOptions
-from nextgpt.data.prepare.outputs import CATALOG_FILE, REPORT_FILE, update_catalog, update_report, write_json
+from nextgpt.data.prepare.outputs import (
+    CATALOG_FILE,
+    REPORT_FILE,
+    check_output_folder,
+    update_catalog,
+    update_report,
+    write_json,
+)
 from nextgpt.data.prepare.pairs import PAIR_LAYOUTS, PairConverter
 from nextgpt.data.prepare.report import DatasetReport, Skip
 from nextgpt.data.prepare.sources import check_media_file, first_existing
@@ -230,5 +237,6 @@ def prepare(options: PrepareOptions) -> list[DatasetReport]:
     Raises:
         FileNotFoundError / ValueError: bad input (missing folder or file, unreadable JSON), one line naming the fix.
     """
+    check_output_folder(options.out)
     converters = [build_converter(name, source, options) for name, source in find_sources(options).items()]
     return [convert_dataset(converter, options) for converter in converters]

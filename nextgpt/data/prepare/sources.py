@@ -55,7 +55,9 @@ def require_folder(folder: Path | None, what: str, candidates: tuple[str, ...], 
     """
     if folder is None or not folder.is_dir():
         looked = str(folder) if folder is not None else " or ".join(str(root / c) for c in candidates)
-        raise FileNotFoundError(f"{what} folder {looked} does not exist; put the files there or pass --media-dir")
+        raise FileNotFoundError(
+            f"{what} folder {looked} does not exist; put the files there (or, for one --dataset, pass --media-dir)"
+        )
     return folder
 
 

@@ -19,9 +19,9 @@ def write_jpg(path: Path, colour: tuple[int, int, int] = (200, 30, 30)) -> Path:
 
 
 def write_mp4(path: Path) -> Path:
-    frames = np.zeros((2, 16, 16, 3), np.uint8)
-    frames[1] = 255
-    return save_video(frames, path, fps=2)
+    frames = np.zeros((8, 32, 32, 3), np.uint8)
+    frames[4:] = 255
+    return save_video(frames, path, fps=4)
 
 
 def write_wav(path: Path) -> Path:
