@@ -22,6 +22,7 @@ COMMANDS = (
     "nextgpt-demo",
     "nextgpt-preprocess-embeddings",
     "nextgpt-preprocess-features",
+    "nextgpt-prepare-data",
     "nextgpt-evaluate",
     "nextgpt-build-tiny",
     "nextgpt-make-tiny-world",

@@ -28,6 +28,7 @@ from nextgpt.data.records import MalformedRecordError, load_records, parse_recor
 logger = logging.getLogger(__name__)
 
 PATH_FIELDS = ("annotation_path", "image_dir", "video_dir", "audio_dir", "caption_embed_dir")
+_MEDIA_NAMES = tuple(m.value for m in MODALITIES)
 _TAG_PATTERNS = {m: re.compile(rf"<{m.value.capitalize()}>.*?</{m.value.capitalize()}>") for m in MODALITIES}
 
 
@@ -102,6 +103,8 @@ def needed_folders(records: Sequence[dict[str, Any]]) -> set[str]:
             value = turn.get("value") if isinstance(turn, dict) else None
             if isinstance(value, str) and turn.get("from") in ("human", "user"):
                 needed.update(f"{m.value}_dir" for m in MODALITIES if _TAG_PATTERNS[m].search(value))
+            if isinstance(turn, dict) and turn.get("output_modality") in _MEDIA_NAMES:
+                needed.add("caption_embed_dir")  # a legacy T2M answer: its embedding is named by mm_name
     return needed
 
 

@@ -5,6 +5,11 @@ One parser covers every format (spec §3.2): `*_comprehension` (input_image/vide
 `input_image` per `<image>` of the user turns), Alpaca (text only), VideoChat (input_video) and MosIT (media on
 both sides: `<image>` placeholders plus inline `<Image>file</Image>` tags, with `image_list` captions).
 
+The released T2M files `*_t2x.json` keep the legacy layout: no placeholder in the text; each answer that makes
+media says so in its own `output_modality` and `caption`, and the record's `mm_name` names the cached embedding
+(`<caption_embed_dir>/<basename of mm_name>.npy`). The legacy model appended the signal tokens to the end of that
+answer; here the answer gets its placeholder there, so both layouts yield the same targets.
+
     spec = parse_record(record, entry)        # entry: the dataset's DatasetEntryConfig
     spec.turns[0].text                        # "<image>\\nWhat's the image really about?"
     spec.input_media                          # [(Modality.IMAGE, Path("data/.../images/001312382.jpg"))]
@@ -21,7 +26,7 @@ from typing import Any, NamedTuple
 
 from nextgpt.config import DatasetEntryConfig
 from nextgpt.constants import MODALITIES, PLACEHOLDERS, Modality
-from nextgpt.data.embeddings import caption_embedding_path
+from nextgpt.data.embeddings import EMBEDDING_SUFFIX, caption_embedding_path
 from nextgpt.llm.conversation import Turn
 
 ROLE_NAMES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
@@ -210,6 +215,81 @@ def _read_queues(record: dict[str, Any]) -> _Queues:
     return queues
 
 
+LEGACY_EMBEDDING_KEYS = ("mm_name", "image_name")
+"""Record keys naming a legacy T2M target, in order of precedence: the legacy dataset reads `mm_name`; the T2M
+construction script wrote the same name as `image_name` (for every modality)."""
+
+
+class _LegacyTarget(NamedTuple):
+    """An answer of a legacy T2M record that makes media: its turn index, modality and caption."""
+
+    turn_index: int
+    modality: Modality
+    caption: str
+
+
+def _legacy_targets(record: dict[str, Any]) -> list[_LegacyTarget]:
+    """Answers that name a media `output_modality` while the record lists no captions for it (legacy T2M).
+
+    A record in the NEW layout (`{x}_captions`, or MosIT's `{x}_list`, present) keeps its placeholders and tags, which
+    the caption queues resolve.
+    """
+    raw_turns = record.get("conversations", record.get("conversation"))
+    found = []
+    for i, turn in enumerate(raw_turns):
+        output = turn.get("output_modality")
+        if ROLE_NAMES[turn["from"]] != "assistant" or output is None or output == "text":
+            continue
+        if output not in [m.value for m in MODALITIES]:
+            raise MalformedRecordError(
+                f"conversations[{i}].output_modality must be text, image, video or audio, got {output!r}"
+            )
+        modality = Modality(output)
+        if f"{modality.value}_captions" in record or f"{modality.value}_list" in record:
+            continue
+        caption = turn.get("caption")
+        if not isinstance(caption, str) or not caption.strip():
+            raise MalformedRecordError(
+                f"conversations[{i}] makes {modality.value} (output_modality) but has no 'caption'; add the caption "
+                "its embedding was computed from"
+            )
+        found.append(_LegacyTarget(i, modality, caption))
+    return found
+
+
+def _legacy_embedding_name(record: dict[str, Any], num_targets: int) -> str:
+    """`<basename of mm_name>.npy`, the file the legacy T2M dataset read for the record's one target."""
+    key = next((k for k in LEGACY_EMBEDDING_KEYS if k in record), None)
+    name = record.get(key) if key else None
+    if not isinstance(name, str) or not PurePosixPath(name.replace("\\", "/")).name.strip():
+        raise MalformedRecordError(
+            "record makes media (an answer's output_modality) without '{x}_captions' or a file name in 'mm_name'; "
+            "add 'mm_name' naming its caption embedding"
+        )
+    if num_targets > 1:
+        raise MalformedRecordError(
+            f"record has {num_targets} answers that make media but one 'mm_name' (one caption embedding); "
+            "split it or convert it with prepare_data.py"
+        )
+    return PurePosixPath(name.replace("\\", "/")).name + EMBEDDING_SUFFIX
+
+
+def _add_legacy_targets(record: dict[str, Any], conversation: list[tuple[str, str]], queues: _Queues) -> None:
+    """Give each legacy T2M answer its placeholder (at the end, where the legacy model put the signal tokens) and
+    queue its caption and embedding name, so the answer yields a target like a NEW-format one."""
+    legacy = _legacy_targets(record)
+    if not legacy:
+        return
+    embedding = _legacy_embedding_name(record, len(legacy))
+    for target in legacy:
+        role, text = conversation[target.turn_index]
+        placeholder = PLACEHOLDERS[target.modality]
+        if placeholder not in text:
+            conversation[target.turn_index] = (role, f"{text} {placeholder}")
+        queues.captions[target.modality].append(target.caption)
+        queues.embeddings[target.modality].append(embedding)
+
+
 def _embedding_path(entry: DatasetEntryConfig, name: str | None) -> Path | None:
     if name is None:
         return None
@@ -335,6 +415,7 @@ def parse_record(record: dict[str, Any], entry: DatasetEntryConfig) -> SampleSpe
         raise MalformedRecordError(f"record must be a JSON object, got {type(record).__name__}")
     conversation = _conversations(record)
     queues = _read_queues(record)
+    _add_legacy_targets(record, conversation, queues)
     spec = SampleSpec(turns=[])
     for role, text in conversation:
         if role == "user":

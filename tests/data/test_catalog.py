@@ -99,6 +99,16 @@ def test_needed_folders_ignores_assistant_tags():
     assert needed_folders([{"image_list": [], "input_audio": ["x.wav"]}]) == {"audio_dir"}
 
 
+def test_legacy_t2x_records_need_the_caption_embed_dir():
+    answer = {"from": "gpt", "value": "ok", "caption": "a cat", "output_modality": "image"}
+    record = {"mm_name": "a.jpg", "conversation": [{"from": "human", "value": "q"}, answer]}
+    assert needed_folders([record]) == {"caption_embed_dir"}
+    assert (
+        needed_folders([{"conversation": [{"from": "human", "value": "q"}, {**answer, "output_modality": "text"}]}])
+        == set()
+    )
+
+
 def _image_dataset(tmp_path: Path, num: int, junk_entry: bool = False) -> DatasetEntryConfig:
     """`num` image-caption records (plus one non-object entry) whose images live in tmp_path/images."""
     records = [

@@ -228,3 +228,32 @@ def test_an_annotation_file_that_is_not_a_list_is_rejected_in_one_line(make_data
     annotation.write_text(json.dumps({"records": []}))
     with pytest.raises(ValueError, match="must hold a JSON list of records, got a dict"):
         make_dataset("cc3m_dec", annotation_path=annotation)
+
+
+def test_legacy_t2x_target_reads_its_embedding_or_is_a_bad_sample(tokenizer, signal_ids, tiny_model_cfg, tmp_path,
+                                                                  caption_shapes):  # fmt: skip
+    """A released `*_t2x.json` record trains like a NEW one: a signal span and its caption embedding; without the
+    embedding file it is skipped under the bad-sample policy."""
+    from nextgpt.config import DatasetEntryConfig
+    from nextgpt.data.embeddings import save_caption_embedding
+
+    record = {
+        "mm_name": "t2x0031.jpg",
+        "conversation": [
+            {"from": "human", "value": "Show me a wolf.", "input_modality": "text"},
+            {"from": "gpt", "value": "Here it is.", "caption": "a wolf", "output_modality": "image"},
+        ],
+    }
+    annotation = tmp_path / "image_t2x.json"
+    annotation.write_text(json.dumps([record]))
+    entry = DatasetEntryConfig(annotation_path=annotation, caption_embed_dir=tmp_path / "embed")
+    args = ("image_instruction", entry, None, tokenizer, signal_ids, tiny_model_cfg.encoder)
+    missing = ConversationDataset(*args, caption_embed_shapes=caption_shapes)[0]
+    assert isinstance(missing, SkippedSample) and missing.path == tmp_path / "embed" / "t2x0031.jpg.npy"
+    with pytest.raises(BadSampleError, match="t2x0031.jpg.npy"):
+        ConversationDataset(*args, policy="error", caption_embed_shapes=caption_shapes)[0]
+    save_caption_embedding(tmp_path / "embed" / "t2x0031.jpg.npy", torch.ones(caption_shapes[Modality.IMAGE]))
+    item = ConversationDataset(*args, caption_embed_shapes=caption_shapes)[0]
+    (start,) = item["signal_span_starts"][Modality.IMAGE]
+    assert item["input_ids"][start : start + len(signal_ids[Modality.IMAGE])].tolist() == signal_ids[Modality.IMAGE]
+    assert item["caption_embeds"][Modality.IMAGE][0].shape == caption_shapes[Modality.IMAGE]

@@ -158,3 +158,101 @@ def test_missing_folder_or_embed_dir_is_malformed(tmp_path: Path):
     record = {"image_captions": "c", "image_caption_embeddings": "c.npy", "conversations": _conv("q", "<image>")}
     with pytest.raises(MalformedRecordError, match="no caption_embed_dir"):
         parse_record(record, bare)
+
+
+def _legacy_t2x(modality: str, answer: str, caption: str, **names: object) -> dict:
+    """A released `*_t2x.json` record: one human turn, one answer carrying output_modality and caption."""
+    return {
+        **names,
+        "conversation": [
+            {"from": "human", "value": "Could you make this for me?", "input_modality": "text"},
+            {"from": "gpt", "value": answer, "caption": caption, "output_modality": modality},
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("modality", "names", "embedding"),
+    [
+        (IMG, {"mm_name": "t2x0031.jpg"}, "t2x0031.jpg.npy"),
+        (VID, {"mm_name": "videos/t2x0107.mp4", "source_data": {"videoid": 7}}, "t2x0107.mp4.npy"),
+        (AUD, {"mm_name": "34706.wav", "source_data": {"audiocap_id": 34706}}, "34706.wav.npy"),
+        # the T2M construction script's own keys: the same file name under `image_name`, for every modality
+        (AUD, {"image_name": "t2x0052.wav", "output_modality": "audio"}, "t2x0052.wav.npy"),
+    ],
+)
+def test_legacy_t2x_answer_keeps_its_target(entry: DatasetEntryConfig, modality: Modality, names: dict, embedding: str):
+    record = _legacy_t2x(modality.value, "Sure, here it is.", "a wolf in the snow", **names)
+    spec = parse_record(record, entry)
+    assert [(t.role, t.text) for t in spec.turns] == [
+        ("user", "Could you make this for me?"),
+        ("assistant", f"Sure, here it is. <{modality.value}>"),  # the legacy model appended its signal tokens here
+    ]
+    assert spec.targets == [Target(modality, "a wolf in the snow", entry.caption_embed_dir / embedding)]
+    assert spec.target_media == [None] and spec.input_media == []
+
+
+def test_legacy_t2x_targets_match_the_new_layout_of_the_same_record(entry: DatasetEntryConfig):
+    legacy = _legacy_t2x("image", "Here you go!", "a red kite", mm_name="kite.jpg")
+    new = {
+        "image_captions": ["a red kite"],
+        "image_caption_embeddings": ["kite.jpg.npy"],
+        "conversations": [
+            {"from": "human", "value": "Could you make this for me?", "input_modality": "text"},
+            {"from": "gpt", "value": "Here you go! <image>", "caption": "a red kite", "output_modality": "image"},
+        ],
+    }
+    assert parse_record(legacy, entry) == parse_record(new, entry)
+
+
+def test_new_instruction_tuning_record_is_read_as_released(entry: DatasetEntryConfig):
+    """The audio example of the official data README: placeholder already in the answer, caption lists paired."""
+    caption = "A vehicle engine works at regular pace and a man speeches"
+    record = {
+        "audio_captions": [caption],
+        "audio_caption_embeddings": ["34706.wav.npy"],
+        "conversations": [
+            {"from": "human", "value": "I need the sound of an engine and a speech.", "input_modality": "text"},
+            {"from": "gpt", "value": "Absolutely! <audio>", "caption": caption, "output_modality": "audio"},
+        ],
+        "source_data": {"audiocap_id": 34706},
+    }
+    spec = parse_record(record, entry)
+    assert spec.turns[1].text == "Absolutely! <audio>"
+    assert spec.targets == [Target(AUD, caption, entry.caption_embed_dir / "34706.wav.npy")]
+
+
+def test_text_answers_and_placed_placeholders_are_not_doubled(entry: DatasetEntryConfig):
+    record = {
+        "mm_name": "a.jpg",
+        "conversation": [
+            {"from": "human", "value": "hi", "input_modality": "text"},
+            {"from": "gpt", "value": "hello", "caption": "", "output_modality": "text"},
+            {"from": "human", "value": "draw a cat", "input_modality": "text"},
+            {"from": "gpt", "value": "<image> a cat", "caption": "a cat", "output_modality": "image"},
+        ],
+    }
+    spec = parse_record(record, entry)
+    assert [t.text for t in spec.turns if t.role == "assistant"] == ["hello", "<image> a cat"]
+    assert spec.targets == [Target(IMG, "a cat", entry.caption_embed_dir / "a.jpg.npy")]
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        (_legacy_t2x("image", "ok", "", mm_name="a.jpg"), "has no 'caption'"),
+        (_legacy_t2x("image", "ok", "a cat"), "add 'mm_name'"),
+        (_legacy_t2x("3d", "ok", "a cat", mm_name="a.jpg"), "output_modality must be text, image, video or audio"),
+        (
+            {
+                "mm_name": "a.jpg",
+                "conversation": _legacy_t2x("image", "one", "a")["conversation"]
+                + _legacy_t2x("image", "two", "b")["conversation"],
+            },
+            "2 answers that make media but one 'mm_name'",
+        ),
+    ],
+)
+def test_malformed_legacy_t2x_records(entry: DatasetEntryConfig, record: dict, message: str):
+    with pytest.raises(MalformedRecordError, match=message):
+        parse_record(record, entry)
