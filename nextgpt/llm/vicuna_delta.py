@@ -26,6 +26,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from nextgpt.utils.folders import replace_folder
+
 logger = logging.getLogger(__name__)
 
 VOCAB_ROWS = ("model.embed_tokens.weight", "lm_head.weight")
@@ -199,17 +201,6 @@ def _copy_side_files(delta_dir: Path, staging: Path) -> None:
             shutil.copy2(path, staging / path.name)
 
 
-def _replace_folder(staging: Path, target: Path) -> None:
-    """Renames only: readers see the old output folder or the complete new one."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, target)
-
-
 def apply_vicuna_delta(
     base_dir: Path,
     delta_dir: Path,
@@ -262,7 +253,7 @@ def apply_vicuna_delta(
         shard_files = writer.finish()
         # 3. The delta's config and tokenizer, then the atomic swap.
         _copy_side_files(delta_dir, staging)
-        _replace_folder(staging, output_dir)
+        replace_folder(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

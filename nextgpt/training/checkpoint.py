@@ -36,6 +36,7 @@ from nextgpt.components import absolute_paths
 from nextgpt.config import Config, load_config, save_config, to_dict
 from nextgpt.manifest import CorruptCheckpointError, write_manifest
 from nextgpt.training.stages import BASE_ROWS_NAME, canonical_name, parameter_group, project_state_dict
+from nextgpt.utils.folders import replace_folder  # noqa: F401  (re-exported: merge and the converters use it)
 
 logger = logging.getLogger(__name__)
 
@@ -93,17 +94,6 @@ def as_os_error(err: BaseException, folder: Path) -> OSError | None:
     if isinstance(err, RuntimeError) and low_space:
         return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
     return None
-
-
-def replace_folder(staging: Path, target: Path) -> None:
-    """Put a complete folder in place by renames only: readers see the old `target` or the new one, never a mix."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, target)
 
 
 def staging_dir(ckpt_dir: Path) -> Path:
