@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         from nextgpt.components import check_components
         from nextgpt.data.records import load_records
         from nextgpt.decoders.base import load_decoder
-        from nextgpt.decoders.caption_cache import cache_caption_embeddings, record_modalities
+        from nextgpt.jobs.caption_cache import cache_caption_embeddings, record_modalities
 
         cfg, catalog = load_run_inputs(args, media=False)
         records, modalities = {}, {}

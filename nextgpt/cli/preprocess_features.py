@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         from nextgpt.components import check_components
         from nextgpt.data.records import load_records
         from nextgpt.encoders.imagebind import load_imagebind
-        from nextgpt.encoders.precompute import cache_dataset_features
+        from nextgpt.jobs.feature_cache import cache_dataset_features
 
         if args.num_workers < 0 or args.shard_size < 1:
             raise ValueError(

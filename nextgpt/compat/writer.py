@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from nextgpt import checkpoints as ckpt
 from nextgpt.components import absolute_paths
 from nextgpt.config import Config, save_config
 from nextgpt.manifest import write_manifest
-from nextgpt.training import checkpoint as ckpt
+from nextgpt.utils.folders import replace_folder
 
 
 @dataclass
@@ -84,5 +85,5 @@ def write_converted_checkpoint(out_dir: Path, converted: ConvertedCheckpoint, ov
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    ckpt.replace_folder(staging, out_dir)
+    replace_folder(staging, out_dir)
     return out_dir

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 from nextgpt.constants import IGNORE_INDEX, MODALITIES, SENTINEL_IDS, Modality
+from nextgpt.data.batch import NextGPTBatch
 from nextgpt.data.datasets import SkippedSample
 from nextgpt.data.packing import pack_first_fit
-from nextgpt.model import NextGPTBatch
 
 logger = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import torch
 
+from nextgpt.checkpoints import CONFIG_FILE, MERGED_MARKER, META_FILE, load_model_from_folder, resolve_folder_config
 from nextgpt.config import Config
 from nextgpt.data.catalog import load_catalog
 from nextgpt.eval.alignment import evaluate_alignment
@@ -27,8 +28,6 @@ from nextgpt.eval.captioning import evaluate_captioning
 from nextgpt.eval.heldout import EvalDatasets
 from nextgpt.eval.switching import evaluate_switching
 from nextgpt.model import NextGPT, build_nextgpt
-from nextgpt.training.checkpoint import CONFIG_FILE, META_FILE
-from nextgpt.training.merge import MERGED_MARKER, load_model_from_folder, resolve_folder_config
 
 logger = logging.getLogger(__name__)
 

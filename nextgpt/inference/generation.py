@@ -23,11 +23,12 @@ from transformers.generation.streamers import BaseStreamer
 
 from nextgpt.config import GenerationConfig
 from nextgpt.constants import Modality
+from nextgpt.data.batch import NextGPTBatch
 from nextgpt.decoders.cancel import raise_if_cancelled
 from nextgpt.inference.fast_decode import FastDecoder
 from nextgpt.llm.conversation import build_prompt
 from nextgpt.llm.splice import splice_media
-from nextgpt.model import NextGPT, NextGPTBatch, as_prompt_embeds
+from nextgpt.model import NextGPT, as_prompt_embeds
 from nextgpt.signals import SignalSpan, SpanScan, find_signal_spans
 
 logger = logging.getLogger(__name__)

@@ -121,7 +121,7 @@ class NextGPTPipeline:
             FileNotFoundError: the folder or a component it names is missing.
             ValueError: not a checkpoint, a damaged file, or components that do not fit each other.
         """
-        from nextgpt.training.merge import load_model_from_folder
+        from nextgpt.checkpoints import load_model_from_folder
 
         device = torch.device(device)
         overrides = [*dtype_overrides(dtype), *overrides]

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import torch
 
+from nextgpt.checkpoints import CONFIG_FILE, LORA_DIR, WEIGHTS_FILE, check_architecture, resolve_folder_config
 from nextgpt.components import DECODER_CLASSES, check_components
 from nextgpt.config import Config, ConfigError
 from nextgpt.constants import MODALITIES, Modality
 from nextgpt.inference.input_checks import one_line
-from nextgpt.training.checkpoint import CONFIG_FILE, LORA_DIR, WEIGHTS_FILE, check_architecture
-from nextgpt.training.merge import resolve_folder_config
 
 logger = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ from nextgpt.constants import IGNORE_INDEX, MODALITIES, Modality
 from nextgpt.llm.conversation import Turn, build_training_example
 from nextgpt.llm.splice import splice_media
 from nextgpt.llm.templates import VICUNA_V1_SYSTEM
+from nextgpt.losses import compute_lm_loss
 from nextgpt.tiny import data as world
 from nextgpt.tiny.pretrain_encoder import ATTRIBUTE_VALUES, enumerate_world_attrs, one_torch_thread, warmup_cosine
-from nextgpt.training.losses import compute_lm_loss
 
 logger = logging.getLogger(__name__)
 

@@ -18,68 +18,25 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
 
 from safetensors.torch import save_file
 
-from nextgpt.components import absolute_paths, check_components, resolve_folder_paths
-from nextgpt.config import Config, load_config, save_config
-from nextgpt.config_loader import from_dict, merge_dicts, parse_override, to_dict
-from nextgpt.constants import Modality
+from nextgpt.checkpoints import (  # noqa: F401  (re-exported)
+    MERGED_LLM_DIR,
+    MERGED_MARKER,
+    load_model_from_folder,
+    resolve_folder_config,
+)
+from nextgpt.components import absolute_paths
+from nextgpt.config import Config, save_config
 from nextgpt.llm.backbone import save_merged_llm
-from nextgpt.manifest import verify_manifest, write_manifest
-from nextgpt.model import NextGPT, build_nextgpt
+from nextgpt.manifest import write_manifest
+from nextgpt.model import NextGPT
 from nextgpt.training import checkpoint as ckpt
 from nextgpt.training.stages import BASE_ROWS_NAME, project_state_dict
 
 logger = logging.getLogger(__name__)
-
-MERGED_LLM_DIR = "llm"
-MERGED_MARKER = "merged_from"
-
-
-def resolve_folder_config(folder: Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load a checkpoint or merged folder's config.
-
-    Relative paths in the folder's config.yaml that exist inside the folder (a merged folder's `llm/`) are read
-    relative to it; training saves every other component path absolute, so the folder works from any working
-    directory and after a move. Overrides are applied afterwards, as given (relative to the current folder).
-    """
-    folder = Path(folder)
-    saved = resolve_folder_paths(load_config(folder / ckpt.CONFIG_FILE), folder)
-    data = to_dict(saved)
-    for text in overrides:
-        data = merge_dicts(data, parse_override(text))
-    return from_dict(Config, data)
-
-
-def load_model_from_folder(
-    folder: Path,
-    overrides: list[str] | tuple[str, ...] = (),
-    load_encoder: bool = True,
-    decoders: Iterable[Modality] = (),
-) -> tuple[NextGPT, Config]:
-    """Build NextGPT from a checkpoint folder (stage N) or a merged folder, with its weights loaded.
-
-    Before anything loads, the folder's files are checked against its manifest and every component the caller needs
-    (LLM, ImageBind when `load_encoder`, the decoders named in `decoders`) is checked to exist, all at once.
-
-    Raises:
-        FileNotFoundError: the folder lacks config.yaml or its weights, or components are missing (all named).
-        CorruptCheckpointError: a file differs from the folder's manifest.
-    """
-    folder = Path(folder)
-    if not (folder / ckpt.CONFIG_FILE).is_file():
-        raise FileNotFoundError(
-            f"{folder} has no {ckpt.CONFIG_FILE}; pass a checkpoint folder (e.g. runs/stage_3/final)"
-        )
-    verify_manifest(folder, exclude=(ckpt.DEEPSPEED_DIR,))
-    cfg = resolve_folder_config(folder, overrides)
-    check_components(cfg.model, encoder=load_encoder, decoders=decoders)
-    model = build_nextgpt(cfg.model, load_encoder=load_encoder)
-    ckpt.load_project_weights(model, folder, cfg)
-    return model, cfg
 
 
 def check_checkpoint_folder(folder: Path, what: str = "--checkpoint-dir") -> None:

@@ -14,34 +14,18 @@ from collections.abc import Iterable
 
 from torch import nn
 
+from nextgpt.parameters import (  # noqa: F401  (re-exported for the training code)
+    BASE_ROWS_NAME,
+    GROUPS,
+    PEFT_PREFIXES,
+    TOKEN_ROW_MARKER,
+    canonical_name,
+    changed_base_rows,
+    parameter_group,
+    project_state_dict,
+)
+
 logger = logging.getLogger(__name__)
-
-GROUPS = ("input_projector", "output_projectors", "lora", "token_rows")
-
-TOKEN_ROW_MARKER = "new_rows"
-"""Parameter-name part of the trainable signal-token rows (nextgpt.llm.token_rows)."""
-
-PEFT_PREFIXES = ("base_model.model.",)
-
-
-def canonical_name(name: str) -> str:
-    """Parameter name without peft's wrapper prefix, so stage checkpoints load with or without LoRA."""
-    for prefix in PEFT_PREFIXES:
-        name = name.replace(prefix, "")
-    return name
-
-
-def parameter_group(name: str) -> str | None:
-    """Which trainable group a (model-level) parameter name belongs to, or None for frozen base weights."""
-    if name.startswith("input_projector."):
-        return "input_projector"
-    if name.startswith("output_projectors."):
-        return "output_projectors"
-    if name.startswith("llm.") and "lora_" in name:
-        return "lora"
-    if name.startswith("llm.") and TOKEN_ROW_MARKER in name:
-        return "token_rows"
-    return None
 
 
 def apply_trainable_groups(model: nn.Module, groups: Iterable[str]) -> dict[str, tuple[int, int]]:
@@ -77,34 +61,3 @@ def apply_trainable_groups(model: nn.Module, groups: Iterable[str]) -> dict[str,
         if total:
             logger.info("params %-18s trainable %12s / %12s", key, f"{trainable:,}", f"{total:,}")
     return {k: (v[0], v[1]) for k, v in counts.items()}
-
-
-BASE_ROWS_NAME = "base_weight"
-"""Parameter name of the frozen original vocabulary rows (nextgpt.llm.token_rows)."""
-
-
-def changed_base_rows(model: nn.Module) -> dict[str, object]:
-    """Base vocabulary rows that differ from the base LLM's and so must travel with the checkpoint, canonical names.
-
-    Only token-row modules flagged `base_rows_changed` (rows loaded from a checkpoint that trained whole
-    matrices: the legacy release) are included; for every other checkpoint the base LLM supplies them.
-    """
-    return {
-        canonical_name(f"{name}.{BASE_ROWS_NAME}"): module.base_weight.detach()
-        for name, module in model.named_modules()
-        if getattr(module, "base_rows_changed", False)
-    }
-
-
-def project_state_dict(model: nn.Module) -> dict[str, object]:
-    """The weights a checkpoint holds: every parameter of a trainable group (trained now or not), canonical names.
-
-    Frozen base weights (LLM, ImageBind) are not included — they come from the base checkpoints — except vocabulary
-    rows that a loaded checkpoint changed (`changed_base_rows`).
-    """
-    state = {
-        canonical_name(name): param.detach()
-        for name, param in model.named_parameters()
-        if parameter_group(name) is not None
-    }
-    return {**state, **changed_base_rows(model)}

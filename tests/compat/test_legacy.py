@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModelForCausalLM
 
+from nextgpt.checkpoints import load_model_from_folder
 from nextgpt.cli import convert_checkpoint, predict
 from nextgpt.compat.legacy import convert_legacy_state, read_legacy_weights
 from nextgpt.config import load_config
@@ -29,7 +30,6 @@ from nextgpt.llm.conversation import Turn, build_prompt
 from nextgpt.llm.tokenizer import load_tokenizer
 from nextgpt.model import NextGPTBatch
 from nextgpt.tiny.build import tiny_path_overrides
-from nextgpt.training.merge import load_model_from_folder
 
 ADDED = ["<Img>", "</Img>", *[f"[IMG{i}]" for i in range(4)], *[f"[VID{i}]" for i in range(24)]]
 ADDED += [f"[AUD{i}]" for i in range(8)]

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
+from nextgpt.checkpoints import load_model_from_folder
 from nextgpt.cli import convert_checkpoint
 from nextgpt.config import InputProjectorConfig, load_config
 from nextgpt.constants import MODALITIES, Modality
@@ -18,7 +19,6 @@ from nextgpt.llm.conversation import Turn, build_training_example
 from nextgpt.model import NextGPTBatch
 from nextgpt.projectors.input_projector import GroupProjector
 from nextgpt.tiny.build import tiny_path_overrides
-from nextgpt.training.merge import load_model_from_folder
 
 MODULES = {Modality.IMAGE: "mm_output_img_projector", Modality.VIDEO: "mm_output_vid_projector"}
 MODULES[Modality.AUDIO] = "mm_output_aud_projector"

@@ -21,8 +21,8 @@ from nextgpt.data.collate import Collator
 from nextgpt.data.datasets import BadSampleError, SkippedSample, build_datasets, expected_caption_shapes
 from nextgpt.data.features import FeatureCacheError, load_feature_cache, media_key
 from nextgpt.data.records import load_records
-from nextgpt.encoders.precompute import cache_dataset_features, input_media_files
 from nextgpt.encoders.transforms import load_media
+from nextgpt.jobs.feature_cache import cache_dataset_features, input_media_files
 from nextgpt.tiny.build import tiny_path_overrides
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -61,7 +61,7 @@ def test_every_catalog_format_is_trained_by_a_quickstart_stage(tmp_path: Path):
     from nextgpt.config import load_config
     from nextgpt.data import load_catalog
     from nextgpt.data.records import load_records
-    from nextgpt.decoders.caption_cache import record_modalities
+    from nextgpt.jobs.caption_cache import record_modalities
     from nextgpt.tiny.data import write_synthetic_world
 
     catalog = load_catalog(write_synthetic_world(tmp_path / "world", num_train=2, num_eval=0))

@@ -25,7 +25,7 @@ def no_model(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was built before the input was checked")
 
-    monkeypatch.setattr("nextgpt.training.merge.build_nextgpt", refuse)
+    monkeypatch.setattr("nextgpt.checkpoints.build_nextgpt", refuse)
 
 
 @pytest.fixture()

@@ -58,7 +58,7 @@ def test_cc3m_files_parse_into_the_expected_samples(tmp_path: Path):
 
 
 def test_generation_embedding_names_are_the_ones_preprocess_embeddings_writes(tmp_path: Path):
-    from nextgpt.decoders.caption_cache import iter_caption_targets
+    from nextgpt.jobs.caption_cache import iter_caption_targets
 
     out = tmp_path / "out"
     run_prepare("cc3m", cc3m_download(tmp_path / "cc3m"), out, splits=("generation",))

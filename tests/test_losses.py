@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nextgpt.constants import IGNORE_INDEX
-from nextgpt.training.losses import compute_caption_l2_loss, compute_lm_loss
+from nextgpt.losses import compute_caption_l2_loss, compute_lm_loss
 
 
 @pytest.mark.numerics

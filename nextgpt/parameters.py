@@ -1,0 +1,71 @@
+"""Which parameters belong to which trainable group, and what a checkpoint holds: names shared by the model, training,
+checkpoint reading and inference (no training code needed to read a checkpoint).
+
+Groups: `input_projector`, `output_projectors`, `lora` (peft `lora_` parameters), `token_rows` (the new signal-token
+rows of the input embeddings and the LM head — never the full matrices).
+
+    parameter_group("llm.model.embed_tokens.new_rows")  # "token_rows"
+    state = project_state_dict(model)                   # canonical names -> tensors
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+GROUPS = ("input_projector", "output_projectors", "lora", "token_rows")
+
+TOKEN_ROW_MARKER = "new_rows"
+"""Parameter-name part of the trainable signal-token rows (nextgpt.llm.token_rows)."""
+
+PEFT_PREFIXES = ("base_model.model.",)
+
+
+def canonical_name(name: str) -> str:
+    """Parameter name without peft's wrapper prefix, so stage checkpoints load with or without LoRA."""
+    for prefix in PEFT_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def parameter_group(name: str) -> str | None:
+    """Which trainable group a (model-level) parameter name belongs to, or None for frozen base weights."""
+    if name.startswith("input_projector."):
+        return "input_projector"
+    if name.startswith("output_projectors."):
+        return "output_projectors"
+    if name.startswith("llm.") and "lora_" in name:
+        return "lora"
+    if name.startswith("llm.") and TOKEN_ROW_MARKER in name:
+        return "token_rows"
+    return None
+
+
+BASE_ROWS_NAME = "base_weight"
+"""Parameter name of the frozen original vocabulary rows (nextgpt.llm.token_rows)."""
+
+
+def changed_base_rows(model: nn.Module) -> dict[str, object]:
+    """Base vocabulary rows that differ from the base LLM's and so must travel with the checkpoint, canonical names.
+
+    Only token-row modules flagged `base_rows_changed` (rows loaded from a checkpoint that trained whole
+    matrices: the legacy release) are included; for every other checkpoint the base LLM supplies them.
+    """
+    return {
+        canonical_name(f"{name}.{BASE_ROWS_NAME}"): module.base_weight.detach()
+        for name, module in model.named_modules()
+        if getattr(module, "base_rows_changed", False)
+    }
+
+
+def project_state_dict(model: nn.Module) -> dict[str, object]:
+    """The weights a checkpoint holds: every parameter of a trainable group (trained now or not), canonical names.
+
+    Frozen base weights (LLM, ImageBind) are not included — they come from the base checkpoints — except vocabulary
+    rows that a loaded checkpoint changed (`changed_base_rows`).
+    """
+    state = {
+        canonical_name(name): param.detach()
+        for name, param in model.named_parameters()
+        if parameter_group(name) is not None
+    }
+    return {**state, **changed_base_rows(model)}
