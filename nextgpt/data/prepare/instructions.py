@@ -23,7 +23,7 @@ from nextgpt.constants import PLACEHOLDERS, Modality
 from nextgpt.data.prepare.converter import Converted, DatasetSource, OutputSpec, RawItem, make_turns
 from nextgpt.data.prepare.options import PrepareOptions
 from nextgpt.data.prepare.prompts import record_rng
-from nextgpt.data.prepare.report import Skip
+from nextgpt.data.prepare.report import Skip, record_object
 from nextgpt.data.prepare.sources import (
     checked_media_name,
     first_existing,
@@ -109,9 +109,7 @@ class LlavaConverter:
             return checked_media_name(self.image_dir, f"{COCO2014_PREFIX}{name}", Modality.IMAGE)
 
     def convert(self, item: RawItem) -> Converted:
-        record = item.record
-        if not isinstance(record, dict):
-            raise Skip("malformed_record", f"record must be a JSON object, got {type(record).__name__}")
+        record = record_object(item.record)
         turns = _turn_values(record)
         if "image" not in record:  # a text-only conversation: kept as it is
             return Converted({"llava_instruction": {"conversations": _as_turns(turns)}})
@@ -155,9 +153,7 @@ class AlpacaConverter:
         return self._items
 
     def convert(self, item: RawItem) -> Converted:
-        record = item.record
-        if not isinstance(record, dict):
-            raise Skip("malformed_record", f"record must be a JSON object, got {type(record).__name__}")
+        record = record_object(item.record)
         instruction = text_field(record, "instruction", collapse=False)
         extra = record.get("input", "")
         if not isinstance(extra, str):
@@ -186,9 +182,7 @@ class VideoChatConverter:
         return self._items
 
     def convert(self, item: RawItem) -> Converted:
-        record = item.record
-        if not isinstance(record, dict):
-            raise Skip("malformed_record", f"record must be a JSON object, got {type(record).__name__}")
+        record = record_object(item.record)
         if "input_video" in record:  # already the NExT-GPT layout
             checked_media_name(self.video_dir, record["input_video"], Modality.VIDEO)
             return Converted({"videochat_instruction": record})

@@ -22,7 +22,7 @@ from nextgpt.constants import PLACEHOLDERS, Modality
 from nextgpt.data.prepare.converter import Converted, DatasetSource, OutputSpec, RawItem, make_turns
 from nextgpt.data.prepare.options import PrepareOptions
 from nextgpt.data.prepare.prompts import comprehension_prompt, generation_reply, generation_request, record_rng
-from nextgpt.data.prepare.report import Skip
+from nextgpt.data.prepare.report import Skip, record_object
 from nextgpt.data.prepare.sources import (
     checked_media_name,
     embedding_name,
@@ -157,9 +157,7 @@ class PairConverter:
 
     def convert(self, item: RawItem) -> Converted:
         layout, m = self.layout, self.layout.modality
-        record = item.record
-        if not isinstance(record, dict):
-            raise Skip("malformed_record", f"record must be a JSON object, got {type(record).__name__}")
+        record = record_object(item.record)
         raw_id = record.get(layout.id_key)
         if layout is AUDIOCAP and str(raw_id).strip() in AUDIOCAPS_BROKEN_IDS:
             raise Skip("known_bad_clip", f"AudioCaps clip {raw_id} is on the authors' list of broken downloads")

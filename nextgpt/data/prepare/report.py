@@ -43,6 +43,17 @@ class Skip(Exception):
         self.detail = detail
 
 
+def record_object(record: Any) -> dict[str, Any]:
+    """The record itself when it is a JSON object.
+
+    Raises:
+        Skip: malformed_record otherwise.
+    """
+    if not isinstance(record, dict):
+        raise Skip("malformed_record", f"record must be a JSON object, got {type(record).__name__}")
+    return record
+
+
 @dataclass
 class ReasonCount:
     """How often one reason occurred, a few example ids and the first message."""

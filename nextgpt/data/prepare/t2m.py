@@ -23,7 +23,7 @@ from typing import Any
 from nextgpt.constants import MODALITIES, PLACEHOLDERS, Modality
 from nextgpt.data.prepare.converter import Converted, DatasetSource, OutputSpec, RawItem
 from nextgpt.data.prepare.options import PrepareOptions
-from nextgpt.data.prepare.report import Skip
+from nextgpt.data.prepare.report import Skip, record_object
 from nextgpt.data.prepare.sources import checked_media_name, embedding_name, read_json_list, record_id
 
 T2M_PREFIX = {Modality.IMAGE: ("it_img", "jpg"), Modality.VIDEO: ("it_vid", "mp4"), Modality.AUDIO: ("it_aud", "wav")}
@@ -62,8 +62,7 @@ def convert_t2x(record: Any, index: int) -> tuple[Modality, dict[str, Any]]:
     Raises:
         Skip: malformed_record / empty_caption.
     """
-    if not isinstance(record, dict):
-        raise Skip("malformed_record", f"record must be a JSON object, got {type(record).__name__}")
+    record = record_object(record)
     turns, made = [], []
     for i, turn in enumerate(_conversation(record)):
         turn = dict(turn)
@@ -151,8 +150,7 @@ def convert_mosit(record: Any, media_dirs: dict[Modality, Path]) -> Converted:
     Raises:
         Skip: malformed_record.
     """
-    if not isinstance(record, dict):
-        raise Skip("malformed_record", f"record must be a JSON object, got {type(record).__name__}")
+    record = record_object(record)
     rewriter = _MositTurns(record, media_dirs)
     turns = [
         {"from": t["from"], "value": rewriter.rewrite(t["value"], t["from"] in ("human", "user"))}
