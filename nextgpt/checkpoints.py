@@ -23,7 +23,7 @@ from nextgpt.config_loader import from_dict, merge_dicts, parse_override
 from nextgpt.constants import Modality
 from nextgpt.manifest import CorruptCheckpointError, verify_manifest
 from nextgpt.model import NextGPT, build_nextgpt
-from nextgpt.parameters import BASE_ROWS_NAME, canonical_name, parameter_group
+from nextgpt.parameters import base_row_modules, canonical_name, parameter_group
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def load_project_weights(model: torch.nn.Module, ckpt_dir: Path, cfg: Config) ->
     check_architecture(ckpt_dir, cfg)
     saved = read_safetensors(weights)
     params = {canonical_name(n): p for n, p in model.named_parameters() if parameter_group(n) not in (None, "lora")}
-    base_rows = _base_row_modules(model)
+    base_rows = base_row_modules(model)
     missing = sorted(set(params) - set(saved))
     unexpected = sorted(set(saved) - set(params) - set(base_rows))
     if missing or unexpected:
@@ -138,15 +138,6 @@ def load_project_weights(model: torch.nn.Module, ckpt_dir: Path, cfg: Config) ->
 
         set_peft_model_state_dict(model.llm, read_safetensors(lora_dir / "adapter_model.safetensors"))
     logger.info("loaded %d project tensors from %s", len(params), ckpt_dir)
-
-
-def _base_row_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """Token-row modules by the canonical name their base rows would have in a checkpoint."""
-    return {
-        canonical_name(f"{name}.{BASE_ROWS_NAME}"): module
-        for name, module in model.named_modules()
-        if isinstance(getattr(module, BASE_ROWS_NAME, None), torch.nn.Parameter) and hasattr(module, "new_rows")
-    }
 
 
 def _load_base_rows(module: torch.nn.Module, rows: torch.Tensor, ckpt_dir: Path) -> None:

@@ -44,6 +44,15 @@ BASE_ROWS_NAME = "base_weight"
 """Parameter name of the frozen original vocabulary rows (nextgpt.llm.token_rows)."""
 
 
+def base_row_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Token-row modules (`nextgpt.llm.token_rows`) by the canonical name their base rows have in a checkpoint."""
+    return {
+        canonical_name(f"{name}.{BASE_ROWS_NAME}"): module
+        for name, module in model.named_modules()
+        if hasattr(module, "base_rows_changed")
+    }
+
+
 def changed_base_rows(model: nn.Module) -> dict[str, object]:
     """Base vocabulary rows that differ from the base LLM's and so must travel with the checkpoint, canonical names.
 
@@ -51,9 +60,9 @@ def changed_base_rows(model: nn.Module) -> dict[str, object]:
     matrices: the legacy release) are included; for every other checkpoint the base LLM supplies them.
     """
     return {
-        canonical_name(f"{name}.{BASE_ROWS_NAME}"): module.base_weight.detach()
-        for name, module in model.named_modules()
-        if getattr(module, "base_rows_changed", False)
+        name: module.base_weight.detach()
+        for name, module in base_row_modules(model).items()
+        if module.base_rows_changed
     }
 
 

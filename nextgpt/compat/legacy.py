@@ -45,21 +45,30 @@ _EMBED_KEYS = ("llama_model.base_model.model.model.embed_tokens.weight", "llama_
 _HEAD_KEYS = ("llama_model.base_model.model.lm_head.weight", "llama_model.lm_head.weight")
 
 
+def read_state_file(path: Path, missing_hint: str) -> dict[str, torch.Tensor]:
+    """A `torch.save`d state dict of tensors, read with weights-only unpickling (tensors only, no code).
+
+    Raises:
+        FileNotFoundError: the file is missing (the message ends with `missing_hint`).
+        ValueError: the file is not a dict of tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; {missing_hint}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} is not a state dict of tensors; is it the file the NExT-GPT code saved?")
+    return dict(state)
+
+
 def read_legacy_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """Load `pytorch_model.pt` of a legacy folder with weights-only unpickling (tensors only, no code).
+    """Load `pytorch_model.pt` of a legacy folder (`read_state_file`).
 
     Raises:
         FileNotFoundError: the folder has no `pytorch_model.pt`.
     """
-    path = Path(folder) / LEGACY_WEIGHTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found; pass the legacy checkpoint folder (e.g. ckpt/delta_ckpt/nextgpt/7b_tiva_v0)"
-        )
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} is not a state dict of tensors; is it the legacy NExT-GPT pytorch_model.pt?")
-    return dict(state)
+    hint = "pass the legacy checkpoint folder (e.g. ckpt/delta_ckpt/nextgpt/7b_tiva_v0)"
+    return read_state_file(Path(folder) / LEGACY_WEIGHTS_FILE, hint)
 
 
 def _take(state: dict[str, torch.Tensor], keys: tuple[str, ...], what: str) -> torch.Tensor:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from nextgpt.compat.legacy import projector_config, split_vocab_rows
+from nextgpt.compat.legacy import projector_config, read_state_file, split_vocab_rows
 from nextgpt.compat.writer import ConvertedCheckpoint
 from nextgpt.config import Config, InputProjectorConfig, OutputProjectorsConfig
 from nextgpt.constants import MODALITIES, Modality
@@ -54,12 +54,7 @@ class NewCodebaseFiles:
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path} not found; pass the file the NEW NExT-GPT scripts saved")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} is not a state dict")
-    return dict(state)
+    return read_state_file(path, "pass the file the NEW NExT-GPT scripts saved")
 
 
 def normalize_non_lora(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -93,20 +93,35 @@ def load_records(annotation_path: Path) -> list[Any]:
         FileNotFoundError: the file does not exist.
         ValueError: the file is unreadable, not valid JSON, or its top level is not a list.
     """
-    path = Path(annotation_path)
+    return read_json_list(
+        Path(annotation_path), "annotation file", "check the catalog's annotation_path", "regenerate it"
+    )
+
+
+def read_json_list(path: Path, label: str, missing_fix: str, invalid_fix: str) -> list[Any]:
+    """Read a file whose top level is a JSON list; every failure is one line naming `label path` and the fix.
+
+    Args:
+        path: the file.
+        label: what it is, placed before the path in messages ("annotation file", "AudioCaps pairs:").
+        missing_fix: the fix when the file does not exist.
+        invalid_fix: the fix when it is not valid JSON or not a list.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is unreadable, not valid JSON, or its top level is not a list.
+    """
     if not path.is_file():
-        raise FileNotFoundError(f"annotation file {path} does not exist; check the catalog's annotation_path")
+        raise FileNotFoundError(f"{label} {path} does not exist; {missing_fix}")
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"annotation file {path} is not valid JSON ({err}); regenerate it") from err
+        raise ValueError(f"{label} {path} is not valid JSON ({err}); {invalid_fix}") from err
     except OSError as err:
-        raise ValueError(
-            f"annotation file {path} cannot be read ({err.strerror or err}); check its permissions"
-        ) from err
+        raise ValueError(f"{label} {path} cannot be read ({err.strerror or err}); check its permissions") from err
     if not isinstance(records, list):
         raise ValueError(
-            f"annotation file {path} must hold a JSON list of records, got a {type(records).__name__}; regenerate it"
+            f"{label} {path} must hold a JSON list of records, got a {type(records).__name__}; {invalid_fix}"
         )
     return records
 

@@ -133,12 +133,17 @@ def _wrapped_media(modality: Modality, count: int, wrap_ids: tuple[int, int] | N
     return [_Segment(ids=(wrap_ids[0],)), media, _Segment(ids=(wrap_ids[1],))]
 
 
+def _media_first_content(text: str, template: ChatTemplate) -> tuple[str, list[tuple[Modality, int]]]:
+    """A user turn in the legacy layout: its text without placeholders (stripped), and its media groups in order."""
+    parts = split_placeholders(text)
+    return "".join(p for p in parts if not isinstance(p, Modality)).strip(), _media_groups(parts, template)
+
+
 def _user_segments(template: ChatTemplate, prefix: str, text: str, wrap_ids: tuple[int, int] | None) -> list[_Segment]:
     """One user turn: role prefix, content (media in place, or first as the legacy layout), role suffix."""
-    parts = split_placeholders(text)
     if not template.media_first:
         segments = [_Segment(text=prefix)]
-        for part in parts:
+        for part in split_placeholders(text):
             if isinstance(part, Modality):
                 segments.extend(_wrapped_media(part, 1, wrap_ids))
             else:
@@ -146,8 +151,7 @@ def _user_segments(template: ChatTemplate, prefix: str, text: str, wrap_ids: tup
         return [*segments, _Segment(text=template.user_suffix)]
     # Legacy layout: "### Human: <Img>[media]</Img> {text}\n### Assistant:"; the text after the media is a tokenizer
     # call of its own (legacy code), so it starts with the dummy prefix and without the space.
-    plain_text = "".join(p for p in parts if not isinstance(p, Modality)).strip()
-    groups = _media_groups(parts, template)
+    plain_text, groups = _media_first_content(text, template)
     if not groups:
         return [_Segment(text=prefix + plain_text + template.user_suffix)]
     segments = [_Segment(text=prefix.rstrip(" "))]
@@ -251,15 +255,13 @@ def _legacy_prompt(
     last = len(turns) - 1
     for index, turn in enumerate(turns):
         if turn.role == "assistant":
-            pieces[-1].append(_Segment(text=" "))
+            pieces[-1].append(_Segment(text=template.assistant_prefix))
             pieces[-1].extend(_answer_segments(turn.text, signal_ids))
             pieces[-1].append(_Segment(text=template.assistant_suffix))
             continue
-        parts = split_placeholders(turn.text)
-        plain_text = "".join(p for p in parts if not isinstance(p, Modality)).strip()
+        plain_text, groups = _media_first_content(turn.text, template)
         lead = " " if index == last else ""  # the new turn's text was appended as f" {text}"
         pieces[-1].append(_Segment(text=(template.first_user_prefix if index == 0 else template.user_prefix)))
-        groups = _media_groups(parts, template)
         if groups:
             pieces[-1][-1] = _Segment(text=pieces[-1][-1].text.rstrip(" "))  # the cut at " <" takes the space
             for modality, count in groups:

@@ -17,15 +17,13 @@ import json
 import logging
 import os
 import shutil
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
+from nextgpt.llm.hf_weights import HFWeights
 from nextgpt.utils.folders import replace_folder
 
 logger = logging.getLogger(__name__)
@@ -35,14 +33,6 @@ VOCAB_ROWS = ("model.embed_tokens.weight", "lm_head.weight")
 
 SKIPPED_SUFFIXES = ("rotary_emb.inv_freq",)
 """Buffers old checkpoints saved but current LLaMA code recomputes from the config; they are not written."""
-
-WEIGHT_FILES = (
-    "model.safetensors.index.json",
-    "model.safetensors",
-    "pytorch_model.bin.index.json",
-    "pytorch_model.bin",
-)
-"""Weight layouts of an HF folder, in the order they are looked for."""
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
 
@@ -59,64 +49,7 @@ class DeltaResult:
     """Zero rows added to the base's vocabulary tensors (1 for Vicuna v0)."""
 
 
-class _Weights:
-    """Lazy access to the tensors of an HF folder: name -> file from its index, files opened on demand (a few kept)."""
-
-    def __init__(self, folder: Path, what: str) -> None:
-        self.folder = folder
-        found = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
-        if found is None:
-            raise FileNotFoundError(
-                f"{what} {folder} holds no weights ({' / '.join(WEIGHT_FILES)}); pass the folder of the HF checkpoint"
-            )
-        if found.name.endswith(".index.json"):
-            try:
-                weight_map = json.loads(found.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError) as err:
-                raise ValueError(f"{found} is not a weight index ({err}); download the folder again") from err
-            self.files = {name: folder / file for name, file in weight_map.items()}
-        else:
-            self.files = {name: found for name in self._names(found)}
-        self._open: OrderedDict[Path, Any] = OrderedDict()
-
-    @staticmethod
-    def _load(path: Path) -> Any:
-        if not path.is_file():
-            raise FileNotFoundError(f"weight file {path} named by its index does not exist; download it again")
-        if path.suffix == ".safetensors":
-            return safe_open(str(path), framework="pt", device="cpu")
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)  # memory-mapped, read on use
-
-    def _names(self, path: Path) -> list[str]:
-        handle = self._load(path)
-        return list(handle.keys())
-
-    def _handle(self, name: str) -> tuple[Path, Any]:
-        path = self.files[name]
-        if path not in self._open:
-            self._open[path] = self._load(path)
-            if len(self._open) > 2:  # shards are read in order: the previous one may still be needed
-                self._open.popitem(last=False)
-        self._open.move_to_end(path)
-        return path, self._open[path]
-
-    def get(self, name: str) -> torch.Tensor:
-        path, handle = self._handle(name)
-        return handle.get_tensor(name) if path.suffix == ".safetensors" else handle[name]
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        """The tensor's shape, read without its data (safetensors header, or the memory-mapped pickle)."""
-        path, handle = self._handle(name)
-        return tuple(handle.get_slice(name).get_shape() if path.suffix == ".safetensors" else handle[name].shape)
-
-    def names(self) -> list[str]:
-        """Tensor names in file order (then index order), skipped buffers left out."""
-        order = {path: i for i, path in enumerate(dict.fromkeys(self.files.values()))}
-        kept = [n for n in self.files if not n.endswith(SKIPPED_SUFFIXES)]
-        return sorted(kept, key=lambda n: order[self.files[n]])
-
-
-def _check_tensors(base: _Weights, delta: _Weights) -> list[str]:
+def _check_tensors(base: HFWeights, delta: HFWeights) -> list[str]:
     """The tensor names to merge, in delta file order, once names and shapes are known to fit (data is not read)."""
     base_names, delta_names = set(base.names()), delta.names()
     missing = [n for n in delta_names if n not in base_names]
@@ -233,7 +166,8 @@ def apply_vicuna_delta(
             raise FileNotFoundError(f"{what} folder {folder} has no config.json; pass the folder of the HF checkpoint")
         if output_dir.resolve() in (folder.resolve(), *folder.resolve().parents):
             raise ValueError(f"output {output_dir} would replace the {what} folder {folder}; choose another output")
-    base, delta = _Weights(base_dir, "base folder"), _Weights(delta_dir, "delta folder")
+    base = HFWeights(base_dir, "base folder", SKIPPED_SUFFIXES)
+    delta = HFWeights(delta_dir, "delta folder", SKIPPED_SUFFIXES)
     names = _check_tensors(base, delta)
     # 2. Sum tensor by tensor into a staging folder, closing shards as they fill.
     staging = output_dir.with_name(f".{output_dir.name}.tmp")

@@ -10,13 +10,13 @@ that the datasets would refuse (absolute, `..`) is refused here first.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from nextgpt.constants import Modality
 from nextgpt.data.prepare.report import Skip
 from nextgpt.data.records import MalformedRecordError, resolve_media_path
+from nextgpt.data.records import read_json_list as read_json_file
 from nextgpt.encoders.media import SUPPORTED_EXTENSIONS
 
 
@@ -31,15 +31,7 @@ def read_json_list(path: Path, what: str) -> list[Any]:
         FileNotFoundError: the file does not exist.
         ValueError: it is not readable JSON or not a list.
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: {path} does not exist; download it or pass --annotation")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{what}: {path} is not valid JSON ({err}); download it again") from err
-    if not isinstance(data, list):
-        raise ValueError(f"{what}: {path} must hold a JSON list of records, got a {type(data).__name__}")
-    return data
+    return read_json_file(path, f"{what}:", "download it or pass --annotation", "download it again")
 
 
 def first_existing(root: Path, names: tuple[str, ...]) -> Path | None:
