@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from nextgpt.config_loader import ConfigError, load_config, save_config, to_dict  # noqa: F401  (re-exported)
 
@@ -81,17 +81,23 @@ class LLMConfig:
 
     model_path: Path | None = None
     """Local HF folder (config.json, weights, tokenizer.model / tokenizer.json)."""
+    RETIRED_KEYS: ClassVar[dict[str, str]] = {
+        "attn_implementation": "training attends sample by sample over the batch's flattened row (PyTorch's flash "
+        "varlen kernel on CUDA in bf16/fp16, per-sample sdpa elsewhere; nextgpt.llm.varlen), inference uses sdpa",
+    }
+
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "varlen"] = "sdpa"
-    """`varlen`: packed rows attend sample by sample (PyTorch's flash varlen kernel on CUDA) instead of masking the
-    whole row; other batches as sdpa (`nextgpt.llm.varlen`)."""
     max_length: int = 512
     """Longest training sequence in tokens (media rows included)."""
     gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass: about a third more compute per step for a
+    fraction of the activation memory (stage 3 on a 24 GB GPU: `configs/presets/gpu_24gb.yaml`). Incompatible with
+    `train.prefix_reuse` (the recomputed layers would not see the cached prefix)."""
     compile_layers: bool = False
     """Training: `torch.compile` each decoder layer (dynamic shapes): fewer kernel launches and fused elementwise work
-    per step; the first steps pay the compile time. Inference keeps eager layers (`generation.fast_decode` compiles its
-    own step)."""
+    per step, same numbers up to rounding; costs about a minute of compilation in the first steps, so it is off in the
+    defaults (CPU tests, tiny runs) and on in the shipped GPU stage configs. Inference keeps eager layers (decoding
+    compiles its own step)."""
     template: str = "vicuna_v1"
     """Chat template (`nextgpt.llm.templates`): vicuna_v1, vicuna_v0 (the legacy release), llama_2_chat, plain. Saved
     with each checkpoint; data, training and inference all render conversations with it."""
@@ -303,9 +309,9 @@ class DataConfig:
     feature_cache_dir: Path | None = None
     """Folder of precomputed ImageBind features (preprocess_features.py); when set, the datasets read features
     instead of media files and the frozen encoder is not run (or loaded) during training."""
-    packing: bool = False
-    """Pack several samples into each row (up to model.llm.max_length) instead of padding; attention never crosses
-    a sample boundary, so the loss equals the padded one."""
+    packing: bool = True
+    """Pack several samples into each row (up to model.llm.max_length) instead of one padded row each; attention never
+    crosses a sample boundary, so the loss equals the padded one. Off only changes how much padding is computed."""
 
     def __post_init__(self) -> None:
         if self.num_workers < 0:
@@ -361,12 +367,14 @@ class TrainConfig:
     keep_last: int = 2
     log_every: int = 10
     tensorboard: bool = True
-    fused_optimizer: bool = False
+    fused_optimizer: bool = True
     """AdamW's fused kernel (one launch for every parameter) instead of its multi-tensor one; the same update up to
-    rounding."""
-    prefix_reuse: bool = False
-    """Stages with a frozen LLM (1 and 2): compute the conversation prefix every sample shares (system prompt and
-    role tag) once, keep its KV cache, and run only the rest of each sample; the loss equals the plain one."""
+    rounding. Off only to compare with the multi-tensor kernel."""
+    prefix_reuse: bool | None = None
+    """Compute the conversation prefix every sample shares (system prompt and role tag) once, keep its KV cache, and
+    run only the rest of each sample; the loss equals the plain one. Needs a frozen LLM (no `lora` in `trainable`)
+    and no gradient checkpointing. None (default): on exactly when those hold (stages 1 and 2); true where they do
+    not is refused when the config is built."""
     allow_resume_changes: tuple[str, ...] = ()
     """Keys whose change a resume accepts (e.g. [train.micro_batch_size, world_size]). A resume continues the data
     order of the interrupted run exactly, so by default it refuses a checkpoint written with another value of any key
@@ -394,11 +402,6 @@ class TrainConfig:
         unknown = set(self.trainable) - valid
         if unknown:
             raise ConfigError(f"train.trainable has unknown groups {sorted(unknown)}; valid: {sorted(valid)}")
-        if self.prefix_reuse and "lora" in self.trainable:
-            raise ConfigError(
-                "train.prefix_reuse needs a frozen LLM but train.trainable includes lora; set train.prefix_reuse=false "
-                "for this stage"
-            )
 
     def _check_ranges(self) -> None:
         """Single-field limits, checked when the config loads: a bad value fails in a second, not after the model."""
@@ -427,3 +430,20 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 42
+
+    def __post_init__(self) -> None:
+        # Rules between options of different sections, checked once, when the config is built.
+        train, llm = self.train, self.model.llm
+        frozen_llm = "lora" not in train.trainable
+        if train.prefix_reuse is None:
+            train.prefix_reuse = frozen_llm and not llm.gradient_checkpointing
+        elif train.prefix_reuse and not frozen_llm:
+            raise ConfigError(
+                "train.prefix_reuse needs a frozen LLM but train.trainable includes lora; set train.prefix_reuse=false "
+                "(or leave it unset) for this stage"
+            )
+        elif train.prefix_reuse and llm.gradient_checkpointing:
+            raise ConfigError(
+                "train.prefix_reuse does not work with model.llm.gradient_checkpointing=true (recomputed layers would "
+                "not see the cached prefix); set one of them to false"
+            )

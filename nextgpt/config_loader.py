@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -124,9 +127,14 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     names = list(fields)
+    retired: dict[str, str] = getattr(cls, "RETIRED_KEYS", {})
     kwargs = {}
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key in retired:
+            # Config files saved by earlier versions (a checkpoint's config.yaml) keep loading; the key has no effect.
+            logger.warning("config key '%s' is no longer used and is ignored: %s", dotted, retired[key])
+            continue
         if key not in names:
             raise ConfigError(f"unknown config key '{dotted}'{_closest(str(key), names)}")
         default = _field_default(fields[key])

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -20,12 +19,12 @@ from torch import nn
 from nextgpt.config import ModelConfig
 from nextgpt.constants import MODALITIES, Modality
 from nextgpt.data.batch import NextGPTBatch
+from nextgpt.data.layout import BatchLayout, build_layout
 from nextgpt.encoders.imagebind import load_imagebind
 from nextgpt.llm.backbone import decoder_layers, load_llm
 from nextgpt.llm.conversation import system_prefix_ids
 from nextgpt.llm.lora import apply_lora
-from nextgpt.llm.packing import build_block_causal_mask, splice_layout
-from nextgpt.llm.prefix_cache import PrefixKVCache, TokenRows, shared_prefix_length, strip_prefix
+from nextgpt.llm.prefix_cache import PrefixKVCache
 from nextgpt.llm.splice import SplicedInputs, splice_media
 from nextgpt.llm.templates import ChatTemplate, get_template
 from nextgpt.llm.tokenizer import load_tokenizer, signal_token_ids
@@ -35,6 +34,7 @@ from nextgpt.parameters import TOKEN_ROW_MARKER
 from nextgpt.projectors.input_projector import build_input_projector
 from nextgpt.projectors.output_projector import OutputProjector
 from nextgpt.signals import SpanScan, find_signal_spans, gather_span_rows
+from nextgpt.utils.step_timer import phase
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ class NextGPTOutput:
         logits: (B, L', V) over the spliced sequence (packed rows: over the packed row).
         signal_embeds: projected conditioning per modality, (N_spans, Q, out_dim).
         spans: where the complete signal spans were found, plus problems.
-        num_prefix_tokens: tokens of the shared prefix served from its cache (prefix reuse); `logits` and `spans`
-            then start after it, in every sample.
+        num_prefix_tokens: tokens of the shared prefix the collator stripped from every sample and the model served
+            from its cache (`train.prefix_reuse`); the batch, and so `logits` and `spans`, hold what follows it.
     """
 
     loss: torch.Tensor | None
@@ -75,10 +75,9 @@ class NextGPT(nn.Module):
         template: the chat template conversations are rendered with (`model.llm.template`).
 
     Attributes:
-        prefix_reuse: serve the conversation prefix every sample shares from a KV cache computed once
-            (`train.prefix_reuse`; off by default). Only valid while the LLM is frozen (signal-token rows may train);
-            `forward` raises otherwise.
-        prefix_kv: that cache (`PrefixKVCache`; `num_computed` counts prefix passes).
+        prefix_kv: keys and values of the shared prefix a batch's layout names (`train.prefix_reuse`: the collator
+            strips it from every sample), computed once (`PrefixKVCache`; `num_computed` counts prefix passes). Only
+            valid while the LLM is frozen (signal-token rows may train); `forward` raises otherwise.
     """
 
     def __init__(
@@ -101,7 +100,6 @@ class NextGPT(nn.Module):
         self.input_projector = input_projector
         self.output_projectors = output_projectors
         self.signal_ids = signal_ids
-        self.prefix_reuse = False
         self.prefix_kv = PrefixKVCache()
         self._template_prefix_ids: list[int] | None = None
 
@@ -177,6 +175,9 @@ class NextGPT(nn.Module):
     def forward(self, batch: NextGPTBatch, decoders: dict | None = None) -> NextGPTOutput:
         """Teacher-forced pass with all configured losses.
 
+        One route for every batch: the spliced rows go through the LLM as one flattened row, each sample attending to
+        itself (and to the shared prefix the collator stripped, served from its cache), as the batch's layout says.
+
         Args:
             batch: a collated batch.
             decoders: loaded decoders per modality; needed only when `cfg.loss.denoise_weight > 0`.
@@ -184,22 +185,95 @@ class NextGPT(nn.Module):
         Returns:
             NextGPTOutput with the total loss and its terms.
         """
-        # 1. Media → LLM tokens, spliced at the placeholders; with prefix reuse the shared prefix is cut off first.
-        media_tokens = self.encode_media(batch)
-        rows = TokenRows(batch.input_ids, batch.attention_mask, batch.labels, batch.position_ids)
-        num_prefix = self._shared_prefix_length(rows) if self.prefix_reuse else 0
-        if num_prefix:
-            rows = strip_prefix(rows, num_prefix)
-        spliced = splice_media(rows.input_ids, rows.attention_mask, rows.labels, self.embed_tokens, media_tokens)
+        # 1. Media → LLM tokens, spliced at the placeholders.
+        with phase("encode"):
+            media_tokens = self.encode_media(batch)
+            spliced = splice_media(batch.input_ids, batch.attention_mask, batch.labels, self.embed_tokens, media_tokens)
         # 2. LLM pass; the last hidden layer feeds the output projectors.
-        logits, hidden = self._run_llm(spliced, rows, media_tokens, num_prefix)
+        with phase("llm"):
+            logits, hidden = self._run_llm(spliced.inputs_embeds, self._layout(batch, spliced))
         # 3. Signal spans → decoder conditioning.
-        scan = find_signal_spans(spliced.token_ids, self.signal_ids)
-        signal_embeds = self.project_signals(hidden, spliced.token_ids, scan)
+        with phase("projectors"):
+            scan = find_signal_spans(spliced.token_ids, self.signal_ids)
+            signal_embeds = self.project_signals(hidden, spliced.token_ids, scan)
         # 4. Loss terms.
+        with phase("loss"):
+            terms = self._loss_terms(batch, logits, spliced.labels, signal_embeds, decoders)
+        return NextGPTOutput(
+            loss=self._weighted_total(terms),
+            loss_terms=terms,
+            logits=logits,
+            signal_embeds=signal_embeds,
+            spans=scan,
+            num_prefix_tokens=batch.layout.num_prefix if batch.layout is not None else 0,
+        )
+
+    def _layout(self, batch: NextGPTBatch, spliced: SplicedInputs) -> BatchLayout:
+        """The batch's layout (the collator's), or one computed here for batches built by hand.
+
+        Raises:
+            ValueError: the collator spliced media with another width than the input projector produces.
+        """
+        layout = batch.layout
+        if layout is None:
+            layout = build_layout(
+                batch.input_ids, batch.attention_mask, batch.position_ids, self.input_projector.num_tokens
+            )
+            layout = layout.to(spliced.inputs_embeds.device)
+        if (layout.rows, layout.width) != tuple(spliced.token_ids.shape):
+            raise ValueError(
+                f"the batch layout covers {layout.rows} x {layout.width} columns but splicing gave "
+                f"{tuple(spliced.token_ids.shape)}; build the Collator with tokens_per_media="
+                f"{self.input_projector.num_tokens} (the input projector's tokens per media item)"
+            )
+        return layout
+
+    def _prefix_key_values(self, layout: BatchLayout) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Per layer (keys, values) of the prefix the collator stripped, from the cache; None without one.
+
+        Raises:
+            ValueError: an LLM weight other than the signal-token rows trains (the cached keys would be stale).
+        """
+        if not layout.num_prefix:
+            return None
+        trainable = [n for n, p in self.llm.named_parameters() if p.requires_grad and TOKEN_ROW_MARKER not in n]
+        if trainable:
+            raise ValueError(
+                f"train.prefix_reuse needs a frozen LLM, but {len(trainable)} LLM parameters train (e.g. "
+                f"{trainable[0]}); set train.prefix_reuse=false in stages that train LoRA"
+            )
+        return self.prefix_kv.key_values(self.llm, self.embed_tokens, layout.prefix_ids, self.device)
+
+    def _run_llm(self, embeds: torch.Tensor, layout: BatchLayout) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LLM over the batch as one flattened row, every sample attending to itself (`nextgpt.llm.varlen`).
+
+        Args:
+            embeds: (B, L', D) spliced input embeddings.
+            layout: where the samples are (positions, boundaries, the cached prefix).
+
+        Returns:
+            (B, L', V) logits and (B, L', D) last-layer hidden states.
+        """
+        batch_size, width = embeds.shape[:2]
+        prefix = self._prefix_key_values(layout)
+        flat = embeds.reshape(1, batch_size * width, embeds.shape[-1])  # (B, L', D) -> (1, T, D)
+        with attached_prefix(decoder_layers(self.llm) if prefix else None, prefix):
+            out = self.llm(inputs_embeds=flat, output_hidden_states=True, use_cache=False, **varlen_kwargs(layout))
+        logits = out.logits.reshape(batch_size, width, -1)  # (1, T, V) -> (B, L', V)
+        hidden = out.hidden_states[-1].reshape(batch_size, width, -1)  # (1, T, D) -> (B, L', D)
+        return logits, hidden
+
+    def _loss_terms(
+        self,
+        batch: NextGPTBatch,
+        logits: torch.Tensor,
+        labels: torch.Tensor | None,
+        signal_embeds: dict[Modality, torch.Tensor],
+        decoders: dict | None,
+    ) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}
-        if spliced.labels is not None:
-            terms["ce"] = compute_lm_loss(logits, spliced.labels)
+        if labels is not None:
+            terms["ce"] = compute_lm_loss(logits, labels)
         for modality, target in batch.caption_embeds.items():
             predicted = signal_embeds.get(modality)
             if predicted is None or predicted.shape[0] != target.shape[0]:
@@ -211,105 +285,7 @@ class NextGPT(nn.Module):
             terms[f"l2_{modality.value}"] = compute_caption_l2_loss(predicted, target.to(predicted.dtype))
         if self.cfg.loss.denoise_weight > 0 and batch.denoise_targets:
             terms.update(self._denoising_terms(batch, signal_embeds, decoders))
-        return NextGPTOutput(
-            loss=self._weighted_total(terms),
-            loss_terms=terms,
-            logits=logits,
-            signal_embeds=signal_embeds,
-            spans=scan,
-            num_prefix_tokens=num_prefix,
-        )
-
-    def _shared_prefix_length(self, rows: TokenRows) -> int:
-        """Tokens of the template's opening that every sample shares and may skip (prefix reuse).
-
-        Raises:
-            ValueError: an LLM weight other than the signal-token rows trains, or gradient checkpointing or layer
-                compilation is on.
-        """
-        trainable = [n for n, p in self.llm.named_parameters() if p.requires_grad and TOKEN_ROW_MARKER not in n]
-        if trainable:
-            raise ValueError(
-                f"train.prefix_reuse needs a frozen LLM, but {len(trainable)} LLM parameters train (e.g. "
-                f"{trainable[0]}); set train.prefix_reuse=false in stages that train LoRA"
-            )
-        if self.cfg.llm.gradient_checkpointing:
-            raise ValueError(
-                "train.prefix_reuse does not work with model.llm.gradient_checkpointing=true (transformers drops the "
-                "cache inside checkpointed layers); turn one of them off"
-            )
-        if self.cfg.llm.compile_layers and self.cfg.llm.attn_implementation != "varlen":
-            raise ValueError(
-                "train.prefix_reuse with model.llm.compile_layers=true needs model.llm.attn_implementation=varlen "
-                "(with a cache every layer reads its own slot and would compile again); set it, or turn one off"
-            )
-        return shared_prefix_length(
-            self.template_prefix_ids, rows.input_ids, rows.attention_mask, rows.labels, rows.position_ids
-        )
-
-    def _run_llm(
-        self,
-        spliced: SplicedInputs,
-        rows: TokenRows,
-        media_tokens: dict[Modality, torch.Tensor],
-        num_prefix: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """LLM pass over the spliced rows: padded rows as they are, packed rows and rows after a cached prefix with
-        per-sample positions and a block-diagonal mask (flash_attention_2 and varlen: one flattened row with positions
-        restarting per sample).
-
-        Returns:
-            (B, L', V) logits and (B, L', D) last-layer hidden states.
-        """
-        embeds = spliced.inputs_embeds  # (B, L', D)
-        inputs: dict[str, Any] = {"attention_mask": spliced.attention_mask}
-        prefix = None  # varlen with a cached prefix: its per-layer keys and values, attached to the attention modules
-        packed = rows.position_ids is not None
-        flatten = False
-        if packed or num_prefix:
-            widths = {m: t.shape[1] for m, t in media_tokens.items()}
-            layout = splice_layout(rows.input_ids, rows.attention_mask, rows.position_ids, widths)
-            attention = self.cfg.llm.attn_implementation
-            positions = layout.position_ids  # (B, L') within each sample, from 0
-            if attention == "varlen" or (attention == "flash_attention_2" and not num_prefix):
-                # One flattened row: both find the samples from positions restarting at 0; varlen also joins the
-                # shared prefix (if any) to every sample's keys.
-                flatten = True
-                positions = positions.reshape(1, -1)  # (B, L') -> (1, B * L')
-                embeds = embeds.reshape(1, -1, embeds.shape[-1])  # (B, L', D) -> (1, B * L', D)
-                inputs["attention_mask"] = None
-                if attention == "varlen":
-                    if num_prefix:
-                        prefix_ids = self.template_prefix_ids[:num_prefix]
-                        prefix = self.prefix_kv.key_values(self.llm, self.embed_tokens, prefix_ids, embeds.device)
-                    inputs.update(varlen_kwargs(positions, num_prefix))
-            else:
-                if num_prefix:
-                    inputs["past_key_values"] = self.prefix_kv.expanded(
-                        self.llm,
-                        self.embed_tokens,
-                        self.template_prefix_ids[:num_prefix],
-                        embeds.shape[0],
-                        embeds.device,
-                    )
-                if attention != "flash_attention_2":
-                    inputs["attention_mask"] = build_block_causal_mask(layout.segment_ids, num_prefix, embeds.dtype)
-                elif packed:
-                    raise ValueError(
-                        "data.packing with train.prefix_reuse needs model.llm.attn_implementation sdpa, eager or "
-                        "varlen (flash_attention_2 cannot mask a shared cached prefix across packed samples); turn one off"
-                    )
-                else:
-                    prefix_mask = spliced.attention_mask.new_ones(embeds.shape[0], num_prefix)
-                    inputs["attention_mask"] = torch.cat([prefix_mask, spliced.attention_mask], dim=1)  # (B, P + L')
-            inputs["position_ids"] = positions + num_prefix
-        with attached_prefix(decoder_layers(self.llm) if prefix else None, prefix):
-            out = self.llm(inputs_embeds=embeds, output_hidden_states=True, use_cache=False, **inputs)
-        logits, hidden = out.logits, out.hidden_states[-1]
-        if flatten:
-            logits = logits.reshape(*spliced.token_ids.shape, -1)  # (1, B * L', V) -> (B, L', V)
-            hidden = hidden.reshape(*spliced.token_ids.shape, -1)  # (1, B * L', D) -> (B, L', D)
-        return logits, hidden
+        return terms
 
     def _denoising_terms(
         self, batch: NextGPTBatch, signal_embeds: dict[Modality, torch.Tensor], decoders: dict | None

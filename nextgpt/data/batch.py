@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from nextgpt.constants import Modality
+from nextgpt.data.layout import BatchLayout
 
 
 @dataclass
@@ -28,9 +29,11 @@ class NextGPTBatch:
         denoise_targets: per modality, target media tensors for the optional denoising loss, in span order.
         position_ids: (B, L) for packed rows (`data.packing`): each token's position within its sample, restarting
             at 0 at every sample's first token (token space, before splicing; the model derives the LLM positions and
-            the block-diagonal mask after splicing, see `nextgpt.llm.packing`). None: one sample per row.
+            the layout after splicing). None: one sample per row.
         media_group_sizes: per modality, how many consecutive items each sentinel stands for (the legacy template
             sums several inputs of one modality into one token); None: one item per sentinel.
+        layout: where every sample sits in the LLM's flattened row (`nextgpt.data.layout`), computed on the host by
+            the collator; None: the model computes it from the ids (inference, hand-built batches).
     """
 
     input_ids: torch.Tensor
@@ -42,6 +45,7 @@ class NextGPTBatch:
     denoise_targets: dict[Modality, torch.Tensor] = field(default_factory=dict)
     position_ids: torch.Tensor | None = None
     media_group_sizes: dict[Modality, list[int]] | None = None
+    layout: BatchLayout | None = None
 
     def to(self, device: torch.device | str) -> NextGPTBatch:
         """Move every tensor to `device`."""
@@ -59,4 +63,5 @@ class NextGPTBatch:
             denoise_targets=move(self.denoise_targets),
             position_ids=None if self.position_ids is None else self.position_ids.to(device),
             media_group_sizes=self.media_group_sizes,
+            layout=None if self.layout is None else self.layout.to(device),
         )

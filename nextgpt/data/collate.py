@@ -26,6 +26,7 @@ import torch
 from nextgpt.constants import IGNORE_INDEX, MODALITIES, SENTINEL_IDS, Modality
 from nextgpt.data.batch import NextGPTBatch
 from nextgpt.data.datasets import SkippedSample
+from nextgpt.data.layout import build_layout, shared_prefix_length, strip_prefix
 from nextgpt.data.packing import pack_first_fit
 
 logger = logging.getLogger(__name__)
@@ -79,12 +80,25 @@ class Collator:
         packing: put several samples into each row of at most `max_length` (after splicing), first-fit decreasing,
             instead of one padded row per sample (`data.packing`); the batch then carries per-sample `position_ids`
             and lists its samples (media, caption embeddings, `datasets`) in packed order.
+        prefix_ids: the template's opening (`system_prefix_ids`) to strip from every sample when the model serves it
+            from its cache (`train.prefix_reuse`); the part every kept sample shares is stripped (after `max_length`
+            was checked on the whole sample) and recorded in the batch's layout. Empty: nothing is stripped.
+
+    The batch's `layout` (`nextgpt.data.layout`) is computed here, on the host, so the training step never waits on
+    the GPU to learn the samples' lengths.
 
     Raises:
         ValueError: on construction with a non-positive `max_length` / `tokens_per_media` or a negative pad id.
     """
 
-    def __init__(self, pad_id: int, max_length: int, tokens_per_media: int = 1, packing: bool = False) -> None:
+    def __init__(
+        self,
+        pad_id: int,
+        max_length: int,
+        tokens_per_media: int = 1,
+        packing: bool = False,
+        prefix_ids: Sequence[int] = (),
+    ) -> None:
         if max_length < 1 or tokens_per_media < 1 or pad_id < 0:
             raise ValueError(
                 f"Collator needs max_length >= 1, tokens_per_media >= 1 and pad_id >= 0, got {max_length}, "
@@ -94,6 +108,7 @@ class Collator:
         self.max_length = max_length
         self.tokens_per_media = tokens_per_media
         self.packing = packing
+        self.prefix_ids = tuple(prefix_ids)
         self._warned_incomplete: set[tuple[str, Modality]] = set()
 
     def spliced_lengths(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -157,10 +172,12 @@ class Collator:
         result.num_skipped = len(result.skip_reasons)
         result.num_samples = len(kept)
         result.num_tokenization_mismatches = sum(bool(item.get("tokenization_mismatch")) for item in kept)
+        num_prefix = shared_prefix_length(self.prefix_ids, kept) if self.prefix_ids else 0
+        kept = [strip_prefix(item, num_prefix) for item in kept]
         kept, rows = self._pack(kept)
         result.datasets = [item["dataset"] for item in kept]
         if kept:
-            result.batch = self._build_batch(kept, rows)
+            result.batch = self._build_batch(kept, rows, self.prefix_ids[:num_prefix])
         return result
 
     def _pack(self, items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[list[int]]]:
@@ -173,7 +190,9 @@ class Collator:
         starts = [sum(len(row) for row in bins[:r]) for r in range(len(bins))]
         return ordered, [list(range(start, start + len(row))) for start, row in zip(starts, bins, strict=True)]
 
-    def _build_batch(self, items: list[dict[str, Any]], rows: list[list[int]]) -> NextGPTBatch:
+    def _build_batch(
+        self, items: list[dict[str, Any]], rows: list[list[int]], prefix_ids: tuple[int, ...]
+    ) -> NextGPTBatch:
         # 2. Right-pad ids / labels / mask; packed rows concatenate their samples, positions restarting at 0.
         row_lengths = [sum(len(items[i]["input_ids"]) for i in row) for row in rows]
         max_len = max(row_lengths)
@@ -202,6 +221,7 @@ class Collator:
             media_features=self._stack(items, "media_features", None),
             caption_embeds=self._stack(items, "caption_embeds", num_spans),
             denoise_targets=self._stack(items, "denoise_targets", num_spans),
+            layout=build_layout(input_ids, attention_mask, position_ids, self.tokens_per_media, prefix_ids),
         )
 
     def _stack(

@@ -1,7 +1,7 @@
 """Assign samples to packed rows: first-fit decreasing over their lengths after splicing.
 
 Packing puts several samples into one row of at most `model.llm.max_length` rows instead of padding every sample to
-the longest one; the model keeps them apart with a block-diagonal attention mask (`nextgpt.llm.packing`).
+the longest one; the model keeps them apart by attending sample by sample (`nextgpt.data.layout`).
 
     rows = pack_first_fit([120, 30, 200, 90], capacity=256)  # [[2, 1], [0, 3]]
 """

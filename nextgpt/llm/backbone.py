@@ -97,11 +97,11 @@ def _enable_checkpointing(model: PreTrainedModel) -> None:
 
 
 def configure_attention_kernels(cfg: LLMConfig) -> None:
-    """Allow or forbid the cuDNN sdpa kernels (`model.llm.cudnn_attention`); a no-op without CUDA or sdpa.
+    """Allow or forbid the cuDNN sdpa kernels (`model.llm.cudnn_attention`); a no-op without CUDA.
 
     The switch is process-wide in PyTorch, so it is set where the LLM is loaded, before its first forward.
     """
-    if cfg.attn_implementation in ("sdpa", "varlen") and torch.cuda.is_available():
+    if torch.cuda.is_available():
         torch.backends.cuda.enable_cudnn_sdp(cfg.cudnn_attention)
 
 
@@ -167,17 +167,14 @@ def load_llm(cfg: LLMConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedMo
     """
     model_path = check_llm_dir(cfg.model_path)
     configure_attention_kernels(cfg)
-    attention = cfg.attn_implementation
-    if attention == "varlen":
-        register_varlen_attention()
-        attention = VARLEN_ATTENTION
-        if torch.cuda.is_available() and cfg.dtype == "float32":
-            logger.warning(
-                "model.llm.attn_implementation=varlen runs its flash kernel in bfloat16/float16 only; with "
-                "model.llm.dtype=float32 packed rows take the slow per-sample reference (set model.llm.dtype=bfloat16)"
-            )
+    register_varlen_attention()
+    if torch.cuda.is_available() and cfg.dtype == "float32":
+        logger.warning(
+            "training attention runs its flash varlen kernel in bfloat16/float16 only; with model.llm.dtype=float32 "
+            "it takes the slow per-sample reference (set model.llm.dtype=bfloat16)"
+        )
     model = AutoModelForCausalLM.from_pretrained(
-        model_path, dtype=getattr(torch, cfg.dtype), attn_implementation=attention
+        model_path, dtype=getattr(torch, cfg.dtype), attn_implementation=VARLEN_ATTENTION
     )
     num_base_tokens = _resolve_num_base_tokens(model, len(tokenizer), model_path)
     model.requires_grad_(False)
@@ -189,7 +186,7 @@ def load_llm(cfg: LLMConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedMo
         "loaded LLM from %s (%s, %s): %d trainable parameters (token rows)",
         model_path,
         cfg.dtype,
-        cfg.attn_implementation,
+        "per-sample attention",
         num_trainable,
     )
     return model

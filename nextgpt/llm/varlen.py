@@ -1,6 +1,6 @@
-"""Variable-length attention for packed rows (`model.llm.attn_implementation=varlen`).
+"""Per-sample attention over a batch's flattened row: the one attention route of training.
 
-A packed row of n samples through sdpa needs a block-diagonal mask, and the masked kernels compute every block of the
+A row of n samples through masked sdpa needs a block-diagonal mask, and the masked kernels compute every block of the
 row's L x L scores, blocked ones included: n times the attention work of the samples alone. Here the LLM attends each
 sample to itself only, from cumulative sample boundaries (`cu_seq_lens_q`, the names transformers gives the flash
 kwargs): on CUDA through PyTorch's flash `varlen_attn`; elsewhere through one causal sdpa call per sample (the
@@ -10,7 +10,7 @@ boundaries (padded batches) are plain sdpa with the mask transformers builds for
 
     register_varlen_attention()
     llm = AutoModelForCausalLM.from_pretrained(path, attn_implementation=VARLEN_ATTENTION)
-    llm(inputs_embeds=x, position_ids=pos, **varlen_kwargs(pos))   # x: (1, T, D), pos: (1, T) restarting at 0
+    llm(inputs_embeds=x, **varlen_kwargs(batch.layout))   # x: (1, T, D), the batch's rows flattened
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from nextgpt.data.layout import BatchLayout
 
 try:
     from torch.nn.attention.varlen import varlen_attn
@@ -42,63 +44,22 @@ _CAUSAL: dict[str, Any] = (
 resolved once rather than on every attention call."""
 
 
-def sample_boundaries(position_ids: torch.Tensor) -> torch.Tensor:
-    """Cumulative sample starts of one flattened row: every position 0 opens a sample.
+def varlen_kwargs(layout: BatchLayout) -> dict[str, Any]:
+    """What the LLM call passes down to `varlen_attention_forward` for a batch's flattened row.
+
+    The same keys with or without a prefix: compiled layers guard on them, and a key missing from one call would
+    make torch.compile's recompilation check fail on the other.
 
     Args:
-        position_ids: (1, T) positions restarting at 0 at each sample (padding runs are samples of their own).
-
-    Returns:
-        (n + 1,) int32: 0, the start of each later sample, T.
+        layout: the batch's layout (`nextgpt.data.layout`), its tensors on the LLM's device.
     """
-    flat = position_ids.reshape(-1)
-    starts = (flat == 0).nonzero().flatten()
-    if starts.numel() == 0 or int(starts[0]) != 0:
-        starts = torch.cat([starts.new_zeros(1), starts])
-    end = torch.tensor([flat.numel()], device=flat.device, dtype=starts.dtype)
-    return torch.cat([starts, end]).to(torch.int32)
-
-
-def prefix_gather_index(cu: torch.Tensor, num_prefix: int) -> torch.Tensor:
-    """Where each key of the prefixed samples comes from in `cat([prefix keys, row keys])`.
-
-    Sample i's keys are the P prefix keys followed by its own n_i keys, so the gathered key row holds T + n x P keys.
-
-    Args:
-        cu: (n + 1,) sample boundaries of the row (`sample_boundaries`).
-        num_prefix: P.
-
-    Returns:
-        (T + n x P,) long indices into the P + T concatenated keys.
-    """
-    lengths = (cu[1:] - cu[:-1]).long() + num_prefix  # (n,) keys per sample
-    starts = torch.cumsum(lengths, 0) - lengths  # (n,) first gathered key of each sample
-    sample = torch.repeat_interleave(torch.arange(len(lengths), device=cu.device), lengths)
-    offset = torch.arange(int(lengths.sum()), device=cu.device) - starts[sample]  # position among the sample's keys
-    return torch.where(offset < num_prefix, offset, cu.long()[sample] + offset)
-
-
-def varlen_kwargs(position_ids: torch.Tensor, num_prefix: int = 0) -> dict[str, Any]:
-    """The keyword arguments the LLM passes down to `varlen_attention_forward` for a flattened packed row.
-
-    Args:
-        position_ids: (1, T) positions within each sample, restarting at 0 (before any prefix offset).
-        num_prefix: tokens of a shared prefix every sample attends to first (its keys and values are attached to the
-            attention modules with `attached_prefix`), or 0.
-    """
-    cu = sample_boundaries(position_ids)
-    longest = int((cu[1:] - cu[:-1]).max())
-    kwargs: dict[str, Any] = {"cu_seq_lens_q": cu, "max_length_q": longest}
-    if not num_prefix:
-        # The same keys with or without a prefix: compiled layers guard on them, and a key missing from one call
-        # would make torch.compile's recompilation check fail on the other.
-        return {**kwargs, "cu_seq_lens_k": cu, "max_length_k": longest, "prefix_index": None}
-    steps = torch.arange(len(cu), device=cu.device, dtype=cu.dtype) * num_prefix
     return {
-        **kwargs,
-        "cu_seq_lens_k": cu + steps,  # (n + 1,) each sample's keys grow by P
-        "max_length_k": longest + num_prefix,
-        "prefix_index": prefix_gather_index(cu, num_prefix),
+        "position_ids": layout.position_ids,
+        "cu_seq_lens_q": layout.cu_seqlens_q,
+        "cu_seq_lens_k": layout.cu_seqlens_k,
+        "max_length_q": layout.max_seqlen_q,
+        "max_length_k": layout.max_seqlen_k,
+        "prefix_index": layout.prefix_index,
     }
 
 

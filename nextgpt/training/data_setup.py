@@ -85,6 +85,7 @@ def build_training_data(cfg: Config, model: NextGPT) -> TrainingData:
         max_length=cfg.model.llm.max_length,
         tokens_per_media=model.input_projector.num_tokens,
         packing=cfg.data.packing,
+        prefix_ids=model.template_prefix_ids if cfg.train.prefix_reuse else (),
     )
     loader = DataLoader(
         ConcatDataset(datasets),

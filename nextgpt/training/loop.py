@@ -98,8 +98,10 @@ def build_model_for_training(cfg: Config) -> NextGPT:
     if cfg.train.init_from is not None:
         ckpt.load_project_weights(model, cfg.train.init_from, cfg)
     apply_trainable_groups(model, cfg.train.trainable)
-    model.prefix_reuse = cfg.train.prefix_reuse  # checked against the trainable set on the first forward
     if cfg.model.llm.compile_layers:
+        logger.info(
+            "compiling the decoder layers (model.llm.compile_layers): the first steps take about a minute longer"
+        )
         compile_decoder_layers(model.llm)
     return model
 

@@ -113,16 +113,14 @@ def float64_batch(batch: NextGPTBatch) -> NextGPTBatch:
 
 
 def float64_step(model: NextGPT, batch: NextGPTBatch) -> Step:
-    """The plain pass (no prefix reuse) of a float64 copy of the model: the exact values the float32 paths round.
+    """The pass of a float64 copy of the model: the exact values the float32 paths round.
 
     With about 2**29 times less rounding than float32, its distance to the exact result is negligible next to the
     float32 bounds of `numerics.rounding_bound`.
     """
     from numerics import float64_copy
 
-    reference = float64_copy(model)
-    reference.prefix_reuse = False
-    return run_step(reference, float64_batch(batch))
+    return run_step(float64_copy(model), float64_batch(batch))
 
 
 def assert_close_to_float64(
@@ -153,9 +151,12 @@ def assert_close_to_float64(
     assert_grads_rounding_close(step.grads, exact.grads, num_terms, what)
 
 
-def collate(model: NextGPT, items: list[dict], packing: bool, max_length: int = 512):
-    """Collate with the model's tokens per media item."""
-    collator = Collator(model.tokenizer.pad_token_id, max_length, model.input_projector.num_tokens, packing=packing)
+def collate(model: NextGPT, items: list[dict], packing: bool, max_length: int = 512, prefix_reuse: bool = False):
+    """Collate with the model's tokens per media item (stripping the template's shared prefix with `prefix_reuse`)."""
+    prefix = model.template_prefix_ids if prefix_reuse else ()
+    collator = Collator(
+        model.tokenizer.pad_token_id, max_length, model.input_projector.num_tokens, packing=packing, prefix_ids=prefix
+    )
     return collator(items)
 
 
@@ -176,8 +177,7 @@ def signal_embeds_by_sample(out: NextGPTOutput, samples: list[str], items: list[
 def logits_by_sample(out: NextGPTOutput, batch: NextGPTBatch, samples: list[str], tokens_per_media: int) -> dict:
     """Each sample's logits at its real spliced positions, found from the collated ids alone (not the model's layout).
 
-    With prefix reuse the output starts after the shared prefix in every sample, so a sample gets its last
-    `n - out.num_prefix_tokens` positions.
+    With prefix reuse the collator stripped the shared prefix, so a sample's logits start after it.
     """
     result, names = {}, iter(samples)
     for row in range(batch.input_ids.shape[0]):
@@ -187,7 +187,7 @@ def logits_by_sample(out: NextGPTOutput, batch: NextGPTBatch, samples: list[str]
         starts = [*(positions == 0).nonzero().flatten().tolist(), len(ids)]
         column = 0
         for start, end in pairwise(starts):
-            width = int(torch.where(ids[start:end] < 0, tokens_per_media, 1).sum()) - out.num_prefix_tokens
+            width = int(torch.where(ids[start:end] < 0, tokens_per_media, 1).sum())
             result[next(names)] = out.logits[row, column : column + width]
             column += width
     return result

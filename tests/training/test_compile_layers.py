@@ -32,7 +32,6 @@ def test_compiled_layers_give_the_plain_loss_and_gradients(tiny_root, tiny_cfg_p
         2,
         *LORA,
         "model.llm.compile_layers=true",
-        "model.llm.attn_implementation=varlen",
         f"model.llm.gradient_checkpointing={str(checkpointing).lower()}",
     )
     if checkpointing:
@@ -58,14 +57,12 @@ def test_compiled_layers_give_the_plain_loss_and_gradients(tiny_root, tiny_cfg_p
 @pytest.mark.numerics
 def test_compiled_layers_with_prefix_reuse_give_the_plain_loss_and_gradients(tiny_root, tiny_cfg_path):
     plain_model = build_model(tiny_root, tiny_cfg_path, 1)
-    fast_model = build_model(
-        tiny_root, tiny_cfg_path, 1, "model.llm.compile_layers=true", "model.llm.attn_implementation=varlen"
-    )
+    fast_model = build_model(tiny_root, tiny_cfg_path, 1, "model.llm.compile_layers=true")
     fast_model.load_state_dict(plain_model.state_dict())
     compile_decoder_layers(fast_model.llm)
-    fast_model.prefix_reuse = True
     items = make_items(plain_model, STAGE_1)
-    padded, packed = collate(plain_model, items, packing=False), collate(fast_model, items, packing=True)
+    padded = collate(plain_model, items, packing=False)
+    packed = collate(fast_model, items, packing=True, prefix_reuse=True)
     exact = float64_step(plain_model, padded.batch)
     plain = run_step(plain_model, padded.batch)
     fast = run_step(fast_model, packed.batch)
@@ -85,11 +82,3 @@ def test_training_build_compiles_the_layers_only_when_asked(tiny_root, tiny_cfg_
         overrides = [*tiny_path_overrides(tiny_root), f"model.llm.compile_layers={str(flag).lower()}"]
         model = build_model_for_training(load_config(tiny_cfg_path, overrides=overrides))
         assert layers_compiled(model.llm) == flag
-
-
-def test_prefix_reuse_refuses_compiled_layers_without_varlen(tiny_root, tiny_cfg_path):
-    model = build_model(tiny_root, tiny_cfg_path, 1, "model.llm.compile_layers=true")
-    model.prefix_reuse = True
-    batch = collate(model, make_items(model, STAGE_1), packing=False).batch
-    with pytest.raises(ValueError, match="compile_layers"):
-        model(batch)

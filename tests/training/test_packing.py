@@ -26,9 +26,10 @@ from batch_helpers import (
 from numerics import assert_rounding_close, float64_copy
 
 import nextgpt.llm.varlen
+from nextgpt.data.layout import layout_from_positions, prefix_gather_index
 from nextgpt.data.packing import pack_first_fit
 from nextgpt.llm.conversation import Turn
-from nextgpt.llm.varlen import prefix_gather_index, sample_boundaries, varlen_kwargs
+from nextgpt.llm.varlen import varlen_kwargs
 
 
 def test_pack_first_fit_places_longest_first_into_the_first_row_with_room():
@@ -78,30 +79,21 @@ def test_collator_packs_samples_into_rows_with_restarting_positions(group_model)
 
 
 @pytest.mark.numerics
-@pytest.mark.parametrize(
-    ("projector", "attention"),
-    [("linear", "sdpa"), ("group", "eager"), ("linear", "varlen")],
-    ids=["linear-sdpa", "group-eager", "linear-varlen"],
-)
-def test_packed_batch_trains_like_the_padded_batch(tiny_root, tiny_cfg_path, projector, attention, monkeypatch):
-    model = build_model(
-        tiny_root,
-        tiny_cfg_path,
-        2,
-        f"model.input_projector.type={projector}",
-        f"model.llm.attn_implementation={attention}",
-    )
+@pytest.mark.parametrize("projector", ["linear", "group"])
+def test_packed_batch_trains_like_the_padded_batch(tiny_root, tiny_cfg_path, projector, monkeypatch):
+    model = build_model(tiny_root, tiny_cfg_path, 2, f"model.input_projector.type={projector}")
     items = make_items(model, STAGE_1 + STAGE_2)
     padded, packed = collate(model, items, packing=False), collate(model, items, packing=True)
     assert packed.batch.input_ids.shape[0] < padded.batch.input_ids.shape[0]
-    per_sample_calls = []  # varlen: the packed pass must attend sample by sample in every layer
+    segments = []  # both passes attend segment by segment (samples and padding runs) in every layer
     reference = nextgpt.llm.varlen._reference
-    monkeypatch.setattr(nextgpt.llm.varlen, "_reference", lambda *a: per_sample_calls.append(1) or reference(*a))
+    monkeypatch.setattr(nextgpt.llm.varlen, "_reference", lambda *a: segments.append(len(a[3]) - 1) or reference(*a))
     plain = run_step(model, padded.batch)
-    assert not per_sample_calls
     pack = run_step(model, packed.batch)
-    expected_calls = model.llm.config.num_hidden_layers if attention == "varlen" else 0
-    assert len(per_sample_calls) == expected_calls
+    layers = model.llm.config.num_hidden_layers
+    assert len(segments) == 2 * layers
+    # Padded: every row is one sample, plus a padding run in all rows but the longest; packed: fewer padding runs.
+    assert segments[0] >= len(items) and len(items) <= segments[layers] < segments[0]
 
     assert set(pack.out.loss_terms) == set(plain.out.loss_terms) == {"ce", "l2_image", "l2_video", "l2_audio"}
     assert len(signal_embeds_by_sample(plain.out, padded.datasets, items)) == 5
@@ -136,17 +128,31 @@ def test_packed_samples_do_not_attend_to_each_other(group_model):
     assert logits[0]["s1"].shape != logits[1]["s1"].shape or not torch.allclose(logits[0]["s1"], logits[1]["s1"])
 
 
-def test_sample_boundaries_open_a_sample_at_every_position_zero():
+def test_layout_opens_a_segment_at_every_position_zero():
     positions = torch.tensor([[0, 1, 2, 0, 1, 0, 0, 1, 2, 3]])
-    assert sample_boundaries(positions).tolist() == [0, 3, 5, 6, 10]
-    kwargs = varlen_kwargs(positions)
-    assert kwargs["max_length_q"] == kwargs["max_length_k"] == 4
-    assert kwargs["cu_seq_lens_q"].dtype == torch.int32
+    layout = layout_from_positions(positions)
+    assert layout.cu_seqlens_q.tolist() == [0, 3, 5, 6, 10] and layout.cu_seqlens_q.dtype == torch.int32
+    kwargs = varlen_kwargs(layout)
+    assert kwargs["max_length_q"] == kwargs["max_length_k"] == 4 and kwargs["prefix_index"] is None
     # With a 2-token shared prefix, each sample's keys are the prefix's then its own (indices into prefix + row).
     cu = torch.tensor([0, 2, 5], dtype=torch.int32)
     assert prefix_gather_index(cu, 2).tolist() == [0, 1, 2, 3, 0, 1, 4, 5, 6]
-    prefixed = varlen_kwargs(torch.tensor([[0, 1, 0, 1, 2]]), num_prefix=2)
-    assert prefixed["cu_seq_lens_k"].tolist() == [0, 4, 9] and prefixed["max_length_k"] == 5
+    prefixed = layout_from_positions(torch.tensor([[0, 1, 0, 1, 2]]), prefix_ids=[1, 7])
+    assert prefixed.cu_seqlens_k.tolist() == [0, 4, 9] and prefixed.max_seqlen_k == 5
+    assert prefixed.position_ids.tolist() == [[2, 3, 2, 3, 4]]  # after the prefix
+
+
+def test_collator_layout_counts_media_rows_and_padding_runs():
+    ids = torch.tensor([[5, -200, 6, 7], [8, 9, 0, 0]])  # row 0: a media item of 3 rows; row 1 padded
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    from nextgpt.constants import SENTINEL_IDS, Modality
+    from nextgpt.data.layout import build_layout
+
+    ids[0, 1] = SENTINEL_IDS[Modality.IMAGE]
+    layout = build_layout(ids, mask, None, tokens_per_media=3)
+    assert (layout.rows, layout.width) == (2, 6)
+    assert layout.position_ids.tolist() == [[0, 1, 2, 3, 4, 5, 0, 1, 0, 1, 2, 3]]
+    assert layout.cu_seqlens_q.tolist() == [0, 6, 8, 12] and layout.max_seqlen_q == 6
 
 
 @pytest.mark.gpu
@@ -154,8 +160,8 @@ def test_flash_varlen_kernel_matches_the_per_sample_reference_on_cuda():
     from nextgpt.llm.varlen import _flash, _reference
 
     generator = torch.Generator(device="cuda").manual_seed(0)
-    positions = torch.cat([torch.arange(n) for n in (37, 300, 5, 129)]).unsqueeze(0).cuda()
-    cu = sample_boundaries(positions)
+    positions = torch.cat([torch.arange(n) for n in (37, 300, 5, 129)]).unsqueeze(0)
+    cu = layout_from_positions(positions).cu_seqlens_q.cuda()
     q, k, v = (torch.randn(1, 8, positions.shape[1], 64, device="cuda", generator=generator) for _ in range(3))
     expected = _reference(q, k, v, cu, cu, 0.125)
     q16, k16, v16 = (x.to(torch.bfloat16).requires_grad_() for x in (q, k, v))
@@ -168,17 +174,16 @@ def test_flash_varlen_kernel_matches_the_per_sample_reference_on_cuda():
 
 @pytest.mark.gpu
 def test_flash_varlen_kernel_with_a_shared_prefix_matches_the_reference_on_cuda():
-    from nextgpt.llm.varlen import _flash, _reference, prefix_gather_index
+    from nextgpt.llm.varlen import _flash, _reference
 
     generator = torch.Generator(device="cuda").manual_seed(0)
-    positions = torch.cat([torch.arange(n) for n in (37, 300, 5, 129)]).unsqueeze(0).cuda()
-    cu = sample_boundaries(positions)
+    positions = torch.cat([torch.arange(n) for n in (37, 300, 5, 129)]).unsqueeze(0)
     num_prefix, length = 32, positions.shape[1]
+    layout = layout_from_positions(positions, prefix_ids=range(num_prefix)).to("cuda")
+    cu, cu_k, index = layout.cu_seqlens_q, layout.cu_seqlens_k, layout.prefix_index
     q, k, v = (torch.randn(1, 8, length, 64, device="cuda", generator=generator) for _ in range(3))
     pk, pv = (torch.randn(1, 8, num_prefix, 64, device="cuda", generator=generator) for _ in range(2))
-    index = prefix_gather_index(cu, num_prefix)
     keys, values = (torch.cat([p, x], dim=2).index_select(2, index) for p, x in ((pk, k), (pv, v)))
-    cu_k = varlen_kwargs(positions, num_prefix)["cu_seq_lens_k"]
     expected = _reference(q, keys, values, cu, cu_k, 0.125)
     out = _flash(*(x.to(torch.bfloat16) for x in (q, keys, values)), cu, cu_k, 300, 300 + num_prefix, 0.125)
     assert torch.allclose(out.float(), expected, atol=2e-2)

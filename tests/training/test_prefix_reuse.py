@@ -1,5 +1,6 @@
-"""Shared-prefix reuse (`train.prefix_reuse`): with a frozen LLM, the system prompt's KV is computed once and each
-sample runs only its rest, with the same loss, conditioning and gradients as the plain pass, packed or not."""
+"""Shared-prefix reuse (`train.prefix_reuse`): with a frozen LLM, the collator strips the system prompt from every
+sample, its KV is computed once and each sample runs only its rest, with the same loss, conditioning and gradients as
+the plain pass, packed or not; the config turns it on exactly where it is valid."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from batch_helpers import (
     STAGE_1,
     STAGE_2,
@@ -23,32 +25,48 @@ from stage_helpers import REPO_ROOT, read_metrics, stage_overrides
 
 from nextgpt.config import ConfigError, load_config
 from nextgpt.constants import IGNORE_INDEX
+from nextgpt.data.layout import shared_prefix_length, strip_prefix
 from nextgpt.llm.conversation import system_prefix_ids
-from nextgpt.llm.prefix_cache import TokenRows, shared_prefix_length, strip_prefix
 from nextgpt.training.loop import run
 from nextgpt.training.stages import apply_trainable_groups
 
 X = IGNORE_INDEX
 
 
+def _item(ids: list[int], labels: list[int] | None = None) -> dict:
+    labels = [X] * len(ids) if labels is None else labels
+    return {
+        "input_ids": torch.tensor(ids),
+        "labels": torch.tensor(labels),
+        "signal_span_starts": {},
+        "length": len(ids),
+    }
+
+
 def test_shared_prefix_stops_at_the_first_difference_and_before_supervised_labels():
     template = [1, 5, 6, 7]
-    ids = torch.tensor([[1, 5, 6, 7, 9, 9, 0], [1, 5, 6, 8, 9, 9, 9]])
-    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1]])
-    labels = torch.full_like(ids, X)
-    assert shared_prefix_length(template, ids, mask, labels, None) == 3
-    assert shared_prefix_length(template, ids[:1], mask[:1], labels[:1], None) == 4
-    labels[0, 3] = 7  # predicted from position 2, so positions 0..2 must keep their logits
-    assert shared_prefix_length(template, ids[:1], mask[:1], labels[:1], None) == 2
-    assert shared_prefix_length([2, 5], ids, mask, labels, None) == 0
-    # Packed: two samples in one row; the second is only 4 tokens long, one of which must remain.
-    packed_ids = torch.tensor([[1, 5, 6, 7, 9, 1, 5, 6, 7]])
-    positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3]])
-    packed_mask = torch.ones_like(packed_ids)
-    assert shared_prefix_length(template, packed_ids, packed_mask, None, positions) == 3
-    rest = strip_prefix(TokenRows(packed_ids, packed_mask, torch.full_like(packed_ids, X), positions), 3)
-    assert rest.input_ids.tolist() == [[7, 9, 7]] and rest.position_ids.tolist() == [[0, 1, 0]]
-    assert rest.attention_mask.tolist() == [[1, 1, 1]]
+    first, second = _item([1, 5, 6, 7, 9, 9]), _item([1, 5, 6, 8, 9, 9, 9])
+    assert shared_prefix_length(template, [first, second]) == 3
+    assert shared_prefix_length(template, [first]) == 4
+    supervised = _item([1, 5, 6, 7, 9, 9], [X, X, X, 7, X, X])  # label 3 is predicted from position 2
+    assert shared_prefix_length(template, [supervised]) == 2
+    assert shared_prefix_length([2, 5], [first, second]) == 0
+    assert shared_prefix_length(template, [_item([1, 5, 6, 7])]) == 3  # one token must remain
+    assert shared_prefix_length(template, []) == 0
+    spans = {**_item([1, 5, 6, 7, 40, 41]), "signal_span_starts": {"image": [4]}}
+    rest = strip_prefix(spans, 3)
+    assert rest["input_ids"].tolist() == [7, 40, 41] and rest["length"] == 3
+    assert rest["signal_span_starts"] == {"image": [1]} and spans["input_ids"].numel() == 6
+
+
+def test_config_turns_prefix_reuse_on_exactly_where_it_is_valid():
+    stage_2 = load_config(REPO_ROOT / "configs" / "stage_2.yaml")
+    assert stage_2.train.prefix_reuse is True
+    assert load_config(REPO_ROOT / "configs" / "stage_3.yaml").train.prefix_reuse is False  # LoRA trains
+    assert load_config(overrides=["model.llm.gradient_checkpointing=true"]).train.prefix_reuse is False
+    assert load_config(overrides=["train.prefix_reuse=false"]).train.prefix_reuse is False
+    with pytest.raises(ConfigError, match="gradient_checkpointing"):
+        load_config(overrides=["train.prefix_reuse=true", "model.llm.gradient_checkpointing=true"])
 
 
 def test_system_prefix_opens_every_rendered_conversation(tiny_root, tiny_cfg_path):
@@ -60,54 +78,49 @@ def test_system_prefix_opens_every_rendered_conversation(tiny_root, tiny_cfg_pat
 
 
 @pytest.mark.numerics
-@pytest.mark.parametrize("attention", ["sdpa", "varlen"])
 @pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("stage", [1, 2])
-def test_prefix_reuse_trains_like_the_plain_pass(tiny_root, tiny_cfg_path, stage, packing, attention):
-    model = build_model(
-        tiny_root,
-        tiny_cfg_path,
-        stage,
-        "model.input_projector.type=group",
-        f"model.llm.attn_implementation={attention}",
-    )
+def test_prefix_reuse_trains_like_the_plain_pass(tiny_root, tiny_cfg_path, stage, packing):
+    model = build_model(tiny_root, tiny_cfg_path, stage, "model.input_projector.type=group")
     items = make_items(model, STAGE_1 if stage == 1 else STAGE_2)
-    collated = collate(model, items, packing=packing)
-    exact = float64_step(model, collated.batch)
-    plain = run_step(model, collated.batch)
-    model.prefix_reuse = True
-    reused = run_step(model, collated.batch)
+    plain_batch = collate(model, items, packing=packing)
+    reused_batch = collate(model, items, packing=packing, prefix_reuse=True)
+    exact = float64_step(model, plain_batch.batch)
+    plain = run_step(model, plain_batch.batch)
+    reused = run_step(model, reused_batch.batch)
 
-    assert reused.out.num_prefix_tokens == len(system_prefix_ids(model.tokenizer)) > 0
+    num_prefix = len(system_prefix_ids(model.tokenizer))
+    assert reused.out.num_prefix_tokens == num_prefix > 0 and plain.out.num_prefix_tokens == 0
+    assert reused_batch.batch.input_ids.numel() < plain_batch.batch.input_ids.numel()
     k = model.input_projector.num_tokens
-    plain_signals = signal_embeds_by_sample(plain.out, collated.datasets, items)
+    plain_signals = signal_embeds_by_sample(plain.out, plain_batch.datasets, items)
     assert (stage == 1) == (not plain_signals)
     # Both float32 passes within float32 rounding of the exact (float64) plain pass: see tests/numerics.py.
-    for name, step in (("plain", plain), ("prefix reuse", reused)):
-        assert_close_to_float64(name, step, collated, exact, collated, items, k)
+    assert_close_to_float64("plain", plain, plain_batch, exact, plain_batch, items, k)
+    assert_close_to_float64("prefix reuse", reused, reused_batch, exact, plain_batch, items, k)
     assert model.prefix_kv.num_computed == 1
 
 
 @pytest.mark.numerics
 def test_prefix_kv_is_computed_once_and_stays_valid_while_the_projectors_train(tiny_root, tiny_cfg_path):
     model = build_model(tiny_root, tiny_cfg_path, 2)
-    model.prefix_reuse = True
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
-    first = collate(model, make_items(model, STAGE_1 + STAGE_2[:2], seed=1), packing=True).batch
+    first = collate(model, make_items(model, STAGE_1 + STAGE_2[:2], seed=1), packing=True, prefix_reuse=True).batch
     second_items = make_items(model, STAGE_2, seed=2)
     second = collate(model, second_items, packing=False)
+    second_reused = collate(model, second_items, packing=False, prefix_reuse=True)
     run_step(model, first)
     cached = model.prefix_kv.key_values(model.llm, model.embed_tokens, system_prefix_ids(model.tokenizer), "cpu")
     optimizer.step()  # moves the projectors and signal-token rows; the prefix does not depend on them
-    reused = run_step(model, second.batch)
+    reused = run_step(model, second_reused.batch)
     assert model.prefix_kv.num_computed == 1
     again = model.prefix_kv.key_values(model.llm, model.embed_tokens, system_prefix_ids(model.tokenizer), "cpu")
     assert all(k is k2 and v is v2 for (k, v), (k2, v2) in zip(cached, again, strict=True))
-    model.prefix_reuse = False
     plain = run_step(model, second.batch)
     exact = float64_step(model, second.batch)
-    for name, step in (("plain", plain), ("cached prefix", reused)):
-        assert_close_to_float64(name, step, second, exact, second, second_items, model.input_projector.num_tokens)
+    k = model.input_projector.num_tokens
+    assert_close_to_float64("plain", plain, second, exact, second, second_items, k)
+    assert_close_to_float64("cached prefix", reused, second_reused, exact, second, second_items, k)
     # Another prefix (here: a shorter one) is computed once more.
     model.prefix_kv.key_values(model.llm, model.embed_tokens, system_prefix_ids(model.tokenizer)[:5], "cpu")
     assert model.prefix_kv.num_computed == 2
@@ -121,20 +134,20 @@ def test_prefix_reuse_is_refused_while_lora_trains(tiny_root, tiny_cfg_path, tin
     # Model level: LoRA present but frozen is fine (same loss as plain); trainable LoRA is refused.
     model = build_model(tiny_root, tiny_cfg_path, 1, "model.lora.enabled=true")
     items = make_items(model, STAGE_1)
-    collated = collate(model, items, packing=False)
-    batch = collated.batch
-    exact = float64_step(model, batch)
-    model.prefix_reuse = True
-    reused = run_step(model, batch)
+    collated, stripped = collate(model, items, packing=False), collate(model, items, packing=False, prefix_reuse=True)
+    exact = float64_step(model, collated.batch)
+    reused = run_step(model, stripped.batch)
     assert reused.out.num_prefix_tokens > 0
-    assert_close_to_float64("prefix reuse", reused, collated, exact, collated, items, model.input_projector.num_tokens)
+    assert_close_to_float64("prefix reuse", reused, stripped, exact, collated, items, model.input_projector.num_tokens)
     apply_trainable_groups(model, ("lora", "input_projector"))
     with pytest.raises(ValueError, match=r"train\.prefix_reuse needs a frozen LLM.*lora_.*set train\.prefix_reuse"):
-        model(batch)
+        model(stripped.batch)
 
 
 @pytest.mark.numerics
-def test_packed_training_run_with_prefix_reuse_starts_with_the_plain_loss(tiny_root, tiny_world, tmp_path: Path):
+def test_default_training_run_packs_and_reuses_the_prefix_and_starts_with_the_plain_loss(
+    tiny_root, tiny_world, tmp_path: Path
+):
     micro_batch = 6
     extra = [
         "train.max_steps=2",
@@ -142,11 +155,13 @@ def test_packed_training_run_with_prefix_reuse_starts_with_the_plain_loss(tiny_r
         "train.save_every=100000",
         "train.warmup_ratio=0",
     ]
-    runs = {"plain": [], "fast": ["data.packing=true", "train.prefix_reuse=true"]}
+    runs = {"plain": ["data.packing=false", "train.prefix_reuse=false"], "fast": []}  # the defaults are the fast path
     for name, switches in runs.items():
         overrides = stage_overrides(tiny_root, tiny_world, tmp_path / name, *extra, *switches)
         result = run(load_config(REPO_ROOT / "configs" / "tiny_stage_1.yaml", overrides=overrides))
         assert len(result.losses) == 2 and (result.final_dir / "trainable.safetensors").is_file()
+    saved = yaml.safe_load((tmp_path / "fast" / "final" / "config.yaml").read_text())
+    assert saved["train"]["prefix_reuse"] is True and saved["data"]["packing"] is True
     plain, fast = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "fast")
     # Step 1: the same loss up to float32 rounding (tests/numerics.py), n bounded by the step's LLM positions.
     cfg = load_config(
