@@ -213,7 +213,6 @@ def model_config(
         encoder=shapes.encoder,
         llm=LLMConfig(
             dtype=dtype,
-            attn_implementation="sdpa",
             max_length=max_length,
             gradient_checkpointing=gradient_checkpointing,
         ),
@@ -333,6 +332,27 @@ def build_nextgpt(
     )
     apply_trainable_groups(model, trainable)
     return model.train()
+
+
+def write_llm_folder(shapes: Shapes, tokenizer, out_dir: Path, device: str | torch.device) -> Path:
+    """An HF LLaMA folder at the shape's sizes: random weights in the shape's dtype plus the bench tokenizer (without
+    the signal tokens, which `load_tokenizer` adds), the input `load_llm` reads for a real checkpoint. Reused when
+    present."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").is_file() and any(out_dir.glob("*.safetensors")):
+        return out_dir
+    dtype = torch.bfloat16 if shapes is FULL else torch.float32
+    with default_dtype(dtype), torch.device(device):
+        llm = LlamaForCausalLM(llama_config(shapes.llm))
+    llm.save_pretrained(out_dir)
+    del llm
+    base = AutoTokenizer.from_pretrained(tokenizer.name_or_path)  # the folder `build_tokenizer` wrote
+    base.save_pretrained(out_dir)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return out_dir
 
 
 def count_llm_parameters(shapes: Shapes) -> dict[str, int]:

@@ -38,12 +38,12 @@ def _settings(smoke: bool) -> dict[str, Any]:
     if smoke:
         return dict(
             new_tokens=8, png_tokens=4, png_steps=2, png_fast_steps=2, repeat=1, unet_repeat=2,
-            stage1_micro_batch=4, stage3_micro_batch=2, stage_steps=1, stage_warmup=1, pack_length=2048,
+            stage1_micro_batch=4, stage3_micro_batch=2, stage_steps=1, stage_warmup=1,
             memory_steps=1,
         )  # fmt: skip
     return dict(
         new_tokens=128, png_tokens=32, png_steps=50, png_fast_steps=25, repeat=3, unet_repeat=10,
-        stage1_micro_batch=32, stage3_micro_batch=8, stage_steps=10, stage_warmup=3, pack_length=4096,
+        stage1_micro_batch=32, stage3_micro_batch=8, stage_steps=10, stage_warmup=3,
         memory_steps=2,
     )  # fmt: skip
 
@@ -124,24 +124,21 @@ def run_inference_sections(
 
 
 def run_training_sections(
-    wanted: set[str], shapes: Shapes, tokenizer, device: str, s: dict[str, Any], cap_gib: float | None
+    wanted: set[str], shapes: Shapes, tokenizer, device: str, s: dict[str, Any], cap_gib: float | None, work: Path
 ) -> dict[str, Any]:
-    """stage1 then stage3 on one 7B model (LoRA is wrapped on for stage 3)."""
-    from bench.training import STAGE1_GROUPS, run_stage1, run_stage3, to_stage3
+    """stage1 then stage3: each builds its naive model, then ours from the shipped stage YAML."""
+    from bench.training import run_stage1, run_stage3
 
     out: dict[str, Any] = {}
-    model = build_nextgpt(shapes, tokenizer, device, lora=False, with_encoder=True, trainable=STAGE1_GROUPS)
-    common = dict(steps=s["stage_steps"], warmup=s["stage_warmup"], pack_length=s["pack_length"], profile=True)
+    common = dict(steps=s["stage_steps"], warmup=s["stage_warmup"], profile=True, work=work)
     if "stage1" in wanted:
-        out["stage1"] = run_stage1(model, shapes, device, micro_batch=s["stage1_micro_batch"], **common)
+        out["stage1"] = run_stage1(shapes, tokenizer, device, micro_batch=s["stage1_micro_batch"], **common)
         _log_section("stage1", out["stage1"])
     if "stage3" in wanted:
-        to_stage3(model, shapes)
         out["stage3"] = run_stage3(
-            model, shapes, device, micro_batch=s["stage3_micro_batch"], cap_gib=cap_gib, **common
+            shapes, tokenizer, device, micro_batch=s["stage3_micro_batch"], cap_gib=cap_gib, **common
         )
         _log_section("stage3", out["stage3"])
-    del model
     free_memory()
     return out
 
@@ -236,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         _log_section("unet3d", results["sections"]["unet3d"])
         _save(results, args.out)
     if {"stage1", "stage3"} & wanted:
-        results["sections"].update(run_training_sections(wanted, shapes, tokenizer, device, settings, args.cap_gib))
+        results["sections"].update(
+            run_training_sections(wanted, shapes, tokenizer, device, settings, args.cap_gib, args.work)
+        )
     results["wall_s"] = time.perf_counter() - start
     return _finish(results, args)
 

@@ -100,15 +100,35 @@ def training_flops(non_embedding_params: int, num_layers: int, hidden: int, samp
     return 6.0 * non_embedding_params * tokens + attention
 
 
-def profile_top_kernels(fn: Callable[[], Any], steps: int = 2, rows: int = 12) -> str:
-    """torch.profiler table of the most expensive device kernels over `steps` calls of `fn` (CPU ops on CPU)."""
+def measure_matmul_peak(size: int = 8192, repeat: int = 50) -> float | None:
+    """Measured dense bf16 matmul throughput of this GPU, FLOP/s (a square GEMM back to back); None on CPU.
+
+    MFU against it says how close a step comes to what the GPU really sustains, next to the datasheet number.
+    """
+    if not torch.cuda.is_available():
+        return None
+    a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    for _ in range(5):
+        a @ b
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        a @ b
+    sync()
+    return 2 * size**3 * repeat / (time.perf_counter() - start)
+
+
+def profile_top_kernels(fn: Callable[[], Any], steps: int = 2, rows: int = 12, sort_by_host: bool = False) -> str:
+    """torch.profiler table of the most expensive device kernels over `steps` calls of `fn` (CPU ops on CPU; with
+    `sort_by_host`, the ops that cost the host the most time, for steps the host bounds)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
     sort_by = "self_cpu_time_total"
     if torch.cuda.is_available():
         activities.append(ProfilerActivity.CUDA)
-        sort_by = "self_cuda_time_total"
+        sort_by = "self_cpu_time_total" if sort_by_host else "self_cuda_time_total"
     sync()
     with profile(activities=activities) as prof:
         for _ in range(steps):

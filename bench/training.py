@@ -1,33 +1,31 @@
-"""Stage-1 and stage-3 training steps: the naive path next to ours, on the same model, samples and step count.
+"""Stage-1 and stage-3 training steps: the naive path next to ours, on the same samples and step count.
 
-A step is `model(batch)` -> `loss.backward()` -> AdamW step on the trainable parameters (torch AdamW: the default
-multi-tensor kernel in naive, the fused one in ours; the DeepSpeed wrapper of `train.py` is left out). Batches are
-collated before timing, as a data loader's workers would; the host-to-device copy of each batch is timed.
+A step is `forward` -> `loss.backward()` -> AdamW step on the trainable parameters (the DeepSpeed wrapper of
+`train.py` is left out here; `bench/loop_check.py` measures the whole loop). Batches are collated before timing, as
+a data loader's workers would; the host-to-device copy of each batch is timed.
 
-- naive: raw media through ImageBind-Huge every step, one padded row per sample (padded to the batch's longest), the
-  system prompt recomputed in every sample, HF LLaMA sdpa (+ peft LoRA and gradient checkpointing in stage 3, as
-  configs/stage_3.yaml ships).
+- naive: what a plain HF + peft script does: raw media through ImageBind-Huge every step, one padded row per sample
+  (padded to the batch's longest, the system prompt recomputed in every sample), HF LLaMA with sdpa and its padding
+  mask (+ peft LoRA and gradient checkpointing in stage 3), torch AdamW as it comes (`naive_forward`).
 - naive_no_cudnn (GPU only): the naive path with cuDNN's attention kernels off, the stricter baseline.
-- ours_eager (stage 1): ours with masked sdpa and eager layers, to show what varlen + compiled layers add.
-- ours: fused AdamW (`train.fused_optimizer`), cached ImageBind features (`data.feature_cache_dir`), packed rows
-  (`data.packing`, `model.llm.max_length`), per-sample attention over the packed rows
-  (`model.llm.attn_implementation=varlen`), compiled decoder layers on CUDA (`model.llm.compile_layers`); in stage 1
-  the shared prefix served from its KV cache (`train.prefix_reuse`), in stage 3 no gradient checkpointing
-  (`model.llm.gradient_checkpointing=false`).
+- ours: exactly what `train.py` builds from the shipped stage YAML (`configs/stage_N.yaml` through `load_config`, the
+  training model builder, the run's collator and optimizer), with only paths and the feature cache set: no speed
+  switch is turned on here.
 
-    result = run_stage1(model, shapes, "cuda", micro_batch=32, steps=8)
+    result = run_stage1(shapes, tokenizer_dir, "cuda", micro_batch=32, steps=8, warmup=3, profile=True, work=work)
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from bench.components import Shapes, count_llm_parameters, model_config
+from bench.components import FULL, Shapes, build_nextgpt, count_llm_parameters, write_llm_folder
 from bench.timing import (
     free_memory,
     memory_cap,
@@ -41,75 +39,63 @@ from bench.timing import (
 from bench.workloads import caption_items, chunk, instruction_items
 from nextgpt.constants import Modality
 from nextgpt.data.collate import Collator
-from nextgpt.llm.backbone import compile_decoder_layers, uncompile_decoder_layers
 
 logger = logging.getLogger(__name__)
 
 STAGE1_GROUPS = ("input_projector", "token_rows")
 STAGE3_GROUPS = ("lora", "input_projector", "output_projectors", "token_rows")
+REPO = Path(__file__).resolve().parents[1]
 
 
-def set_checkpointing(model, enabled: bool) -> None:
-    """Switch `model.llm.gradient_checkpointing` on the built model (HF module and the model's config)."""
-    from nextgpt.llm.backbone import _enable_checkpointing
+def naive_forward(model, batch):
+    """The step of a plain HF + peft script: splice media into padded rows, one HF call with the padding mask (the
+    model's own sdpa kernels), CE on the text, L2 on the signal spans' conditioning."""
+    from nextgpt.llm.splice import splice_media
+    from nextgpt.losses import compute_caption_l2_loss, compute_lm_loss
+    from nextgpt.signals import find_signal_spans
 
-    hf_model = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
-    if enabled:
-        _enable_checkpointing(hf_model)
-    else:
-        hf_model.gradient_checkpointing_disable()
-    model.cfg.llm.gradient_checkpointing = enabled
-
-
-def set_attention(model, implementation: str) -> None:
-    """Switch `model.llm.attn_implementation` on the built model (HF config and the model's config)."""
-    from nextgpt.llm.varlen import VARLEN_ATTENTION, register_varlen_attention
-
-    hf_name = implementation
-    if implementation == "varlen":
-        register_varlen_attention()
-        hf_name = VARLEN_ATTENTION
-    hf_model = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
-    hf_model.config._attn_implementation = hf_name
-    model.cfg.llm.attn_implementation = implementation
+    media_tokens = model.encode_media(batch)
+    spliced = splice_media(batch.input_ids, batch.attention_mask, batch.labels, model.embed_tokens, media_tokens)
+    out = model.llm(
+        inputs_embeds=spliced.inputs_embeds,
+        attention_mask=spliced.attention_mask,
+        output_hidden_states=True,
+        use_cache=False,
+    )
+    scan = find_signal_spans(spliced.token_ids, model.signal_ids)
+    signal_embeds = model.project_signals(out.hidden_states[-1], spliced.token_ids, scan)
+    loss = compute_lm_loss(out.logits, spliced.labels)
+    for modality, target in batch.caption_embeds.items():
+        loss = loss + compute_caption_l2_loss(signal_embeds[modality], target.to(signal_embeds[modality].dtype))
+    return loss, 0
 
 
-def set_compiled(model, enabled: bool) -> None:
-    """Compile the decoder layers (`model.llm.compile_layers`) or return them to eager."""
-    if enabled:
-        compile_decoder_layers(model.llm)
-    else:
-        uncompile_decoder_layers(model.llm)
-    model.cfg.llm.compile_layers = enabled
+def ours_forward(model, batch):
+    out = model(batch)
+    return out.loss, out.num_prefix_tokens
 
 
-def _optimizer(model, fused: bool = False) -> torch.optim.Optimizer:
-    """Naive: torch AdamW as it comes (multi-tensor); ours: the fused kernel (`train.fused_optimizer`)."""
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=fused or None)
+def naive_optimizer(model) -> torch.optim.Optimizer:
+    """torch AdamW as it comes (multi-tensor kernel)."""
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
 
 NAIVE_CUDNN_ATTENTION = True
 """The naive paths run with PyTorch's default sdpa kernels (cuDNN allowed); `--no-cudnn-attention` turns it off."""
 
 
-def use_attention_kernels(model, naive: bool) -> None:
-    """Naive: PyTorch's default sdpa kernels; ours: what `model.llm.cudnn_attention` says (the project default)."""
-    from nextgpt.llm.backbone import configure_attention_kernels
-
-    if not torch.cuda.is_available():
-        return
-    if naive:
+def use_naive_attention_kernels() -> None:
+    """PyTorch's default sdpa kernels (cuDNN allowed unless `--no-cudnn-attention`)."""
+    if torch.cuda.is_available():
         torch.backends.cuda.enable_cudnn_sdp(NAIVE_CUDNN_ATTENTION)
-    else:
-        configure_attention_kernels(model.cfg.llm)
 
 
-def _step(model, optimizer, batch, device: str):
-    out = model(batch.to(device))
-    out.loss.backward()
+def _step(forward, model, optimizer, batch, device: str) -> tuple[torch.Tensor, int]:
+    loss, num_prefix = forward(model, batch.to(device))
+    loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return out
+    return loss, num_prefix
 
 
 def measure_naive_without_cudnn(model, batches, groups, device: str, warmup: int, shapes: Shapes):
@@ -119,9 +105,9 @@ def measure_naive_without_cudnn(model, batches, groups, device: str, warmup: int
         return None
     torch.backends.cuda.enable_cudnn_sdp(False)
     try:
-        return measure_steps(model, batches, groups, device, warmup, shapes)
+        return measure_steps(naive_forward, model, naive_optimizer(model), batches, groups, device, warmup, shapes)
     finally:
-        use_attention_kernels(model, naive=True)
+        use_naive_attention_kernels()
 
 
 def _sample_lengths(items: list[dict[str, Any]]) -> list[int]:
@@ -130,42 +116,43 @@ def _sample_lengths(items: list[dict[str, Any]]) -> list[int]:
 
 
 def measure_steps(
+    forward,
     model,
+    optimizer: torch.optim.Optimizer,
     batches: list,
     groups: list[list[dict[str, Any]]],
     device: str,
     warmup: int,
     shapes: Shapes,
-    fused: bool = False,
 ) -> dict[str, Any]:
     """Run `warmup` untimed steps, then time the rest; tokens, samples, padding, peak memory and MFU.
 
     Args:
-        model: the NextGPT in its path's configuration.
+        forward: `naive_forward` or `ours_forward`.
+        model: the NextGPT of that path.
+        optimizer: the path's optimizer.
         batches: collated `NextGPTBatch`es, one per step.
         groups: the items of each batch (for lengths).
         device: where the model lives.
         warmup: untimed steps first.
         shapes: sizes (for the FLOP count).
-        fused: the fused AdamW kernel (ours) instead of torch's default one.
 
     Returns:
-        samples/s, sample tokens/s, computed tokens/s, MFU, padding share, peak GiB, the last loss.
+        samples/s, sample tokens/s, computed tokens/s, MFU (datasheet and measured peak), padding share, peak GiB,
+        the last loss.
     """
-    optimizer = _optimizer(model, fused)
     reset_peak()
     for batch in batches[:warmup]:
-        _step(model, optimizer, batch, device)
+        _step(forward, model, optimizer, batch, device)
     sync()
     start = time.perf_counter()
     computed: list[int] = []
     rows = 0
     loss = None
     for batch, items in zip(batches[warmup:], groups[warmup:], strict=True):
-        out = _step(model, optimizer, batch, device)
-        computed += [n - out.num_prefix_tokens for n in _sample_lengths(items)]
+        loss, num_prefix = _step(forward, model, optimizer, batch, device)
+        computed += [n - num_prefix for n in _sample_lengths(items)]
         rows += batch.input_ids.numel()
-        loss = out.loss
     sync()
     elapsed = time.perf_counter() - start
     timed = groups[warmup:]
@@ -183,6 +170,7 @@ def measure_steps(
         "tokens_per_s": sample_tokens / elapsed,
         "computed_tokens_per_s": sum(computed) / elapsed,
         "mfu": flops / elapsed / peak_flops(device_name),
+        "model_tflops": flops / elapsed / 1e12,
         "padding_share": 1 - sample_tokens / max(rows, 1),
         "samples_per_step": samples / len(timed),
         "rows_per_step": sum(int(b.input_ids.shape[0]) for b in batches[warmup:]) / len(timed),
@@ -202,10 +190,84 @@ def _pools(shapes: Shapes, num: int, device: str) -> tuple[list[torch.Tensor], l
     return pixels, features
 
 
-def _collate(items: list[dict[str, Any]], micro_batch: int, max_length: int, packing: bool):
-    collator = Collator(pad_id=0, max_length=max_length, tokens_per_media=1, packing=packing)
+def fit_to_config(items: list[dict[str, Any]], stage: int) -> list[dict[str, Any]]:
+    """The samples as the shipped config's `model.llm.max_length` admits them (cut after the last whole round that
+    fits, or dropped), the same for both paths, so both compute the same tokens and the counts are exact."""
+    from nextgpt.config import load_config
+
+    max_length = load_config(REPO / "configs" / f"stage_{stage}.yaml").model.llm.max_length
+    fitter = Collator(pad_id=0, max_length=max_length)
+    fitted = [fitter.fit_item(item)[0] for item in items]
+    return [item for item in fitted if item is not None]
+
+
+def _collate(items: list[dict[str, Any]], micro_batch: int, collator: Collator):
     groups = chunk(items, micro_batch)
     return [collator(g).batch for g in groups], groups
+
+
+def naive_collator(model) -> Collator:
+    """One padded row per sample, nothing stripped."""
+    return Collator(pad_id=0, max_length=4096, tokens_per_media=model.input_projector.num_tokens, packing=False)
+
+
+def preset_overrides(path: Path) -> list[str]:
+    """A preset YAML as `key.sub=value` overrides (how a user lays it over a stage config)."""
+    import yaml
+
+    def flatten(data: dict[str, Any], prefix: str = "") -> list[str]:
+        out = []
+        for key, value in data.items():
+            dotted = f"{prefix}{key}"
+            out += flatten(value, dotted + ".") if isinstance(value, dict) else [f"{dotted}={value}"]
+        return out
+
+    return flatten(yaml.safe_load(path.read_text()))
+
+
+def ours_config(stage: int, llm_dir: Path, shapes: Shapes, work: Path, extra: list[str] = ()):
+    """The shipped stage YAML with only paths set (plus tiny sizes and float32 for the CPU smoke run)."""
+    from nextgpt.config import load_config, to_dict
+
+    cache = work / "feature_cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    overrides = [
+        f"model.llm.model_path={llm_dir}",
+        f"data.feature_cache_dir={cache}",  # features are precomputed once: the encoder is not loaded
+        "train.init_from=",
+    ]
+    if shapes is not FULL:
+        for modality, section in to_dict(shapes.output_projectors).items():
+            overrides += [f"model.output_projectors.{modality}.{k}={v}" for k, v in section.items()]
+        overrides += [f"model.encoder.out_embed_dim={shapes.encoder.out_embed_dim}", "model.llm.dtype=float32"]
+        overrides += ["train.precision=fp32", "model.llm.compile_layers=false"]  # a CPU check, not a measurement
+    return load_config(REPO / "configs" / f"stage_{stage}.yaml", overrides=[*overrides, *extra])
+
+
+def build_ours(stage: int, llm_dir: Path, shapes: Shapes, work: Path, device: str, extra: list[str] = ()):
+    """What `train.py` builds for the stage: the model (trainable groups, compiled layers as configured), collator and
+    optimizer, cast to the training precision as DeepSpeed's bf16 mode does."""
+    from nextgpt.training.data_setup import build_collator
+    from nextgpt.training.engine import build_optimizer
+    from nextgpt.training.loop import build_model_for_training
+
+    cfg = ours_config(stage, llm_dir, shapes, work, extra)
+    model = build_model_for_training(cfg)
+    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+    model = model.to(device=device, dtype=dtype).train()
+    return cfg, model, build_collator(cfg, model), build_optimizer(cfg.train, model)
+
+
+def _switches(cfg) -> dict[str, Any]:
+    """The speed-relevant values the shipped config resolved to (for the report)."""
+    return {
+        "data.packing": cfg.data.packing,
+        "train.prefix_reuse": cfg.train.prefix_reuse,
+        "train.fused_optimizer": cfg.train.fused_optimizer,
+        "model.llm.compile_layers": cfg.model.llm.compile_layers,
+        "model.llm.gradient_checkpointing": cfg.model.llm.gradient_checkpointing,
+        "model.llm.max_length": cfg.model.llm.max_length,
+    }
 
 
 def precompute_rate(model, shapes: Shapes, device: str, batch: int, repeat: int = 3) -> dict[str, float]:
@@ -223,132 +285,126 @@ def precompute_rate(model, shapes: Shapes, device: str, batch: int, repeat: int 
 
 
 def run_stage1(
-    model, shapes: Shapes, device: str, micro_batch: int, steps: int, warmup: int, pack_length: int, profile: bool
+    shapes: Shapes, tokenizer, device: str, micro_batch: int, steps: int, warmup: int, profile: bool, work: Path
 ) -> dict[str, Any]:
     """Stage 1 (frozen LLM; input projector and signal-token rows train) on CC3M-like captions."""
-    from nextgpt.llm.tokenizer import signal_token_ids  # noqa: F401  (model.signal_ids already holds them)
-    from nextgpt.training.stages import apply_trainable_groups
-
-    apply_trainable_groups(model, STAGE1_GROUPS)
-    set_checkpointing(model, False)
     num = micro_batch * (steps + warmup)
-    pixels, features = _pools(shapes, micro_batch, device)
-    naive_items = caption_items(model.tokenizer, model.signal_ids, num, pixels, None, np.random.default_rng(0))
-    ours_items = caption_items(model.tokenizer, model.signal_ids, num, None, features, np.random.default_rng(0))
-    result: dict[str, Any] = {"micro_batch": micro_batch, "pack_length": pack_length}
+    result: dict[str, Any] = {"micro_batch": micro_batch}
     # naive
-    model.prefix_reuse = False
-    use_attention_kernels(model, naive=True)
-    batches, groups = _collate(naive_items, micro_batch, 2048, packing=False)
-    result["naive"] = measure_steps(model, batches, groups, device, warmup, shapes)
+    model = build_nextgpt(shapes, tokenizer, device, lora=False, with_encoder=True, trainable=STAGE1_GROUPS)
+    pixels, features = _pools(shapes, micro_batch, device)
+    naive_items = fit_to_config(
+        caption_items(model.tokenizer, model.signal_ids, num, pixels, None, np.random.default_rng(0)), 1
+    )
+    use_naive_attention_kernels()
+    batches, groups = _collate(naive_items, micro_batch, naive_collator(model))
+    result["naive"] = measure_steps(
+        naive_forward, model, naive_optimizer(model), batches, groups, device, warmup, shapes
+    )
     logger.info("stage 1 naive: %.1f samples/s", result["naive"]["samples_per_s"])
     result["naive_no_cudnn"] = measure_naive_without_cudnn(model, batches, groups, device, warmup, shapes)
-    # ours: no encoder in memory, features, packing, prefix reuse; first with eager layers and masked sdpa ...
-    encoder, model.encoder = model.encoder, None
-    model.prefix_reuse = True
-    use_attention_kernels(model, naive=False)
-    batches, groups = _collate(ours_items, micro_batch, pack_length, packing=True)
+    result["precompute"] = precompute_rate(model, shapes, device, batch=256 if device == "cuda" else 8)
+    del model, batches
     free_memory()
-    result["ours_eager"] = measure_steps(model, batches, groups, device, warmup, shapes, fused=True)
-    # ... then with varlen attention (the prefix joined per sample) and compiled layers on CUDA
-    set_attention(model, "varlen")
-    set_compiled(model, device == "cuda")
-    result["ours"] = measure_steps(model, batches, groups, device, warmup, shapes, fused=True)
-    result["ours"]["compile_layers"] = device == "cuda"
+    # ours: the shipped configs/stage_1.yaml
+    llm_dir = write_llm_folder(shapes, tokenizer, work / f"llm-{shapes.name}", device)
+    cfg, model, collator, optimizer = build_ours(1, llm_dir, shapes, work, device)
+    result["ours_config"] = _switches(cfg)
+    ours_items = fit_to_config(
+        caption_items(model.tokenizer, model.signal_ids, num, None, features, np.random.default_rng(0)), 1
+    )
+    batches, groups = _collate(ours_items, micro_batch, collator)
+    result["ours"] = measure_steps(ours_forward, model, optimizer, batches, groups, device, warmup, shapes)
     logger.info("stage 1 ours: %.1f samples/s", result["ours"]["samples_per_s"])
     if profile:
-        optimizer = _optimizer(model, fused=True)
-        result["profile_ours"] = profile_top_kernels(lambda: _step(model, optimizer, batches[-1], device))
-    set_compiled(model, False)
-    set_attention(model, "sdpa")
-    model.prefix_reuse = False
-    model.encoder = encoder
-    result["precompute"] = precompute_rate(model, shapes, device, batch=256 if device == "cuda" else 8)
+        result["profile_ours"] = profile_top_kernels(
+            lambda: _step(ours_forward, model, optimizer, batches[-1], device)
+        )
+        result["profile_ours_host"] = profile_top_kernels(
+            lambda: _step(ours_forward, model, optimizer, batches[-1], device), sort_by_host=True
+        )
     train_rate = result["ours"]["samples_per_s"]
     image_rate = result["precompute"]["images_per_s"]
     # One epoch of N samples, one image each: precompute N features, then train N samples.
     result["ours_end_to_end_samples_per_s"] = 1.0 / (1.0 / train_rate + 1.0 / image_rate)
     result["ratio"] = train_rate / result["naive"]["samples_per_s"]
     result["ratio_end_to_end"] = result["ours_end_to_end_samples_per_s"] / result["naive"]["samples_per_s"]
+    del model, optimizer, batches
     free_memory()
     return result
 
 
-def to_stage3(model, shapes: Shapes) -> None:
-    """Wrap the LLM with peft LoRA (`shapes.lora`) and set the stage-3 trainable groups, in place."""
-    from nextgpt.llm.lora import apply_lora
-    from nextgpt.training.stages import apply_trainable_groups
-
-    model.llm = apply_lora(model.llm, model_config(shapes, lora=True).lora)
-    model.cfg.lora = model_config(shapes, lora=True).lora
-    dtype = next(model.input_projector.parameters()).dtype
-    model.llm.to(dtype)
-    apply_trainable_groups(model, STAGE3_GROUPS)
-
-
 def run_stage3(
-    model,
     shapes: Shapes,
+    tokenizer,
     device: str,
     micro_batch: int,
     steps: int,
     warmup: int,
-    pack_length: int,
     profile: bool,
+    work: Path,
     cap_gib: float | None,
 ) -> dict[str, Any]:
     """Stage 3 (LoRA + projectors + signal rows train) on LLaVA/MosIT-like instructions; then ours with gradient
-    checkpointing under a `cap_gib` memory cap (a 24 GB GPU)."""
+    checkpointing (`configs/presets/gpu_24gb.yaml`) under a `cap_gib` memory cap (a 24 GB GPU)."""
     num = micro_batch * (steps + warmup)
-    pixels, features = _pools(shapes, micro_batch, device)
     caption_dim = shapes.output_projectors.image.out_dim
     rng = np.random.default_rng
-    naive_items = instruction_items(model.tokenizer, model.signal_ids, num, pixels, None, caption_dim, rng(0))
-    ours_items = instruction_items(model.tokenizer, model.signal_ids, num, None, features, caption_dim, rng(0))
-    result: dict[str, Any] = {"micro_batch": micro_batch, "pack_length": pack_length}
-    model.prefix_reuse = False
-    # naive: raw media, padding, gradient checkpointing (configs/stage_3.yaml)
-    set_checkpointing(model, True)
-    use_attention_kernels(model, naive=True)
-    batches, groups = _collate(naive_items, micro_batch, 2048, packing=False)
-    result["naive"] = measure_steps(model, batches, groups, device, warmup, shapes)
+    result: dict[str, Any] = {"micro_batch": micro_batch}
+    # naive: raw media, padding, peft LoRA with gradient checkpointing
+    model = build_nextgpt(
+        shapes, tokenizer, device, lora=True, with_encoder=True, gradient_checkpointing=True, trainable=STAGE3_GROUPS
+    )
+    pixels, features = _pools(shapes, micro_batch, device)
+    naive_items = fit_to_config(
+        instruction_items(model.tokenizer, model.signal_ids, num, pixels, None, caption_dim, rng(0)), 3
+    )
+    use_naive_attention_kernels()
+    batches, groups = _collate(naive_items, micro_batch, naive_collator(model))
+    result["naive"] = measure_steps(
+        naive_forward, model, naive_optimizer(model), batches, groups, device, warmup, shapes
+    )
     result["naive"]["gradient_checkpointing"] = True
     logger.info("stage 3 naive: %.0f tokens/s", result["naive"]["tokens_per_s"])
     result["naive_no_cudnn"] = measure_naive_without_cudnn(model, batches, groups, device, warmup, shapes)
-    # ours: features, packing with per-sample (varlen) attention
-    encoder, model.encoder = model.encoder, None
-    set_attention(model, "varlen")
-    use_attention_kernels(model, naive=False)
-    batches, groups = _collate(ours_items, micro_batch, pack_length, packing=True)
-    # first with gradient checkpointing on a 24 GB budget (eager layers: compiled ones are measured next) ...
-    set_checkpointing(model, True)
+    del model, batches
     free_memory()
-    capped: dict[str, Any] = {"cap_gib": cap_gib, "gradient_checkpointing": True}
+    # ours: the shipped configs/stage_3.yaml
+    llm_dir = write_llm_folder(shapes, tokenizer, work / f"llm-{shapes.name}", device)
+    cfg, model, collator, optimizer = build_ours(3, llm_dir, shapes, work, device)
+    result["ours_config"] = _switches(cfg)
+    ours_items = fit_to_config(
+        instruction_items(model.tokenizer, model.signal_ids, num, None, features, caption_dim, rng(0)), 3
+    )
+    batches, groups = _collate(ours_items, micro_batch, collator)
+    result["ours"] = measure_steps(ours_forward, model, optimizer, batches, groups, device, warmup, shapes)
+    logger.info("stage 3 ours: %.0f tokens/s", result["ours"]["tokens_per_s"])
+    if profile:
+        result["profile_ours"] = profile_top_kernels(
+            lambda: _step(ours_forward, model, optimizer, batches[-1], device)
+        )
+    result["ratio"] = result["ours"]["tokens_per_s"] / result["naive"]["tokens_per_s"]
+    del model, optimizer, batches
+    free_memory()
+    result["ours_capped"] = _capped_stage3(llm_dir, shapes, work, device, ours_items, micro_batch, warmup, cap_gib)
+    return result
+
+
+def _capped_stage3(llm_dir, shapes, work, device, items, micro_batch, warmup, cap_gib) -> dict[str, Any]:
+    """Stage 3 with the 24 GB preset (`configs/presets/gpu_24gb.yaml`) under a memory cap."""
+    preset = preset_overrides(REPO / "configs" / "presets" / "gpu_24gb.yaml")
+    cfg, model, collator, optimizer = build_ours(3, llm_dir, shapes, work, device, preset)
+    batches, groups = _collate(items[: micro_batch * (warmup + 2)], micro_batch, collator)
+    capped: dict[str, Any] = {"cap_gib": cap_gib, "preset": preset, **_switches(cfg)}
+    free_memory()
     try:
         with memory_cap(cap_gib):
-            capped.update(
-                measure_steps(model, batches[: warmup + 2], groups[: warmup + 2], device, warmup, shapes, fused=True)
-            )
+            capped.update(measure_steps(ours_forward, model, optimizer, batches, groups, device, warmup, shapes))
         capped["fits"] = True
     except torch.OutOfMemoryError as error:
         capped["fits"] = False
         capped["error"] = str(error).splitlines()[0]
         capped["peak_gib"] = peak_gib()
-    # ... then at full speed: no checkpointing, compiled decoder layers
-    set_checkpointing(model, False)
-    if device == "cuda":
-        set_compiled(model, True)
+    del model, optimizer, batches
     free_memory()
-    result["ours"] = measure_steps(model, batches, groups, device, warmup, shapes, fused=True)
-    result["ours"]["gradient_checkpointing"] = False
-    result["ours"]["compile_layers"] = device == "cuda"
-    logger.info("stage 3 ours: %.0f tokens/s", result["ours"]["tokens_per_s"])
-    if profile:
-        optimizer = _optimizer(model, fused=True)
-        result["profile_ours"] = profile_top_kernels(lambda: _step(model, optimizer, batches[-1], device))
-    result["ratio"] = result["ours"]["tokens_per_s"] / result["naive"]["tokens_per_s"]
-    result["ours_capped"] = capped
-    set_compiled(model, False)
-    model.encoder = encoder
-    free_memory()
-    return result
+    return capped

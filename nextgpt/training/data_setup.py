@@ -80,13 +80,7 @@ def build_training_data(cfg: Config, model: NextGPT) -> TrainingData:
         world_size=world_size(),
         dataset_groups=[d.modality_tags() for d in datasets],
     )
-    collator = Collator(
-        pad_id=model.tokenizer.pad_token_id,
-        max_length=cfg.model.llm.max_length,
-        tokens_per_media=model.input_projector.num_tokens,
-        packing=cfg.data.packing,
-        prefix_ids=model.template_prefix_ids if cfg.train.prefix_reuse else (),
-    )
+    collator = build_collator(cfg, model)
     loader = DataLoader(
         ConcatDataset(datasets),
         batch_sampler=batch_sampler,
@@ -95,3 +89,15 @@ def build_training_data(cfg: Config, model: NextGPT) -> TrainingData:
         persistent_workers=False,
     )
     return TrainingData(loader=loader, batch_sampler=batch_sampler, decoders=decoders, datasets=datasets)
+
+
+def build_collator(cfg: Config, model: NextGPT) -> Collator:
+    """The run's collator: the model's tokens per media item, `data.packing`, and the template's opening to strip
+    when `train.prefix_reuse` is on."""
+    return Collator(
+        pad_id=model.tokenizer.pad_token_id,
+        max_length=cfg.model.llm.max_length,
+        tokens_per_media=model.input_projector.num_tokens,
+        packing=cfg.data.packing,
+        prefix_ids=model.template_prefix_ids if cfg.train.prefix_reuse else (),
+    )
