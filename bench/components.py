@@ -256,6 +256,41 @@ def llama_config(shape: dict[str, int], **extra: Any):
     )
 
 
+def write_vicuna_shaped_llm(out_dir: Path, shape: dict[str, int], device: str | torch.device) -> Path:
+    """An HF LLaMA folder at `shape` (e.g. `VICUNA_7B`) with random bf16 weights and the tokenizer of
+    `build_tokenizer` (tiny sentencepiece padded to the shape's vocabulary), read by the project's own loaders.
+
+    Kept when `out_dir` exists (it is written in a staging folder and renamed when complete). `device` is where the
+    random weights are drawn (a 7B model in bf16 is 13.5 GB).
+    """
+    import shutil
+
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from nextgpt.tiny.llm import write_tiny_llm
+    from nextgpt.utils.folders import replace_folder
+
+    out_dir = Path(out_dir)
+    if out_dir.is_dir():
+        return out_dir
+    staging = out_dir.with_name(f".{out_dir.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    write_tiny_llm(staging, vocab_size=TOKENIZER_PIECES)
+    tokenizer = AutoTokenizer.from_pretrained(staging)
+    tokenizer.add_tokens([f"<pad_{i:05d}>" for i in range(shape["vocab_size"] - len(tokenizer))])
+    tokenizer.save_pretrained(staging)
+    with default_dtype(torch.bfloat16), torch.device(device):
+        model = LlamaForCausalLM(llama_config(shape, torch_dtype="bfloat16"))
+    for tiny_weights in staging.glob("model*.safetensors"):
+        tiny_weights.unlink()
+    model.save_pretrained(staging)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    replace_folder(staging, out_dir)
+    return out_dir
+
+
 def build_llm(shapes: Shapes, tokenizer, device: str | torch.device, dtype: torch.dtype, gradient_checkpointing: bool):
     """A random LLaMA at the shape's sizes, frozen, with trainable signal-token rows (as `load_llm` returns it)."""
     from transformers import LlamaForCausalLM

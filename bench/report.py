@@ -249,7 +249,9 @@ FINDINGS = """## Notes from these runs
 STAGE3_CHECK = """## Stage 3 through `train.py` (DeepSpeed ZeRO-2), earlier check
 
 Command: `python bench/stage3_check.py --work /tmp/s3 --steps 25 --out stage3_check.json` (the whole training loop:
-data loading from the synthetic world's files, ImageBind on every step, DeepSpeed ZeRO-2, micro-batch 8).
+data loading from the synthetic world's files, ImageBind on every step, DeepSpeed ZeRO-2, micro-batch 8). That script
+is replaced by `bench/loop_check.py`, which runs stage 1 and stage 3 through the same loop on this suite's length mix,
+with the feature cache, and compares the result with the isolated steps above.
 
 | GPU | gradient checkpointing | tokens/s | peak GPU memory |
 |---|---|---|---|

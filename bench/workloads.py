@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nextgpt.constants import IGNORE_INDEX, Modality
+from nextgpt.constants import IGNORE_INDEX, PLACEHOLDERS, Modality
 from nextgpt.llm.conversation import Turn, build_training_example
 
 FILLER = "red"
@@ -109,6 +109,11 @@ def _media(pixels: list[torch.Tensor] | None, features: list[torch.Tensor] | Non
     return {"media": {Modality.IMAGE: [pixels[index % len(pixels)]]}}
 
 
+def caption_turns(length: int) -> list[Turn]:
+    """One stage-1 conversation: `USER: <image> ASSISTANT:` and a caption of `length` filler words (tokens)."""
+    return [Turn("user", PLACEHOLDERS[Modality.IMAGE]), Turn("assistant", " ".join([FILLER] * length))]
+
+
 def caption_items(
     tokenizer,
     signal_ids: dict[Modality, list[int]],
@@ -121,7 +126,7 @@ def caption_items(
     lengths = CAPTIONS.sample(rng, num)
     items = []
     for index, length in enumerate(lengths):
-        turns = [Turn("user", "<image>"), Turn("assistant", " ".join([FILLER] * int(length)))]
+        turns = caption_turns(int(length))
         items.append(_item(tokenizer, signal_ids, turns, _media(pixels, features, index), None, rng, index, "cc3m"))
     return items
 
@@ -131,13 +136,35 @@ def _instruction_turns(sizes: list[int], generates: bool) -> list[Turn]:
     turns = []
     for r, size in enumerate(sizes):
         user = max(1, size // 4)
-        prefix = "<image>\n" if r == 0 else ""
+        prefix = PLACEHOLDERS[Modality.IMAGE] + "\n" if r == 0 else ""
         turns.append(Turn("user", prefix + " ".join([FILLER] * user)))
         answer = " ".join([FILLER] * max(1, size - user))
         if generates and r == len(sizes) - 1:
-            answer += " <image>"
+            answer += " " + PLACEHOLDERS[Modality.IMAGE]
         turns.append(Turn("assistant", answer))
     return turns
+
+
+def instruction_turns(
+    tokenizer, signal_ids: dict[Modality, list[int]], length: int, rng: np.random.Generator, template: str | None = None
+) -> list[Turn]:
+    """One stage-3 conversation of about `length` tokens (template included) in filler words: 1-3 rounds (user 25% /
+    assistant 75% of the words, the first user turn with the image); with probability `MOSIT_FRACTION` the last
+    answer ends with an image placeholder (a generation target)."""
+    rounds = int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2]))
+    generates = bool(rng.random() < MOSIT_FRACTION)
+    weights = rng.dirichlet(np.ones(rounds) * 4)
+    # Template tokens (system prompt, role tags, EOS, signal span) are measured on a dry run, then subtracted.
+    dry_run = _instruction_turns([1] * rounds, generates)
+    overhead = len(build_training_example(tokenizer, dry_run, signal_ids, template).input_ids)
+    words = max(2 * rounds, length - overhead + 2 * rounds)
+    sizes = [max(2, int(w)) for w in np.floor(weights * words)]
+    return _instruction_turns(sizes, generates)
+
+
+def generates_image(turns: list[Turn]) -> bool:
+    """Whether the conversation's last answer asks for an image (ends with the image placeholder)."""
+    return turns[-1].text.endswith(PLACEHOLDERS[Modality.IMAGE])
 
 
 def instruction_items(
@@ -155,18 +182,11 @@ def instruction_items(
     lengths = INSTRUCTIONS.sample(rng, num)
     items = []
     for index, length in enumerate(lengths):
-        rounds = int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2]))
-        generates = bool(rng.random() < MOSIT_FRACTION)
-        weights = rng.dirichlet(np.ones(rounds) * 4)
-        # Template tokens (system prompt, role tags, EOS, signal span) are measured on a dry run, then subtracted.
-        overhead = len(
-            build_training_example(tokenizer, _instruction_turns([1] * rounds, generates), signal_ids).input_ids
-        )
-        words = max(2 * rounds, int(length) - overhead + 2 * rounds)
-        sizes = [max(2, int(w)) for w in np.floor(weights * words)]
-        embed = torch.randn(77, caption_dim, generator=torch.Generator().manual_seed(index)) if generates else None
+        turns = instruction_turns(tokenizer, signal_ids, int(length), rng)
+        embed = None
+        if generates_image(turns):
+            embed = torch.randn(77, caption_dim, generator=torch.Generator().manual_seed(index))
         media = _media(pixels, features, index)
-        turns = _instruction_turns(sizes, generates)
         items.append(_item(tokenizer, signal_ids, turns, media, embed, rng, index, "instruction"))
     return items
 

@@ -1,0 +1,119 @@
+"""bench/loop_check.py end to end at tiny shapes on CPU: both stages train through the real loop on the length-mix
+world, the report holds their numbers, the comparison with an isolated-bench JSON is computed from them, and the
+per-step breakdown takes whichever `ms_*` / `host_ms_*` keys the metrics carry."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+
+from bench.loop_check import TARGET_FRACTION, format_markdown, main, summarize  # noqa: E402
+from bench.loop_world import CAPTIONS_NAME, INSTRUCTIONS_NAME  # noqa: E402
+
+STEPS, WARMUP, MICRO = 3, 1, {"stage1": 8, "stage3": 4}
+
+
+@pytest.fixture(scope="module")
+def smoke_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("loop_check")
+    bench = out / "bench.json"
+    sections = {key: {"ours": {"tokens_per_s": 1000.0, "samples_per_s": 10.0}} for key in MICRO}
+    bench.write_text(json.dumps({"gpu": "another GPU", "sections": sections}))
+    argv = [
+        "--smoke",
+        "--work", str(out / "work"),
+        "--out", str(out / "loop_check.json"),
+        "--steps", str(STEPS),
+        "--warmup", str(WARMUP),
+        "--stage1-micro-batch", str(MICRO["stage1"]),
+        "--stage3-micro-batch", str(MICRO["stage3"]),
+        "--num-workers", "1",
+        "--bench-json", str(bench),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "loop_check.json").read_text())
+    return report, format_markdown(report)
+
+
+def test_both_stages_train_through_the_loop(smoke_report) -> None:
+    report, _ = smoke_report
+    assert set(report["stages"]) == {"stage1", "stage3"}
+    for key, stage in report["stages"].items():
+        assert stage["config"] == f"configs/stage_{key[-1]}.yaml"
+        assert stage["steps"] == STEPS + WARMUP and stage["timed_steps"] == STEPS and stage["warmup_steps"] == WARMUP
+        assert stage["micro_batch_size"] == MICRO[key]
+        assert math.isfinite(stage["final_loss"]) and stage["losses_finite"]
+        assert stage["tokens_per_s_median"] > 0 and stage["tokens_per_s_mean"] > 0
+        assert stage["samples_per_s"] > 0 and stage["steps_per_s"] > 0 and stage["step_ms"] > 0
+        assert isinstance(stage["breakdown_ms"], dict)
+        assert stage["peak_memory_gib"] is None  # CPU
+        # Only workload and path overrides: no speed switch is set by the script.
+        switches = (
+            "attn_implementation",
+            "packing",
+            "compile_layers",
+            "prefix_reuse",
+            "fused_optimizer",
+            "gradient_checkpointing",
+        )
+        assert not [o for o in stage["overrides"] if any(s in o.split("=")[0] for s in switches)]
+
+
+def test_world_follows_the_mix_and_the_cache_is_precomputed(smoke_report) -> None:
+    report, _ = smoke_report
+    world = report["prepare"]["world"]
+    for key, name in (("stage1", CAPTIONS_NAME), ("stage3", INSTRUCTIONS_NAME)):
+        assert world[name]["samples"] == MICRO[key] * (STEPS + WARMUP + 2)
+    assert 5 <= world[CAPTIONS_NAME]["mean"] <= 40 and world[CAPTIONS_NAME]["max"] <= 41
+    assert 100 <= world[INSTRUCTIONS_NAME]["median"] <= 1000
+    precompute = report["precompute"]
+    files = sum(d["files"] for d in precompute["datasets"].values())
+    assert files == world[CAPTIONS_NAME]["samples"] + world[INSTRUCTIONS_NAME]["samples"]
+    assert precompute["encoded"] == files and precompute["images_per_s"] > 0
+
+
+def test_bench_comparison_and_markdown(smoke_report) -> None:
+    report, markdown = smoke_report
+    for key, stage in report["stages"].items():
+        comparison = report["bench"][key]
+        assert comparison["fraction"] == pytest.approx(stage["tokens_per_s_median"] / 1000.0)
+        assert comparison["meets_target"] == (comparison["fraction"] >= TARGET_FRACTION)
+        assert f"| {key} | {MICRO[key]} | {STEPS} |" in markdown
+    assert "| stage | micro-batch | timed steps | tokens/s median |" in markdown
+    assert "not this run's GPU" in markdown
+
+
+def test_summary_takes_the_breakdown_keys_the_records_carry() -> None:
+    records = [
+        {"step": s, "loss": 1.0, "tokens_per_s": 100.0 * s, "ms_step": 10.0 * s, "host_ms_data": 1.0, "lr": 1e-4}
+        for s in range(1, 5)
+    ]
+    run = {
+        "config": "configs/stage_1.yaml",
+        "dataset": CAPTIONS_NAME,
+        "micro_batch_size": 4,
+        "grad_accum_steps": 2,
+        "speed_settings": {},
+        "records": records,
+        "times": [5.0, 6.0, 8.0, 10.0],
+        "wall_s": 12.0,
+        "peak_memory_gib": None,
+        "num_skipped": 0,
+        "overrides": [],
+    }
+    summary = summarize(run, warmup=2)
+    assert summary["timed_steps"] == 2 and summary["tokens_per_s_median"] == pytest.approx(350.0)
+    assert summary["breakdown_ms"] == {"ms_step": pytest.approx(35.0), "host_ms_data": pytest.approx(1.0)}
+    assert summary["step_ms"] == pytest.approx(2000.0) and summary["samples_per_s"] == pytest.approx(4.0)
+    without = summarize({**run, "records": [{k: r[k] for k in ("step", "loss", "tokens_per_s")} for r in records]}, 9)
+    assert without["breakdown_ms"] == {} and without["timed_steps"] == 4 and without["warmup_steps"] == 0
+    assert without["step_ms"] == pytest.approx(5000 / 3)  # the first step (after the setup) is never timed
+    from_keys = summarize({**run, "times": []}, warmup=2)  # no wall clock (another metrics sink): ms_step
+    assert from_keys["step_time_source"] == "ms_step" and from_keys["step_ms"] == pytest.approx(35.0)
