@@ -369,27 +369,6 @@ def build_nextgpt(
     return model.train()
 
 
-def write_llm_folder(shapes: Shapes, tokenizer, out_dir: Path, device: str | torch.device) -> Path:
-    """An HF LLaMA folder at the shape's sizes: random weights in the shape's dtype plus the bench tokenizer (without
-    the signal tokens, which `load_tokenizer` adds), the input `load_llm` reads for a real checkpoint. Reused when
-    present."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    out_dir = Path(out_dir)
-    if (out_dir / "config.json").is_file() and any(out_dir.glob("*.safetensors")):
-        return out_dir
-    dtype = torch.bfloat16 if shapes is FULL else torch.float32
-    with default_dtype(dtype), torch.device(device):
-        llm = LlamaForCausalLM(llama_config(shapes.llm))
-    llm.save_pretrained(out_dir)
-    del llm
-    base = AutoTokenizer.from_pretrained(tokenizer.name_or_path)  # the folder `build_tokenizer` wrote
-    base.save_pretrained(out_dir)
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return out_dir
-
-
 def count_llm_parameters(shapes: Shapes) -> dict[str, int]:
     """Parameters of the LLaMA shape: total, input embedding, and the rest (what MFU counts)."""
     s = shapes.llm

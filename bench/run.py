@@ -53,6 +53,7 @@ def _environment(device: str, shapes: Shapes, tokenizer) -> dict[str, Any]:
     import transformers
 
     from bench.components import count_llm_parameters
+    from bench.timing import measure_matmul_peak
     from nextgpt.llm.conversation import system_prefix_ids
 
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke run: tiny shapes, numbers mean nothing)"
@@ -63,6 +64,7 @@ def _environment(device: str, shapes: Shapes, tokenizer) -> dict[str, Any]:
         "diffusers": diffusers.__version__,
         "shapes": shapes.name,
         "peak_flops": peak_flops(gpu),
+        "measured_peak_flops": measure_matmul_peak() if device == "cuda" else None,
         "non_embedding_params": count_llm_parameters(shapes)["non_embedding"],
         "prefix_tokens": len(system_prefix_ids(tokenizer)),
     }

@@ -20,7 +20,11 @@ import torch
 H100_SXM_BF16_DENSE = 989e12
 """H100 SXM (HBM3) dense bf16 tensor-core peak, FLOP/s (NVIDIA datasheet, no sparsity)."""
 
-PEAK_BY_NAME: dict[str, float] = {"H100 80GB HBM3": H100_SXM_BF16_DENSE, "H100 SXM": H100_SXM_BF16_DENSE}
+PEAK_BY_NAME: dict[str, float] = {
+    "H100 80GB HBM3": H100_SXM_BF16_DENSE,
+    "H100 SXM": H100_SXM_BF16_DENSE,
+    "H200": 989e12,
+}
 
 
 def peak_flops(device_name: str) -> float:

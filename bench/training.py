@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.components import FULL, Shapes, build_nextgpt, count_llm_parameters, write_llm_folder
+from bench.components import FULL, Shapes, build_nextgpt, count_llm_parameters, write_vicuna_shaped_llm
 from bench.timing import (
     free_memory,
     memory_cap,
@@ -307,7 +307,7 @@ def run_stage1(
     del model, batches
     free_memory()
     # ours: the shipped configs/stage_1.yaml
-    llm_dir = write_llm_folder(shapes, tokenizer, work / f"llm-{shapes.name}", device)
+    llm_dir = write_vicuna_shaped_llm(work / f"llm-{shapes.name}", shapes.llm, device)
     cfg, model, collator, optimizer = build_ours(1, llm_dir, shapes, work, device)
     result["ours_config"] = _switches(cfg)
     ours_items = fit_to_config(
@@ -318,10 +318,10 @@ def run_stage1(
     logger.info("stage 1 ours: %.1f samples/s", result["ours"]["samples_per_s"])
     if profile:
         result["profile_ours"] = profile_top_kernels(
-            lambda: _step(ours_forward, model, optimizer, batches[-1], device)
+            lambda m=model, o=optimizer, b=batches[-1]: _step(ours_forward, m, o, b, device)
         )
         result["profile_ours_host"] = profile_top_kernels(
-            lambda: _step(ours_forward, model, optimizer, batches[-1], device), sort_by_host=True
+            lambda m=model, o=optimizer, b=batches[-1]: _step(ours_forward, m, o, b, device), sort_by_host=True
         )
     train_rate = result["ours"]["samples_per_s"]
     image_rate = result["precompute"]["images_per_s"]
@@ -370,7 +370,7 @@ def run_stage3(
     del model, batches
     free_memory()
     # ours: the shipped configs/stage_3.yaml
-    llm_dir = write_llm_folder(shapes, tokenizer, work / f"llm-{shapes.name}", device)
+    llm_dir = write_vicuna_shaped_llm(work / f"llm-{shapes.name}", shapes.llm, device)
     cfg, model, collator, optimizer = build_ours(3, llm_dir, shapes, work, device)
     result["ours_config"] = _switches(cfg)
     ours_items = fit_to_config(
@@ -381,7 +381,7 @@ def run_stage3(
     logger.info("stage 3 ours: %.0f tokens/s", result["ours"]["tokens_per_s"])
     if profile:
         result["profile_ours"] = profile_top_kernels(
-            lambda: _step(ours_forward, model, optimizer, batches[-1], device)
+            lambda m=model, o=optimizer, b=batches[-1]: _step(ours_forward, m, o, b, device)
         )
     result["ratio"] = result["ours"]["tokens_per_s"] / result["naive"]["tokens_per_s"]
     del model, optimizer, batches
