@@ -296,17 +296,17 @@ Paths:
   with their own schedulers.
 - **naive without cuDNN attention** (stages 1 and 3): the naive path with `torch.backends.cuda.enable_cudnn_sdp(False)`,
   a stricter baseline than the stack as it comes.
-- **ours** (user switches): `train.fused_optimizer=true`, `data.feature_cache_dir` (features precomputed once;
-  `preprocess_features.py`), `data.packing=true` with `model.llm.max_length={cfg.get("pack_length", 4096)}`,
-  `model.llm.attn_implementation=varlen`, `model.llm.compile_layers=true`; stage 1 also `train.prefix_reuse=true`
-  (the "masked sdpa and eager layers" row: prefix reuse without the last two); stage 3 also
-  `model.llm.gradient_checkpointing=false` (the 24 GB row: checkpointing on, layers not compiled);
-  `generation.fast_decode=true` (FastDecoder: static cache, compiled decode step, CUDA graphs), `model.decoders.<m>.{{channels_last,fuse_qkv,compile}}=true`
+- **ours**: exactly what `train.py` builds from the shipped `configs/stage_1.yaml` / `configs/stage_3.yaml` through
+  `load_config` (model builder, collator, optimizer), with only paths and `data.feature_cache_dir` set (features
+  precomputed once, `preprocess_features.py`): packed rows with the layout computed by the collator, per-sample
+  (flash varlen) attention, compiled decoder layers, fused AdamW, the shared prefix served from its cache in stage 1;
+  stage 3 without gradient checkpointing (the 24 GB row: `configs/presets/gpu_24gb.yaml`). Decoding: FastDecoder
+  (static cache, compiled decode step, CUDA graphs); UNets with `model.decoders.<m>.{{channels_last,fuse_qkv,compile}}=true`
   (`apply_decoder_speedups`), optionally `model.decoders.image.scheduler=dpm_solver` with 25 steps.
 
 Definitions:
 - A training step is forward + backward + torch AdamW on the trainable parameters (its default multi-tensor kernel
-  in naive, the fused kernel in ours; DeepSpeed left out); batches are collated before timing (as loader workers would), the host-to-device copy is timed.
+  in naive, the run's optimizer in ours; DeepSpeed left out; `bench/loop_check.py` measures the whole loop); batches are collated before timing (as loader workers would), the host-to-device copy is timed.
   {cfg.get("stage_steps", "?")} timed steps after {cfg.get("stage_warmup", "?")} untimed ones.
 - Sample tokens/s counts every token of every sample (text + one row per image), padding excluded; in stage 1 ours
   these include the cached prefix, so the ratio equals the samples/s ratio.
