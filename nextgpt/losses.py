@@ -35,10 +35,10 @@ def compute_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     shifted_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()  # (B, L-1, V) -> (B*(L-1), V)
     shifted_labels = labels[:, 1:].reshape(-1)  # (B, L-1) -> (B*(L-1),)
     num_labelled = (shifted_labels != IGNORE_INDEX).sum()
-    if int(num_labelled) == 0:
-        return logits.float().sum() * 0.0
     loss_sum = F.cross_entropy(shifted_logits, shifted_labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss_sum / num_labelled
+    # No branch on the count: reading it on the host would wait for the whole forward pass queued before it. With no
+    # labelled token the sum is a zero that still depends on `logits`.
+    return loss_sum / num_labelled.clamp(min=1)
 
 
 def compute_caption_l2_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

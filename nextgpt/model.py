@@ -185,16 +185,17 @@ class NextGPT(nn.Module):
         Returns:
             NextGPTOutput with the total loss and its terms.
         """
-        # 1. Media → LLM tokens, spliced at the placeholders.
+        # 1. Media → LLM tokens, spliced at the placeholders; the signal spans are found now, while little GPU work is
+        #    queued (finding them reads positions on the host, which waits for everything queued before).
         with phase("encode"):
             media_tokens = self.encode_media(batch)
             spliced = splice_media(batch.input_ids, batch.attention_mask, batch.labels, self.embed_tokens, media_tokens)
+            scan = find_signal_spans(spliced.token_ids, self.signal_ids)
         # 2. LLM pass; the last hidden layer feeds the output projectors.
         with phase("llm"):
             logits, hidden = self._run_llm(spliced.inputs_embeds, self._layout(batch, spliced))
         # 3. Signal spans → decoder conditioning.
         with phase("projectors"):
-            scan = find_signal_spans(spliced.token_ids, self.signal_ids)
             signal_embeds = self.project_signals(hidden, spliced.token_ids, scan)
         # 4. Loss terms.
         with phase("loss"):

@@ -88,7 +88,11 @@ def gather_span_rows(values: torch.Tensor, spans: list[SignalSpan]) -> torch.Ten
     if not spans:
         return values.new_zeros((0, 0, values.shape[-1]))
     length = spans[0].length
-    rows = torch.tensor([s.row for s in spans], device=values.device)
-    offsets = torch.arange(length, device=values.device)
-    positions = torch.tensor([s.start for s in spans], device=values.device)[:, None] + offsets  # (N, T)
+    # Built on the host and copied from pinned memory without waiting: a plain copy to the GPU would first wait for
+    # all the work queued before it (the whole LLM forward).
+    coords = torch.tensor([[s.row, s.start] for s in spans])  # (N, 2)
+    if values.is_cuda:
+        coords = coords.pin_memory().to(values.device, non_blocking=True)
+    rows, starts = coords[:, 0], coords[:, 1]
+    positions = starts[:, None] + torch.arange(length, device=values.device)  # (N, T)
     return values[rows[:, None], positions]  # (N, T, D)
