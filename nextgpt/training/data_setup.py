@@ -9,15 +9,17 @@ decoders the optional denoising loss needs.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
+import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
 from nextgpt.config import Config
 from nextgpt.constants import Modality
 from nextgpt.data.catalog import load_catalog
-from nextgpt.data.collate import Collator
+from nextgpt.data.collate import CollatedBatch, Collator
 from nextgpt.data.datasets import ConversationDataset, build_datasets, expected_caption_shapes
 from nextgpt.data.samplers import build_batch_sampler
 from nextgpt.decoders.base import load_decoder
@@ -37,6 +39,29 @@ class TrainingData:
     batch_sampler: Any
     decoders: dict[Modality, Any] | None
     datasets: list[ConversationDataset]
+
+
+@dataclass
+class PinnableCollatedBatch(CollatedBatch):
+    """A `CollatedBatch` the DataLoader can pin: its pin thread pins objects that have a `pin_memory` method and passes
+    other objects through untouched, so a plain dataclass would reach the loop in pageable memory."""
+
+    def pin_memory(self) -> PinnableCollatedBatch:
+        """Pin the model batch's tensors in place (the counts and reasons are plain Python values)."""
+        if self.batch is not None:
+            self.batch = self.batch.pin_memory()
+        return self
+
+
+class PinningCollator:
+    """The collator, returning batches the DataLoader's pin thread pins (used with `pin_memory=True`)."""
+
+    def __init__(self, collator: Collator) -> None:
+        self.collator = collator
+
+    def __call__(self, items: Sequence[Any]) -> PinnableCollatedBatch:
+        collated = self.collator(items)
+        return PinnableCollatedBatch(**{f.name: getattr(collated, f.name) for f in fields(collated)})
 
 
 def _load_denoising_decoders(cfg: Config) -> dict[Modality, Any] | None:
@@ -86,11 +111,14 @@ def build_training_data(cfg: Config, model: NextGPT) -> TrainingData:
         tokens_per_media=model.input_projector.num_tokens,
         packing=cfg.data.packing,
     )
+    # Pinned batches let the loop copy them to the GPU without waiting (`NextGPTBatch.to(..., non_blocking=True)`).
+    pin = torch.cuda.is_available()
     loader = DataLoader(
         ConcatDataset(datasets),
         batch_sampler=batch_sampler,
-        collate_fn=collator,
+        collate_fn=PinningCollator(collator) if pin else collator,
         num_workers=cfg.data.num_workers,
         persistent_workers=False,
+        pin_memory=pin,
     )
     return TrainingData(loader=loader, batch_sampler=batch_sampler, decoders=decoders, datasets=datasets)
