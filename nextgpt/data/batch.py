@@ -1,11 +1,12 @@
 """The batch type: what the collator produces and the model consumes, media items listed per modality.
 
 batch = NextGPTBatch(input_ids, attention_mask, labels, media={Modality.IMAGE: pixels})
-batch = batch.to("cuda")
+batch = batch.to("cuda", non_blocking=True)  # asynchronous for pinned tensors (DataLoader pin_memory=True)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -47,21 +48,45 @@ class NextGPTBatch:
     media_group_sizes: dict[Modality, list[int]] | None = None
     layout: BatchLayout | None = None
 
-    def to(self, device: torch.device | str) -> NextGPTBatch:
-        """Move every tensor to `device`."""
+    @property
+    def num_tokens(self) -> int:
+        """Real tokens of the batch's samples, the shared prefix the collator stripped included (read on the host:
+        call it on the CPU batch)."""
+        tokens = int(self.attention_mask.sum())
+        if self.layout is not None and self.layout.num_prefix:
+            valid = self.attention_mask.bool()
+            starts = valid & (self.position_ids == 0 if self.position_ids is not None else valid.cumsum(1) == 1)
+            tokens += self.layout.num_prefix * int(starts.sum())
+        return tokens
 
-        def move(d: dict[Modality, torch.Tensor]) -> dict[Modality, torch.Tensor]:
-            return {k: v.to(device) for k, v in d.items()}
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> NextGPTBatch:
+        """Move every tensor to `device`.
+
+        Args:
+            device: the target device.
+            non_blocking: copy page-locked (pinned) CPU tensors asynchronously, so the host does not wait for the copy;
+                other tensors are copied as usual (an asynchronous copy into pageable host memory could be read
+                before it lands).
+        """
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking and t.is_pinned()))
+
+    def pin_memory(self) -> NextGPTBatch:
+        """Copy every tensor into page-locked memory (the DataLoader's pin thread calls this with `pin_memory=True`)."""
+        return self._map(lambda t: t.pin_memory())
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> NextGPTBatch:
+        def each(d: dict[Modality, torch.Tensor]) -> dict[Modality, torch.Tensor]:
+            return {k: fn(v) for k, v in d.items()}
 
         return NextGPTBatch(
-            input_ids=self.input_ids.to(device),
-            attention_mask=self.attention_mask.to(device),
-            labels=None if self.labels is None else self.labels.to(device),
-            media=move(self.media),
-            media_features=move(self.media_features),
-            caption_embeds=move(self.caption_embeds),
-            denoise_targets=move(self.denoise_targets),
-            position_ids=None if self.position_ids is None else self.position_ids.to(device),
+            input_ids=fn(self.input_ids),
+            attention_mask=fn(self.attention_mask),
+            labels=None if self.labels is None else fn(self.labels),
+            media=each(self.media),
+            media_features=each(self.media_features),
+            caption_embeds=each(self.caption_embeds),
+            denoise_targets=each(self.denoise_targets),
+            position_ids=None if self.position_ids is None else fn(self.position_ids),
             media_group_sizes=self.media_group_sizes,
-            layout=None if self.layout is None else self.layout.to(device),
+            layout=None if self.layout is None else self.layout.apply(fn),
         )

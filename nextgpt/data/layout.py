@@ -19,7 +19,7 @@ the prefix, and so do the model's logits and spans.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -61,16 +61,20 @@ class BatchLayout:
         """P, the tokens of the shared prefix served from its cache."""
         return len(self.prefix_ids)
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> BatchLayout:
-        """The layout with its tensors on `device` (the ints stay on the host)."""
+    def apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> BatchLayout:
+        """The layout with `fn` applied to each tensor (a move or a pin; the ints stay on the host)."""
         index = self.prefix_index
         return replace(
             self,
-            position_ids=self.position_ids.to(device, non_blocking=non_blocking),
-            cu_seqlens_q=self.cu_seqlens_q.to(device, non_blocking=non_blocking),
-            cu_seqlens_k=self.cu_seqlens_k.to(device, non_blocking=non_blocking),
-            prefix_index=None if index is None else index.to(device, non_blocking=non_blocking),
+            position_ids=fn(self.position_ids),
+            cu_seqlens_q=fn(self.cu_seqlens_q),
+            cu_seqlens_k=fn(self.cu_seqlens_k),
+            prefix_index=None if index is None else fn(index),
         )
+
+    def to(self, device: torch.device | str) -> BatchLayout:
+        """The layout with its tensors on `device`."""
+        return self.apply(lambda t: t.to(device))
 
 
 def spliced_positions(

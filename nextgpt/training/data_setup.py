@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
 from nextgpt.config import Config
@@ -39,6 +40,7 @@ class TrainingData:
     datasets: list[ConversationDataset]
 
 
+@dataclass
 def _load_denoising_decoders(cfg: Config) -> dict[Modality, Any] | None:
     if cfg.model.loss.denoise_weight <= 0:
         return None
@@ -81,12 +83,15 @@ def build_training_data(cfg: Config, model: NextGPT) -> TrainingData:
         dataset_groups=[d.modality_tags() for d in datasets],
     )
     collator = build_collator(cfg, model)
+    # Pinned batches let the loop copy them to the GPU without waiting (`NextGPTBatch.to(..., non_blocking=True)`).
+    pin = torch.cuda.is_available()
     loader = DataLoader(
         ConcatDataset(datasets),
         batch_sampler=batch_sampler,
         collate_fn=collator,
         num_workers=cfg.data.num_workers,
         persistent_workers=False,
+        pin_memory=pin,
     )
     return TrainingData(loader=loader, batch_sampler=batch_sampler, decoders=decoders, datasets=datasets)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from nextgpt.config import Config
+from nextgpt.data.batch import NextGPTBatch
 from nextgpt.llm.backbone import compile_decoder_layers
 from nextgpt.manifest import CorruptCheckpointError
 from nextgpt.model import NextGPT, build_nextgpt
@@ -43,7 +44,7 @@ from nextgpt.training.distributed import (
 )
 from nextgpt.training.engine import build_engine, build_lr_lambda, resolve_deepspeed_config, zero_stage
 from nextgpt.training.launcher_watch import watch_launcher
-from nextgpt.training.metrics import MetricLogger
+from nextgpt.training.metrics import MetricLogger, PendingMetrics
 from nextgpt.training.preflight import preflight
 from nextgpt.training.resume import (
     ResumePlan,
@@ -57,6 +58,7 @@ from nextgpt.training.resume import (
 from nextgpt.training.run_lock import RunLock
 from nextgpt.training.safe_load import check_pickles, load_weights_only, weights_only_loads
 from nextgpt.training.stages import apply_trainable_groups
+from nextgpt.utils.step_timer import StepTimer, phase
 
 logger = logging.getLogger(__name__)
 
@@ -255,6 +257,90 @@ def _run_locked(cfg: Config) -> TrainResult:
     return result
 
 
+LOOP_PHASES = ("data", "to_device", "forward", "backward", "optimizer", "log")
+"""The phases `_train` marks in every step; the model marks its own inside `forward` (encode, llm, projectors, loss)."""
+_HOST_PHASES = ("data", "log")
+"""Host-only work: waiting for the loader, writing metrics (their GPU "time" would only be the queue draining)."""
+
+
+def _log_timing_keys(cuda: bool) -> None:
+    gpu = [p for p in LOOP_PHASES if p not in _HOST_PHASES]
+    clock = (
+        f"GPU time from CUDA events for {', '.join(gpu)} and the model's phases (host_ms_<phase>: their host time), "
+        f"host time for {', '.join(_HOST_PHASES)}"
+        if cuda
+        else "host time"
+    )
+    logger.info(
+        "metrics.jsonl times every step in ms: %s, ms_step (the step's host wall time), and ms_<phase> for each phase "
+        "the model marks in forward (ms_encode, ms_llm, ms_projectors, ms_loss); ms_<phase> is %s",
+        ", ".join(f"ms_{p}" for p in LOOP_PHASES),
+        clock,
+    )
+
+
+def _micro_batches(
+    data: TrainingData, pos: _Position, health: EpochHealth, result: TrainResult
+) -> Iterator[NextGPTBatch]:
+    """The trainable micro-batches (still on the CPU) from `pos` on, epoch after epoch.
+
+    `pos`, the epoch's health and the skipped-sample count advance as batches are consumed, so a checkpoint taken
+    between two pulls records exactly the micro-batches trained; an epoch ends (and is judged) when the next one is
+    pulled, so a run that stops at an epoch's last batch leaves the epoch as the checkpoint saw it.
+    """
+    while True:
+        data.batch_sampler.set_epoch(pos.epoch)
+        data.batch_sampler.skip_batches(pos.micro_in_epoch)
+        health.start_epoch(pos.epoch)
+        for collated in data.loader:
+            pos.micro_in_epoch += 1
+            trained = collated is not None and collated.batch is not None
+            health.record(collated, trained)
+            if collated is not None:
+                result.num_skipped += collated.num_skipped
+            if trained:
+                yield collated.batch
+        health.finish_epoch()
+        pos.epoch, pos.micro_in_epoch = pos.epoch + 1, 0
+
+
+def _accumulate(
+    engine, batches: Iterator[NextGPTBatch], decoders: dict | None, grad_accum_steps: int
+) -> tuple[list[dict[str, torch.Tensor]], int]:
+    """Run micro-batches until DeepSpeed steps the optimizer (on the `grad_accum_steps`-th), marking each phase.
+
+    Nothing here reads a GPU value, so the host can queue the next micro-batch while the GPU works.
+
+    Returns:
+        Per micro-batch, the detached loss and its terms (on the device, unread), and the real tokens of the
+        micro-batches, stripped shared prefixes included (counted on the CPU batch before it moves).
+    """
+    micro_values: list[dict[str, torch.Tensor]] = []
+    num_tokens = 0
+    while len(micro_values) < grad_accum_steps:
+        with phase("data", device=False):
+            cpu_batch = next(batches)
+        num_tokens += cpu_batch.num_tokens
+        with phase("to_device"):
+            batch = cpu_batch.to(engine.device, non_blocking=True)
+        with phase("forward"):
+            out = engine(batch, decoders=decoders)
+        with phase("backward"):
+            engine.backward(out.loss)
+        with phase("optimizer"):
+            engine.step()  # DeepSpeed steps the optimizer on the last micro-batch of the step only
+        micro_values.append({"loss": out.loss.detach(), **{k: v.detach() for k, v in out.loss_terms.items()}})
+    return micro_values, num_tokens
+
+
+def _flush(pending: PendingMetrics, result: TrainResult, progress: tqdm) -> None:
+    """Write the pending steps' records (one wait for the GPU) and collect their losses."""
+    written = pending.flush()
+    result.losses.extend(record["loss"] for _, record in written)
+    if written:
+        progress.set_postfix(loss=f"{written[-1][1]['loss']:.4f}")
+
+
 def _train(
     engine,
     model: NextGPT,
@@ -265,46 +351,42 @@ def _train(
     metrics: MetricLogger,
     result: TrainResult,
 ) -> None:
-    """The optimizer-step loop from `pos` to `layout.total_steps`, saving every `train.save_every` steps."""
-    total_steps = layout.total_steps
+    """The optimizer-step loop from `pos` to `layout.total_steps`, saving every `train.save_every` steps.
+
+    Loss values stay on the device until the metrics are flushed: every `train.log_every` steps, before each save, at
+    the end and after an error. A due flush opens the next step (as its `log` phase), so its wait for the GPU counts in
+    a step's wall time instead of vanishing between steps; checkpoint saves are not part of any step.
+    """
     health = EpochHealth(data.datasets, cfg.data.catalog_path)
-    progress = tqdm(total=total_steps, initial=pos.step, disable=not is_rank_zero(), desc=f"stage {cfg.train.stage}")
-    window: list[dict[str, float]] = []
-    tokens, window_start = 0, time.perf_counter()
-    while pos.step < total_steps:
-        data.batch_sampler.set_epoch(pos.epoch)
-        data.batch_sampler.skip_batches(pos.micro_in_epoch)
-        health.start_epoch(pos.epoch)
-        for collated in data.loader:
-            pos.micro_in_epoch += 1
-            trained = collated is not None and collated.batch is not None
-            health.record(collated, trained)
-            if collated is not None:
-                result.num_skipped += collated.num_skipped
-            if not trained:
-                continue
-            batch = collated.batch.to(engine.device)
-            out = engine(batch, decoders=data.decoders)
-            engine.backward(out.loss)
-            engine.step()
-            tokens += int(batch.attention_mask.sum())
-            window.append({"loss": out.loss.item(), **{k: v.item() for k, v in out.loss_terms.items()}})
-            if len(window) < cfg.train.grad_accum_steps:  # DeepSpeed steps the optimizer on the last micro-batch
-                continue
-            pos.step += 1
-            step_metrics = {k: sum(w[k] for w in window if k in w) / len(window) for k in window[0]}
-            elapsed = time.perf_counter() - window_start
-            step_metrics.update(lr=engine.get_lr()[0], tokens_per_s=tokens / max(elapsed, 1e-9))
-            result.losses.append(step_metrics["loss"])
-            metrics.log(pos.step, step_metrics, echo=pos.step % cfg.train.log_every == 0)
-            progress.update(1)
-            progress.set_postfix(loss=f"{step_metrics['loss']:.4f}")
-            window, tokens, window_start = [], 0, time.perf_counter()
-            if pos.step % cfg.train.save_every == 0 and pos.step < total_steps:
+    progress = tqdm(
+        total=layout.total_steps, initial=pos.step, disable=not is_rank_zero(), desc=f"stage {cfg.train.stage}"
+    )
+    timer = StepTimer(cuda=torch.device(engine.device).type == "cuda")
+    _log_timing_keys(timer.cuda)
+    pending = PendingMetrics(metrics, echo_every=cfg.train.log_every)
+    batches = _micro_batches(data, pos, health, result)
+    try:
+        while pos.step < layout.total_steps:
+            with timer.step() as timing:
+                if len(pending) and pos.step % cfg.train.log_every == 0:
+                    with phase("log", device=False):
+                        _flush(pending, result, progress)
+                micro_values, num_tokens = _accumulate(engine, batches, data.decoders, cfg.train.grad_accum_steps)
+                pos.step += 1
+                with phase("log", device=False):
+                    pending.add(pos.step, micro_values, engine.get_lr()[0], num_tokens, timing)
+                    progress.update(1)
+            if pos.step % cfg.train.save_every == 0 and pos.step < layout.total_steps:
+                _flush(pending, result, progress)  # a resume from this checkpoint keeps every record up to it
                 _save(engine, model, cfg, pos, layout, f"step-{pos.step:06d}")
-            if pos.step >= total_steps:
-                break
-        else:
-            health.finish_epoch()
-            pos.epoch, pos.micro_in_epoch = pos.epoch + 1, 0
-    progress.close()
+        _flush(pending, result, progress)
+    except BaseException:
+        num_pending = len(pending)
+        try:
+            _flush(pending, result, progress)
+        except Exception as err:  # e.g. the GPU failed: keep the original error
+            logger.warning("the metrics of the last %d steps were lost after the error (%s)", num_pending, err)
+        raise
+    finally:
+        batches.close()
+        progress.close()

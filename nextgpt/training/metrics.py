@@ -3,8 +3,15 @@
 A run that resumes from step N (or starts over: N = 0) first drops the records of steps after N that the interrupted
 run wrote, so every step appears once in the file and in TensorBoard.
 
+The loop does not read a step's loss values when the step ends (that would make the host wait for the GPU every
+step): `PendingMetrics` keeps them on the device with the step's timing, and `flush` reads every pending value in one
+transfer and writes the records in step order.
+
 metrics = MetricLogger(run_dir, resume_step=100)   # keeps steps 1..100 of the file
 metrics.log(step, {"loss": 1.2, "lr": 1e-4})
+pending = PendingMetrics(metrics, echo_every=10)
+pending.add(step, [{"loss": loss.detach()}], lr=1e-4, num_tokens=512, timing=timing)
+pending.flush()  # [(step, {"loss": 1.2, "lr": 1e-4, "tokens_per_s": ..., "ms_forward": ..., ...})]
 """
 
 from __future__ import annotations
@@ -12,7 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
+
+from nextgpt.utils.step_timer import StepTiming
 
 logger = logging.getLogger(__name__)
 
@@ -91,3 +103,87 @@ class MetricLogger:
         self._file.close()
         if self._writer is not None:
             self._writer.close()
+
+
+@dataclass
+class _PendingStep:
+    step: int
+    micro_values: list[dict[str, torch.Tensor]]
+    lr: float
+    num_tokens: int
+    timing: StepTiming
+
+
+def read_scalars(tensors: list[torch.Tensor]) -> list[float]:
+    """The values of one-element tensors with one device-to-host copy per device (so one wait for the GPU).
+
+    Float64 holds every float32/bf16/fp16 value exactly: the floats equal what `.item()` would give.
+    """
+    values: list[float] = [0.0] * len(tensors)
+    by_device: dict[torch.device, list[int]] = {}
+    for i, tensor in enumerate(tensors):
+        by_device.setdefault(tensor.device, []).append(i)
+    for indices in by_device.values():
+        stacked = torch.stack([tensors[i].reshape(()).to(torch.float64) for i in indices])  # (N,)
+        for i, value in zip(indices, stacked.cpu().tolist(), strict=True):
+            values[i] = value
+    return values
+
+
+class PendingMetrics:
+    """Optimizer steps whose loss values are still on the device, written to a `MetricLogger` on `flush`.
+
+    Args:
+        metrics: where the records go.
+        echo_every: also log the record of every step divisible by this (`train.log_every`).
+    """
+
+    def __init__(self, metrics: MetricLogger, echo_every: int) -> None:
+        self._metrics = metrics
+        self._echo_every = echo_every
+        self._steps: list[_PendingStep] = []
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    def add(
+        self,
+        step: int,
+        micro_values: list[dict[str, torch.Tensor]],
+        lr: float,
+        num_tokens: int,
+        timing: StepTiming,
+    ) -> None:
+        """Keep one step until the next flush.
+
+        Args:
+            step: the optimizer step.
+            micro_values: per micro-batch, the detached loss and its terms (unread, any device); the record holds their
+                means over the micro-batches (a term missing in some micro-batches is summed over those and divided
+                by all).
+            lr: the step's learning rate.
+            num_tokens: real tokens of the step's micro-batches; `tokens_per_s` divides them by the step's wall time.
+            timing: the step's phases; closed before the flush that writes it.
+        """
+        self._steps.append(_PendingStep(step, micro_values, lr, num_tokens, timing))
+
+    def flush(self) -> list[tuple[int, dict[str, float]]]:
+        """Read the pending values in one transfer, resolve the timings and write one record per step, in order.
+
+        Returns:
+            The (step, record) pairs written, oldest first.
+        """
+        steps, self._steps = self._steps, []
+        if not steps:
+            return []
+        tensors = [t for s in steps for micro in s.micro_values for t in micro.values()]
+        scalars = iter(read_scalars(tensors))
+        written: list[tuple[int, dict[str, float]]] = []
+        for s in steps:
+            micro = [{key: next(scalars) for key in values} for values in s.micro_values]
+            record = {key: sum(m[key] for m in micro if key in m) / len(micro) for key in micro[0]}
+            times = s.timing.resolve()
+            record.update(lr=s.lr, tokens_per_s=s.num_tokens / max(times["ms_step"] / 1e3, 1e-9), **times)
+            self._metrics.log(s.step, record, echo=s.step % self._echo_every == 0)
+            written.append((s.step, record))
+        return written
