@@ -40,7 +40,6 @@ class TrainingData:
     datasets: list[ConversationDataset]
 
 
-@dataclass
 def _load_denoising_decoders(cfg: Config) -> dict[Modality, Any] | None:
     if cfg.model.loss.denoise_weight <= 0:
         return None
