@@ -25,7 +25,6 @@ Under a per-command time limit, `--prepare-only` first, then `--stages stage1` a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import gc
 import json
@@ -34,7 +33,6 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,26 +170,6 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-@contextlib.contextmanager
-def step_clock() -> Iterator[list[float]]:
-    """`time.perf_counter()` at every metrics record the loop writes (once per optimizer step): wall-clock step
-    times that do not depend on which keys the records carry."""
-    from nextgpt.training.metrics import MetricLogger
-
-    times: list[float] = []
-    original = MetricLogger.log
-
-    def log(self, *args, **kwargs):
-        times.append(time.perf_counter())
-        return original(self, *args, **kwargs)
-
-    MetricLogger.log = log
-    try:
-        yield times
-    finally:
-        MetricLogger.log = original
-
-
 def _speed_settings(cfg) -> dict[str, Any]:
     from nextgpt.config_loader import to_dict
 
@@ -206,7 +184,9 @@ def _speed_settings(cfg) -> dict[str, Any]:
     return found
 
 
-def run_stage(key: str, paths: list[str], work: Path, steps: int, micro_batch: int, num_workers: int) -> dict:
+def run_stage(
+    key: str, paths: list[str], work: Path, steps: int, micro_batch: int, num_workers: int, extra: list[str] = ()
+) -> dict:
     """Train one stage with the shipped YAML and workload/path overrides; return its records and timings."""
     from nextgpt.config import load_config
     from nextgpt.training.loop import run
@@ -224,14 +204,14 @@ def run_stage(key: str, paths: list[str], work: Path, steps: int, micro_batch: i
         "train.resume=false",
         "train.save_every=1000000",
         "train.tensorboard=false",
+        *extra,
     ]
     cfg = load_config(config_path, overrides=overrides)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    with step_clock() as times:
-        start = time.perf_counter()
-        result = run(cfg)
-        wall = time.perf_counter() - start
+    start = time.perf_counter()
+    result = run(cfg)
+    wall = time.perf_counter() - start
     by_step: dict[int, dict[str, Any]] = {}
     for line in (out_dir / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
@@ -246,7 +226,6 @@ def run_stage(key: str, paths: list[str], work: Path, steps: int, micro_batch: i
         "overrides": overrides,
         "speed_settings": _speed_settings(cfg),
         "records": [by_step[s] for s in sorted(by_step)],
-        "times": [t - start for t in times],
         "wall_s": wall,
         "peak_memory_gib": peak,
         "num_skipped": result.num_skipped,
@@ -255,25 +234,19 @@ def run_stage(key: str, paths: list[str], work: Path, steps: int, micro_batch: i
 
 def summarize(run: dict[str, Any], warmup: int) -> dict[str, Any]:
     """Per-stage numbers after dropping `warmup` steps (all steps when the run has no more than that)."""
-    records, times = run["records"], run["times"]
+    records = run["records"]
     drop = warmup if len(records) > warmup else 0
     steady = records[drop:]
     tokens = [r["tokens_per_s"] for r in steady]
-    # Wall-clock step time: between consecutive metrics records (gaps[i] is step i + 1's; the run's first step, which
-    # follows the setup, is never timed this way).
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    durations = gaps[max(drop, 1) - 1 :]
     breakdown_keys = sorted({k for r in steady for k in r if k.startswith(("ms_", "host_ms_"))})
     breakdown = {}
     for k in breakdown_keys:
         values = [r[k] for r in steady if isinstance(r.get(k), int | float)]
         if values:
             breakdown[k] = statistics.fmean(values)
-    step_s, source = None, None
-    if durations:
-        step_s, source = statistics.fmean(durations), "wall clock between metrics records"
-    elif breakdown.get("ms_step"):
-        step_s, source = breakdown["ms_step"] / 1e3, "ms_step"
+    # The loop's own wall time of each step (records are written in batches, so the time between them says nothing).
+    step_s = breakdown["ms_step"] / 1e3 if breakdown.get("ms_step") else None
+    source = "ms_step" if step_s else None
     samples_per_step = run["micro_batch_size"] * run["grad_accum_steps"]
     losses = [r["loss"] for r in records]
     summary = {k: run[k] for k in ("config", "dataset", "micro_batch_size", "grad_accum_steps", "speed_settings")}
@@ -288,7 +261,7 @@ def summarize(run: dict[str, Any], warmup: int) -> dict[str, Any]:
         steps_per_s=1 / step_s if step_s else None,
         samples_per_s=samples_per_step / step_s if step_s else None,
         breakdown_ms=breakdown,
-        first_step_s=times[0] if times else None,
+        first_step_s=records[0]["ms_step"] / 1e3 if records and "ms_step" in records[0] else None,
         wall_s=run["wall_s"],
         peak_memory_gib=run["peak_memory_gib"],
         final_loss=losses[-1],
@@ -387,6 +360,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--precompute-batch", type=int, default=32, help="images per ImageBind call")
     parser.add_argument("--stages", default="stage1,stage3", help="comma-separated subset of stage1,stage3")
     parser.add_argument("--bench-json", type=Path, default=None, help="a bench/run.py results JSON to compare with")
+    parser.add_argument(
+        "--override", action="append", default=[], help="extra key=value for both stages (to compare a setting)"
+    )
     parser.add_argument("--prepare-only", action="store_true", help="write the inputs and the feature cache, then stop")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU: checks the script, measures nothing")
     args = parser.parse_args(argv)
@@ -432,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: report[k] for k in ("prepare", "precompute")}, indent=2))
         return 0
     for key in args.stages:
-        run = run_stage(key, paths, args.work, total_steps, micro[key], args.num_workers)
+        run = run_stage(key, paths, args.work, total_steps, micro[key], args.num_workers, args.override)
         report["stages"][key] = summarize(run, args.warmup)
     if args.bench_json is not None:
         report["bench"] = compare_with_bench(report["stages"], args.bench_json)

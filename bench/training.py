@@ -171,7 +171,7 @@ def measure_steps(
         "computed_tokens_per_s": sum(computed) / elapsed,
         "mfu": flops / elapsed / peak_flops(device_name),
         "model_tflops": flops / elapsed / 1e12,
-        "padding_share": 1 - sample_tokens / max(rows, 1),
+        "padding_share": 1 - sum(computed) / max(rows, 1),  # row columns that hold no computed token
         "samples_per_step": samples / len(timed),
         "rows_per_step": sum(int(b.input_ids.shape[0]) for b in batches[warmup:]) / len(timed),
         "row_length_mean": float(np.mean([b.input_ids.shape[1] for b in batches[warmup:]])),

@@ -59,7 +59,10 @@ def resolve_deepspeed_config(cfg: Config) -> dict[str, Any]:
         "gradient_accumulation_steps": train.grad_accum_steps,
         "gradient_clipping": train.grad_clip,
         "steps_per_print": 10**9,
-        "bf16": {"enabled": train.precision == "bf16"},
+        # bf16 has no loss scale to adjust, and DeepSpeed's overflow scan before every step reads each trainable tensor
+        # separately (about 75 ms of host time a step at stage 3's ~650 tensors; docs/benchmarks.md); the loop stops
+        # on a non-finite loss instead (`TrainingDivergedError`).
+        "bf16": {"enabled": train.precision == "bf16", "check_grad_overflow": False},
         "fp16": {"enabled": False},
     }
     for key, value in filled.items():

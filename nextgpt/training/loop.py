@@ -16,6 +16,7 @@ asks for more steps; metrics.jsonl holds every step once.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -333,12 +334,28 @@ def _accumulate(
     return micro_values, num_tokens
 
 
+class TrainingDivergedError(RuntimeError):
+    """A step's loss is not finite: the weights are no longer usable, so the run stops before saving them."""
+
+
 def _flush(pending: PendingMetrics, result: TrainResult, progress: tqdm) -> None:
-    """Write the pending steps' records (one wait for the GPU) and collect their losses."""
+    """Write the pending steps' records (one wait for the GPU) and collect their losses.
+
+    Raises:
+        TrainingDivergedError: a loss is NaN or infinite. DeepSpeed's per-parameter overflow scan is off in bf16
+            (`nextgpt.training.engine`), so this check, at every flush and so before every save, is what stops a
+            diverged run.
+    """
     written = pending.flush()
     result.losses.extend(record["loss"] for _, record in written)
     if written:
         progress.set_postfix(loss=f"{written[-1][1]['loss']:.4f}")
+    bad = [step for step, record in written if not math.isfinite(record["loss"])]
+    if bad:
+        raise TrainingDivergedError(
+            f"the loss is not finite at step {bad[0]} (metrics.jsonl has every step); the run stops before saving "
+            "these weights: lower train.lr or check the data, then resume from the last checkpoint"
+        )
 
 
 def _train(

@@ -55,3 +55,26 @@ def test_steps_before_an_error_are_written(tiny_root: Path, tiny_world: Path, tm
         run(quick_cfg(tiny_root, tiny_world, out, "train.max_steps=6", "train.log_every=10", "train.save_every=2"))
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3], "steps 1-2 flushed before the step-2 save, step 3 after the error (log_every is 10)"
+
+
+def test_a_non_finite_loss_stops_the_run_before_its_weights_are_saved(
+    tiny_root: Path, tiny_world: Path, tmp_path: Path, monkeypatch
+):
+    import torch
+
+    from nextgpt.training import loop
+
+    real_accumulate, calls = loop._accumulate, []
+
+    def nan_in_step_3(*args, **kwargs):
+        values, tokens = real_accumulate(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            values = [{**v, "loss": v["loss"] * torch.nan} for v in values]
+        return values, tokens
+
+    monkeypatch.setattr(loop, "_accumulate", nan_in_step_3)
+    out = tmp_path / "run"
+    with pytest.raises(loop.TrainingDivergedError, match="not finite at step 3"):
+        run(quick_cfg(tiny_root, tiny_world, out, "train.max_steps=6", "train.log_every=10", "train.save_every=2"))
+    assert (out / "step-000002").is_dir() and not (out / "step-000004").exists() and not (out / "final").exists()
