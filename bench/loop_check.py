@@ -29,7 +29,6 @@ import dataclasses
 import gc
 import json
 import math
-import shlex
 import statistics
 import sys
 import time
@@ -43,6 +42,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from bench.components import SMOKE, VICUNA_7B, write_vicuna_shaped_llm  # noqa: E402
 from bench.loop_world import CAPTIONS_NAME, INSTRUCTIONS_NAME, token_length_stats, write_loop_world  # noqa: E402
+from bench.run import _command  # noqa: E402
 
 STAGES: dict[str, tuple[Path, str]] = {
     "stage1": (REPO_ROOT / "configs" / "stage_1.yaml", CAPTIONS_NAME),
@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (smoke: numbers mean nothing)",
         "torch": torch.__version__,
-        "command": "python bench/loop_check.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": _command(argv if argv is not None else sys.argv[1:], "bench/loop_check.py"),
         "smoke": args.smoke,
         "warmup": args.warmup,
         "prepare": prepared,

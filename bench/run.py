@@ -185,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         help="run the naive paths without the cuDNN SDPA kernels too (ours never uses them: model.llm.cudnn_attention)",
     )
     parser.add_argument("--from-json", type=Path, nargs="+", help="merge partial results and only write the reports")
+    parser.add_argument("--loop-json", type=Path, help="a bench/loop_check.py report to put in the doc")
+    parser.add_argument(
+        "--earlier-json", type=Path, help="an earlier run's results: its sections this run lacks go in the doc"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.from_json:
@@ -242,13 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     return _finish(results, args)
 
 
-def _command(argv: list[str]) -> str:
+def _command(argv: list[str], script: str = "bench/run.py") -> str:
     """The command line as the report prints it: output files by name only (no folders of the machine that ran it)."""
     shown, after_out = [], False
     for arg in argv:
         shown.append(Path(arg).name if after_out else arg)
-        after_out = arg in ("--out", "--doc", "--work")
-    return "python bench/run.py " + " ".join(shlex.quote(a) for a in shown)
+        after_out = arg in ("--out", "--doc", "--work", "--bench-json")
+    return f"python {script} " + " ".join(shlex.quote(a) for a in shown)
 
 
 def _save(results: dict[str, Any], path: Path) -> None:
@@ -259,7 +263,9 @@ def _save(results: dict[str, Any], path: Path) -> None:
 def _finish(results: dict[str, Any], args: argparse.Namespace) -> int:
     _save(results, args.out)
     if args.doc is not None:
-        write_doc(results, args.doc)
+        loop = json.loads(args.loop_json.read_text()) if args.loop_json else None
+        earlier = json.loads(args.earlier_json.read_text()) if args.earlier_json else None
+        write_doc(results, args.doc, loop, earlier)
     print(f"GPU: {results.get('gpu')}")
     print(format_table(build_rows(results)))
     return 0
