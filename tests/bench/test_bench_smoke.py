@@ -48,8 +48,13 @@ def test_ours_really_takes_the_fast_paths(smoke_run) -> None:
     assert stage1["ours"]["rows_per_step"] < stage1["naive"]["rows_per_step"] == stage1["micro_batch"]
     assert stage1["ours"]["computed_tokens_per_s"] < stage1["ours"]["tokens_per_s"]
     assert stage1["naive"]["computed_tokens_per_s"] == pytest.approx(stage1["naive"]["tokens_per_s"])
-    assert stage3["naive"]["gradient_checkpointing"] and not stage3["ours"]["gradient_checkpointing"]
-    assert stage3["ours"]["padding_share"] < stage3["naive"]["padding_share"]
+    # Ours is what the shipped stage YAMLs resolve to, nothing switched on by the bench.
+    assert stage1["ours_config"]["data.packing"] and stage1["ours_config"]["train.prefix_reuse"]
+    assert stage1["ours_config"]["train.fused_optimizer"] and not stage3["ours_config"]["train.prefix_reuse"]
+    assert stage3["naive"]["gradient_checkpointing"] and not stage3["ours_config"]["model.llm.gradient_checkpointing"]
+    assert stage3["ours_capped"]["model.llm.gradient_checkpointing"]
+    # Stage 3's long samples may not share a row at max_length 512; packing never adds padding.
+    assert stage3["ours"]["padding_share"] <= stage3["naive"]["padding_share"]
     # Same samples, same trainable weights and same seed: both paths see the same loss scale.
     assert stage3["ours"]["final_loss"] == pytest.approx(stage3["naive"]["final_loss"], rel=0.2)
 
@@ -59,13 +64,13 @@ def test_ratios_come_from_the_measured_numbers(smoke_run) -> None:
     rows = {(row.section, row.metric): row for row in build_rows(results)}
     stage1 = rows[("stage 1", "samples/s, train step")]
     assert stage1.ratio == pytest.approx(stage1.ours / stage1.naive)
-    assert stage1.met == (stage1.ratio >= 2)
+    assert stage1.met is None  # the target is against the naive path without cuDNN attention (GPU only)
     unet = rows[("unet", "SD-1.5 UNet ms / CFG step")]
     assert unet.ratio == pytest.approx(unet.naive / unet.ours)
     assert unet.met == (unet.ratio >= 1.4)
     decode = rows[("decode", "batch-1 tokens/s")]
-    assert decode.met == (decode.ours >= 150)
-    mfu = rows[("stage 3", "MFU")]
+    assert decode.met == (decode.ours >= 220)
+    mfu = rows[("stage 3", "MFU (datasheet peak)")]
     assert mfu.ours == pytest.approx(results["sections"]["stage3"]["ours"]["mfu"])
 
 
