@@ -284,53 +284,65 @@ def precompute_rate(model, shapes: Shapes, device: str, batch: int, repeat: int 
     return {"batch": batch, "images_per_s": batch / elapsed}
 
 
+def _naive_results(model, items, micro_batch: int, device: str, warmup: int, shapes: Shapes) -> dict[str, Any]:
+    """The naive path on `items`, with PyTorch's default attention kernels and without cuDNN's."""
+    use_naive_attention_kernels()
+    batches, groups = _collate(items, micro_batch, naive_collator(model))
+    return {
+        "naive": measure_steps(naive_forward, model, naive_optimizer(model), batches, groups, device, warmup, shapes),
+        "naive_no_cudnn": measure_naive_without_cudnn(model, batches, groups, device, warmup, shapes),
+    }
+
+
+def _ours_results(
+    stage: int, make_items, shapes: Shapes, work: Path, device: str, micro_batch: int, warmup: int, profile: bool
+) -> tuple[dict[str, Any], list[dict[str, Any]], Path]:
+    """Ours from the shipped stage YAML on `make_items(model)`; also returns the items and the LLM folder."""
+    llm_dir = write_vicuna_shaped_llm(work / f"llm-{shapes.name}", shapes.llm, device)
+    cfg, model, collator, optimizer = build_ours(stage, llm_dir, shapes, work, device)
+    items = fit_to_config(make_items(model), stage)
+    batches, groups = _collate(items, micro_batch, collator)
+    out = {
+        "ours_config": _switches(cfg),
+        "ours": measure_steps(ours_forward, model, optimizer, batches, groups, device, warmup, shapes),
+    }
+    if profile:
+        step = lambda m=model, o=optimizer, b=batches[-1]: _step(ours_forward, m, o, b, device)  # noqa: E731
+        out["profile_ours"] = profile_top_kernels(step)
+        out["profile_ours_host"] = profile_top_kernels(step, sort_by_host=True)
+    del model, optimizer, batches
+    free_memory()
+    return out, items, llm_dir
+
+
 def run_stage1(
     shapes: Shapes, tokenizer, device: str, micro_batch: int, steps: int, warmup: int, profile: bool, work: Path
 ) -> dict[str, Any]:
     """Stage 1 (frozen LLM; input projector and signal-token rows train) on CC3M-like captions."""
     num = micro_batch * (steps + warmup)
     result: dict[str, Any] = {"micro_batch": micro_batch}
-    # naive
     model = build_nextgpt(shapes, tokenizer, device, lora=False, with_encoder=True, trainable=STAGE1_GROUPS)
     pixels, features = _pools(shapes, micro_batch, device)
-    naive_items = fit_to_config(
-        caption_items(model.tokenizer, model.signal_ids, num, pixels, None, np.random.default_rng(0)), 1
-    )
-    use_naive_attention_kernels()
-    batches, groups = _collate(naive_items, micro_batch, naive_collator(model))
-    result["naive"] = measure_steps(
-        naive_forward, model, naive_optimizer(model), batches, groups, device, warmup, shapes
-    )
+    rng = np.random.default_rng
+    naive_items = fit_to_config(caption_items(model.tokenizer, model.signal_ids, num, pixels, None, rng(0)), 1)
+    result.update(_naive_results(model, naive_items, micro_batch, device, warmup, shapes))
     logger.info("stage 1 naive: %.1f samples/s", result["naive"]["samples_per_s"])
-    result["naive_no_cudnn"] = measure_naive_without_cudnn(model, batches, groups, device, warmup, shapes)
     result["precompute"] = precompute_rate(model, shapes, device, batch=256 if device == "cuda" else 8)
-    del model, batches
+    del model
     free_memory()
-    # ours: the shipped configs/stage_1.yaml
-    llm_dir = write_vicuna_shaped_llm(work / f"llm-{shapes.name}", shapes.llm, device)
-    cfg, model, collator, optimizer = build_ours(1, llm_dir, shapes, work, device)
-    result["ours_config"] = _switches(cfg)
-    ours_items = fit_to_config(
-        caption_items(model.tokenizer, model.signal_ids, num, None, features, np.random.default_rng(0)), 1
-    )
-    batches, groups = _collate(ours_items, micro_batch, collator)
-    result["ours"] = measure_steps(ours_forward, model, optimizer, batches, groups, device, warmup, shapes)
+    ours, _, _ = _ours_results(
+        1,
+        lambda m: caption_items(m.tokenizer, m.signal_ids, num, None, features, rng(0)),
+        shapes, work, device, micro_batch, warmup, profile,
+    )  # fmt: skip
+    result.update(ours)
     logger.info("stage 1 ours: %.1f samples/s", result["ours"]["samples_per_s"])
-    if profile:
-        result["profile_ours"] = profile_top_kernels(
-            lambda m=model, o=optimizer, b=batches[-1]: _step(ours_forward, m, o, b, device)
-        )
-        result["profile_ours_host"] = profile_top_kernels(
-            lambda m=model, o=optimizer, b=batches[-1]: _step(ours_forward, m, o, b, device), sort_by_host=True
-        )
     train_rate = result["ours"]["samples_per_s"]
     image_rate = result["precompute"]["images_per_s"]
     # One epoch of N samples, one image each: precompute N features, then train N samples.
     result["ours_end_to_end_samples_per_s"] = 1.0 / (1.0 / train_rate + 1.0 / image_rate)
     result["ratio"] = train_rate / result["naive"]["samples_per_s"]
     result["ratio_end_to_end"] = result["ours_end_to_end_samples_per_s"] / result["naive"]["samples_per_s"]
-    del model, optimizer, batches
-    free_memory()
     return result
 
 
@@ -356,36 +368,20 @@ def run_stage3(
         shapes, tokenizer, device, lora=True, with_encoder=True, gradient_checkpointing=True, trainable=STAGE3_GROUPS
     )
     pixels, features = _pools(shapes, micro_batch, device)
-    naive_items = fit_to_config(
-        instruction_items(model.tokenizer, model.signal_ids, num, pixels, None, caption_dim, rng(0)), 3
-    )
-    use_naive_attention_kernels()
-    batches, groups = _collate(naive_items, micro_batch, naive_collator(model))
-    result["naive"] = measure_steps(
-        naive_forward, model, naive_optimizer(model), batches, groups, device, warmup, shapes
-    )
+    items = instruction_items(model.tokenizer, model.signal_ids, num, pixels, None, caption_dim, rng(0))
+    result.update(_naive_results(model, fit_to_config(items, 3), micro_batch, device, warmup, shapes))
     result["naive"]["gradient_checkpointing"] = True
     logger.info("stage 3 naive: %.0f tokens/s", result["naive"]["tokens_per_s"])
-    result["naive_no_cudnn"] = measure_naive_without_cudnn(model, batches, groups, device, warmup, shapes)
-    del model, batches
+    del model
     free_memory()
-    # ours: the shipped configs/stage_3.yaml
-    llm_dir = write_vicuna_shaped_llm(work / f"llm-{shapes.name}", shapes.llm, device)
-    cfg, model, collator, optimizer = build_ours(3, llm_dir, shapes, work, device)
-    result["ours_config"] = _switches(cfg)
-    ours_items = fit_to_config(
-        instruction_items(model.tokenizer, model.signal_ids, num, None, features, caption_dim, rng(0)), 3
-    )
-    batches, groups = _collate(ours_items, micro_batch, collator)
-    result["ours"] = measure_steps(ours_forward, model, optimizer, batches, groups, device, warmup, shapes)
+    ours, ours_items, llm_dir = _ours_results(
+        3,
+        lambda m: instruction_items(m.tokenizer, m.signal_ids, num, None, features, caption_dim, rng(0)),
+        shapes, work, device, micro_batch, warmup, profile,
+    )  # fmt: skip
+    result.update(ours)
     logger.info("stage 3 ours: %.0f tokens/s", result["ours"]["tokens_per_s"])
-    if profile:
-        result["profile_ours"] = profile_top_kernels(
-            lambda m=model, o=optimizer, b=batches[-1]: _step(ours_forward, m, o, b, device)
-        )
     result["ratio"] = result["ours"]["tokens_per_s"] / result["naive"]["tokens_per_s"]
-    del model, optimizer, batches
-    free_memory()
     result["ours_capped"] = _capped_stage3(llm_dir, shapes, work, device, ours_items, micro_batch, warmup, cap_gib)
     return result
 
