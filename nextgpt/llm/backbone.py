@@ -111,7 +111,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     layers = getattr(getattr(base, "model", None), "layers", None)
     if not isinstance(layers, nn.ModuleList):
         raise ValueError(
-            "model.llm.compile_layers and varlen prefix reuse need a LLaMA-family model (model.layers), "
+            "model.llm.compile_layers and train.prefix_reuse need a LLaMA-family model (model.layers), "
             f"got {type(base).__name__}"
         )
     return layers

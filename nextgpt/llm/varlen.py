@@ -6,7 +6,8 @@ sample to itself only, from cumulative sample boundaries (`cu_seq_lens_q`, the n
 kwargs): on CUDA through PyTorch's flash `varlen_attn`; elsewhere through one causal sdpa call per sample (the
 reference the CUDA kernel is checked against). With a shared prefix served from its cache (`train.prefix_reuse`),
 each sample's keys are the prefix's followed by its own, and its queries see all of the prefix. Calls without
-boundaries (padded batches) are plain sdpa with the mask transformers builds for sdpa.
+boundaries (inference: prompt prefill, decoding, the prefix cache itself) are plain sdpa with the mask transformers
+builds for sdpa.
 
     register_varlen_attention()
     llm = AutoModelForCausalLM.from_pretrained(path, attn_implementation=VARLEN_ATTENTION)
