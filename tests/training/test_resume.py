@@ -103,7 +103,7 @@ def test_more_steps_continue_from_final_like_an_uninterrupted_run(
         ("data.datasets=[cc3m_dec,webvid_dec]", "data.datasets", "['cc3m_dec', 'webvid_dec', 'audiocap_dec']",
          "['cc3m_dec', 'webvid_dec']"),
         ("data.sampler=random", "data.sampler", "'modality_blended'", "'random'"),
-        ("data.packing=true", "data.packing", "False", "True"),
+        ("data.packing=false", "data.packing", "True", "False"),
         ("model.llm.max_length=200", "model.llm.max_length", "256", "200"),
         ("train.trainable=[output_projectors]", "train.trainable", "['output_projectors', 'token_rows']",
          "['output_projectors']"),
