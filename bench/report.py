@@ -292,7 +292,7 @@ Paths:
   `model.llm.attn_implementation=varlen`, `model.llm.compile_layers=true`; stage 1 also `train.prefix_reuse=true`
   (the "masked sdpa and eager layers" row: prefix reuse without the last two); stage 3 also
   `model.llm.gradient_checkpointing=false` (the 24 GB row: checkpointing on, layers not compiled);
-  `generation.fast_decode=true` (FastDecoder: static cache, compiled decode step, CUDA graphs), `model.decoders.<m>.{{channels_last,fuse_qkv,compile}}=true`
+  FastDecoder (static cache, compiled decode step, CUDA graphs: what inference always uses, `generation.compile_decode` left at its default), `model.decoders.<m>.{{channels_last,fuse_qkv,compile}}=true`
   (`apply_decoder_speedups`), optionally `model.decoders.image.scheduler=dpm_solver` with 25 steps.
 
 Definitions:

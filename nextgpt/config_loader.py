@@ -119,14 +119,21 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         An instance of `cls`; fields absent from `data` keep their defaults.
 
     Raises:
-        ConfigError: naming the offending key (and the closest valid key for unknown ones).
+        ConfigError: naming the offending key (and the closest valid key for unknown ones, the fix for removed ones
+            that do not hold their old default: `RETIRED_FIELDS` of the dataclass).
     """
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     names = list(fields)
+    retired = getattr(cls, "RETIRED_FIELDS", {})  # removed field -> (old default, the fix)
     kwargs = {}
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key in retired:
+            old_default, fix = retired[key]
+            if value == old_default and type(value) is type(old_default):
+                continue  # what configs saved before the removal hold (every checkpoint's config.yaml)
+            raise ConfigError(f"config key '{dotted}' was removed: {fix}")
         if key not in names:
             raise ConfigError(f"unknown config key '{dotted}'{_closest(str(key), names)}")
         default = _field_default(fields[key])
