@@ -98,7 +98,7 @@ def run_decode_section(
         model: a NextGPT (no LoRA; the merged export a deployment serves).
         feature_dim: ImageBind output width.
         new_tokens: tokens generated per call.
-        compile_step: FastDecoder's `compile` switch (`generation.fast_decode`; off in the CPU smoke run).
+        compile_step: FastDecoder's `compile` switch (`generation.compile_decode`; off in the CPU smoke run).
         repeat: timed calls per path.
         probe_static: also time HF's own static-cache path (design probe).
 

@@ -308,7 +308,8 @@ Paths:
   precomputed once, `preprocess_features.py`): packed rows with the layout computed by the collator, per-sample
   (flash varlen) attention, compiled decoder layers, fused AdamW, the shared prefix served from its cache in stage 1;
   stage 3 without gradient checkpointing (the 24 GB row: `configs/presets/gpu_24gb.yaml`). Decoding: FastDecoder
-  (static cache, compiled decode step, CUDA graphs); UNets with `model.decoders.<m>.{{channels_last,fuse_qkv,compile}}=true`
+  (static cache, compiled decode step, CUDA graphs: how every reply decodes, `generation.compile_decode` at its
+  default); UNets with `model.decoders.<m>.{{channels_last,fuse_qkv,compile}}=true`
   (`apply_decoder_speedups`), optionally `model.decoders.image.scheduler=dpm_solver` with 25 steps.
 
 Definitions:

@@ -122,18 +122,22 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         An instance of `cls`; fields absent from `data` keep their defaults.
 
     Raises:
-        ConfigError: naming the offending key (and the closest valid key for unknown ones).
+        ConfigError: naming the offending key (and the closest valid key for unknown ones, the fix for removed ones
+            that do not hold their old default: `RETIRED_FIELDS` of the dataclass).
     """
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     names = list(fields)
-    retired: dict[str, str] = getattr(cls, "RETIRED_KEYS", {})
+    retired: dict[str, tuple[object, str]] = getattr(cls, "RETIRED_KEYS", {})  # removed key -> (old default, note)
     kwargs = {}
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key in retired:
-            # Config files saved by earlier versions (a checkpoint's config.yaml) keep loading; the key has no effect.
-            logger.warning("config key '%s' is no longer used and is ignored: %s", dotted, retired[key])
+            # Config files saved by earlier versions (every checkpoint's config.yaml) keep loading: the old default is
+            # dropped quietly, any other value with a warning saying what happens now. The key has no effect.
+            old_default, note = retired[key]
+            if not (value == old_default and type(value) is type(old_default)):
+                logger.warning("config key '%s' is no longer used and is ignored: %s", dotted, note)
             continue
         if key not in names:
             raise ConfigError(f"unknown config key '{dotted}'{_closest(str(key), names)}")

@@ -1,6 +1,6 @@
 """Stopping a generation between steps: the demo's Stop button sets an event that every decoding loop checks.
 
-Text decoding checks it at every streamed token (`nextgpt.inference.generation`), diffusion after every denoising step
+Text decoding checks it before every token (`nextgpt.inference.fast_decode`), diffusion after every denoising step
 through the pipeline's step callback, so a stopped request frees the model within one step instead of running to the
 end of a minute-long ZeroScope call.
 

@@ -16,6 +16,7 @@ from typing import Any
 from nextgpt.config import Config, DatasetEntryConfig
 from nextgpt.eval.attributes import chance_level, extract_attributes, score_attributes
 from nextgpt.eval.heldout import EvalDatasets, greedy_generation, load_input_media, load_specs
+from nextgpt.inference.fast_decode import FastDecoder
 from nextgpt.inference.generation import generate_reply
 from nextgpt.model import NextGPT
 
@@ -82,6 +83,8 @@ def evaluate_captioning(
     """
     datasets = datasets or EvalDatasets()
     generation = greedy_generation(cfg.generation)
+    # One text decoder for every reply: one built per reply would compile its step again on CUDA.
+    decoder = FastDecoder(model.llm, cfg.model.llm.max_length + generation.max_new_tokens, generation.compile_decode)
     all_scores: list[dict[str, bool]] = []
     all_chance: dict[str, float] = {}
     per_modality: dict[str, Any] = {}
@@ -90,7 +93,7 @@ def evaluate_captioning(
         for spec in load_specs(catalog, name, max_items):
             reference = spec.turns[-1].text
             media = load_input_media(spec.input_media, cfg.model.encoder)
-            reply = generate_reply(model, spec.turns[:-1], media, generation).text
+            reply = generate_reply(model, spec.turns[:-1], media, generation, fast_decoder=decoder).text
             scores.append(score_attributes(reply, extract_attributes(reference, modality), modality))
             if len(examples) < NUM_EXAMPLES:
                 examples.append({"reference": reference, "reply": reply})

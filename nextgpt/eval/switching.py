@@ -27,6 +27,7 @@ from nextgpt.constants import MODALITIES, PLACEHOLDERS, Modality
 from nextgpt.data.records import SampleSpec
 from nextgpt.eval.attributes import extract_attributes, score_attributes
 from nextgpt.eval.heldout import EvalDatasets, greedy_generation, load_input_media, load_specs
+from nextgpt.inference.fast_decode import FastDecoder
 from nextgpt.inference.generation import generate_reply
 from nextgpt.llm.conversation import Turn
 from nextgpt.model import NextGPT
@@ -86,13 +87,19 @@ def question_rounds(spec: SampleSpec) -> list[QuestionRound]:
 
 
 def _switch_results(
-    model: NextGPT, cfg: Config, specs: list[SampleSpec], requested: Modality | None, generation: GenerationConfig
+    model: NextGPT,
+    cfg: Config,
+    specs: list[SampleSpec],
+    requested: Modality | None,
+    generation: GenerationConfig,
+    decoder: FastDecoder,
 ) -> tuple[list[bool], list[dict[str, Any]]]:
     """Per request (the first round of each record): whether the reply switched to `requested`; a few examples."""
     correct, examples = [], []
     for spec in specs:
         first = question_rounds(spec)[0]
-        result = generate_reply(model, first.turns, load_input_media(first.media, cfg.model.encoder), generation)
+        media = load_input_media(first.media, cfg.model.encoder)
+        result = generate_reply(model, first.turns, media, generation, fast_decoder=decoder)
         counts, malformed = count_signal_spans(model, result.token_ids)
         correct.append(is_switch_correct(counts, malformed, requested))
         if len(examples) < NUM_EXAMPLES:
@@ -113,14 +120,19 @@ def _weighted_accuracy(parts: Iterable[dict[str, Any]]) -> float | None:
 
 
 def _question_results(
-    model: NextGPT, cfg: Config, specs: list[SampleSpec], modality: Modality, generation: GenerationConfig
+    model: NextGPT,
+    cfg: Config,
+    specs: list[SampleSpec],
+    modality: Modality,
+    generation: GenerationConfig,
+    decoder: FastDecoder,
 ) -> tuple[list[bool], list[bool], list[dict[str, str]]]:
     """Per question: text-reply correctness (questions naming an attribute only) and no-signal correctness."""
     answers, switches, examples = [], [], []
     for spec in specs:
         for question in question_rounds(spec):
             media = load_input_media(question.media, cfg.model.encoder)
-            result = generate_reply(model, question.turns, media, generation)
+            result = generate_reply(model, question.turns, media, generation, fast_decoder=decoder)
             counts, malformed = count_signal_spans(model, result.token_ids)
             switches.append(is_switch_correct(counts, malformed, None))
             expected = extract_attributes(question.reference, modality)
@@ -159,18 +171,21 @@ def evaluate_switching(
     """
     datasets = datasets or EvalDatasets()
     generation = greedy_generation(cfg.generation)
+    # One text decoder for every reply: one built per reply would compile its step again on CUDA.
+    decoder = FastDecoder(model.llm, cfg.model.llm.max_length + generation.max_new_tokens, generation.compile_decode)
     per_output: dict[str, Any] = {}
     for modality, name in datasets.generation_requests.items():
-        correct, examples = _switch_results(model, cfg, load_specs(catalog, name, max_items), modality, generation)
+        specs = load_specs(catalog, name, max_items)
+        correct, examples = _switch_results(model, cfg, specs, modality, generation, decoder)
         per_output[modality.value] = {**_accuracy(correct), "dataset": name, "examples": examples}
     text_switches: list[bool] = []
     for name in datasets.text_requests:
-        text_switches += _switch_results(model, cfg, load_specs(catalog, name, max_items), None, generation)[0]
+        text_switches += _switch_results(model, cfg, load_specs(catalog, name, max_items), None, generation, decoder)[0]
     answers: list[bool] = []
     questions: dict[str, Any] = {}
     for name, modality in datasets.questions.items():
         specs = load_specs(catalog, name, max_items)
-        correct, switches, examples = _question_results(model, cfg, specs, modality, generation)
+        correct, switches, examples = _question_results(model, cfg, specs, modality, generation, decoder)
         answers += correct
         text_switches += switches
         questions[name] = {**_accuracy(correct), "examples": examples}

@@ -1,11 +1,12 @@
-"""Fast batch-1 text decoding: a static KV cache and one compiled decode step (CUDA graphs on GPU).
+"""Batch-1 text decoding, the only one inference uses: a static KV cache and one compiled decode step.
 
 HF `generate` with a dynamic cache spends most of a 7B decode step launching kernels from Python (about 25 tokens/s
 on an H100, a tenth of the memory-bandwidth limit). Here the cache is a `transformers.StaticCache` allocated once,
-the prompt is prefilled eagerly, and every later token goes through one step of fixed shapes compiled with
-`torch.compile(mode="reduce-overhead", fullgraph=True)`, which replays it as a CUDA graph. Token selection goes
-through the same HF logits warpers as `generate(do_sample=True)`, so greedy decoding gives the plain path's tokens
-and seeded sampling draws the same ones.
+the prompt is prefilled eagerly, and every later token goes through one step of fixed shapes (as litgpt's
+`next_token`): forward, float32 logits and the greedy token, compiled on CUDA with
+`torch.compile(mode="reduce-overhead", fullgraph=True)`, which replays it as a CUDA graph (eager on CPU). Sampling
+draws outside it with HF's logits warpers, so greedy decoding gives HF `generate`'s tokens and seeded sampling draws
+the same ones.
 
     decoder = FastDecoder(model.llm, max_cache_len=1024)          # compiled on CUDA, eager on CPU
     new_ids = decoder.generate(inputs_embeds, max_new_tokens=64, eos_token_ids=[tokenizer.eos_token_id])  # (T,)
@@ -15,6 +16,7 @@ and seeded sampling draws the same ones.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -23,15 +25,18 @@ import torch
 from torch import nn
 from transformers import LogitsProcessorList, StaticCache, TemperatureLogitsWarper, TopPLogitsWarper
 
+from nextgpt.decoders.cancel import raise_if_cancelled
+
 logger = logging.getLogger(__name__)
 
 CACHE_LEN_MULTIPLE = 256
 """`reserve` grows the cache to a multiple of this, so a slightly longer request does not recompile again."""
 
 STOP_CHECK_INTERVAL = 16
-"""Tokens decoded between end-of-sequence checks (and streamer updates). A check reads tokens on the host and so waits
-for the GPU, which then idles until the next step is queued (about 2 ms for a 7B step on an H100; checking every 8
-tokens cost 4% of the speed). At most this many - 1 steps past the end are computed and discarded."""
+"""Tokens decoded on an accelerator between end-of-sequence checks (and streamer updates). A check reads tokens on the
+host and so waits for the GPU, which then idles until the next step is queued (about 2 ms for a 7B step on an H100;
+checking every 8 tokens cost 4% of the speed). At most this many - 1 steps past the end are computed and discarded.
+On the CPU nothing runs ahead of the host, so it checks (and streams) every token."""
 
 
 def _causal_lm(llm: nn.Module) -> nn.Module:
@@ -41,6 +46,11 @@ def _causal_lm(llm: nn.Module) -> nn.Module:
     the compiled graph free of it.
     """
     return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+
+
+def compiles_on(device: torch.device, compile: bool | None) -> bool:
+    """Whether a decoder on `device` compiles its step: `compile`, or for None only on CUDA (CUDA graphs)."""
+    return device.type == "cuda" if compile is None else compile
 
 
 def build_logits_warpers(temperature: float, top_p: float) -> LogitsProcessorList:
@@ -63,16 +73,20 @@ def build_logits_warpers(temperature: float, top_p: float) -> LogitsProcessorLis
 
 def select_next_token(
     scores: torch.Tensor,
-    generated: torch.Tensor,
-    warpers: LogitsProcessorList | None,
+    warpers: LogitsProcessorList | None = None,
+    generated: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Greedy (no warpers) or sampled next token, drawn exactly as HF `generate` draws it.
+    """Greedy (no warpers) or sampled next token, chosen exactly as HF `generate` chooses it.
+
+    The one token selection of text decoding: the compiled step calls it for the greedy token, `FastDecoder.generate`
+    for sampled ones (a draw stays outside the compiled graph: inductor would make its own random numbers and could
+    round the softmax differently, so seeded sampling would no longer give HF's tokens).
 
     Args:
         scores: (1, V) float32 logits of the last position.
-        generated: (1, T) ids generated so far (what HF passes its processors with `inputs_embeds`).
         warpers: from `build_logits_warpers`; None for greedy.
+        generated: (1, T) ids generated so far (what HF passes its processors with `inputs_embeds`); sampling only.
         generator: RNG for sampling; None uses torch's global one, as `generate` does.
 
     Returns:
@@ -85,7 +99,7 @@ def select_next_token(
 
 
 class FastDecoder:
-    """Batch-1 decoding of one LLM with a reusable static KV cache and a compiled decode step.
+    """Batch-1 decoding of one LLM with a reusable static KV cache and a (compiled) decode step.
 
     The cache is allocated on the first prefill (in the LLM's dtype and device) and zeroed, not reallocated, for
     each later request, so the compiled step's CUDA graph stays valid. Keep one decoder per loaded model: a new
@@ -95,29 +109,40 @@ class FastDecoder:
         llm: a transformers LLaMA-family causal LM, peft-wrapped or merged, in eval mode.
         max_cache_len: prompt + new tokens one request may hold.
         compile: compile the decode step; None compiles on CUDA (CUDA graphs) and not on CPU.
+        stop_check_interval: tokens between end-of-sequence checks and streamer updates; None for
+            `STOP_CHECK_INTERVAL` off the CPU and 1 on it.
 
     Raises:
-        ValueError: max_cache_len below 1.
+        ValueError: max_cache_len or stop_check_interval below 1.
     """
 
-    def __init__(self, llm: nn.Module, max_cache_len: int, compile: bool | None = None):
+    def __init__(
+        self,
+        llm: nn.Module,
+        max_cache_len: int,
+        compile: bool | None = None,
+        stop_check_interval: int | None = None,
+    ):
         if max_cache_len < 1:
             raise ValueError(f"max_cache_len must be >= 1, got {max_cache_len}")
+        if stop_check_interval is not None and stop_check_interval < 1:
+            raise ValueError(f"stop_check_interval must be >= 1, got {stop_check_interval}")
         self.llm = llm
         self.causal_lm = _causal_lm(llm)
         self.device = next(self.causal_lm.parameters()).device
-        self.compile = self.device.type == "cuda" if compile is None else compile
+        self.compile = compiles_on(self.device, compile)
+        self.stop_check_interval = stop_check_interval
         self._allocate(max_cache_len)
 
     def _allocate(self, max_cache_len: int) -> None:
         self.max_cache_len = max_cache_len
         self.cache = StaticCache(config=self.causal_lm.config, max_cache_len=max_cache_len)
-        self._step = self._forward_step
+        self._step = self._decode_step
         self._cuda_graphs = self.compile and self.device.type == "cuda"
         if self.compile:
             # CUDA graphs only exist on CUDA; on CPU the default mode still fuses the step.
             mode = "reduce-overhead" if self._cuda_graphs else None
-            self._step = torch.compile(self._forward_step, mode=mode, fullgraph=True)
+            self._step = torch.compile(self._decode_step, mode=mode, fullgraph=True)
 
     def reserve(self, num_tokens: int) -> None:
         """Make room for `num_tokens` (prompt + new), growing the cache if needed (the step then recompiles).
@@ -128,16 +153,18 @@ class FastDecoder:
         if num_tokens <= self.max_cache_len:
             return
         grown = -(-num_tokens // CACHE_LEN_MULTIPLE) * CACHE_LEN_MULTIPLE
-        logger.warning("fast decoding: growing the static KV cache from %d to %d tokens", self.max_cache_len, grown)
+        logger.warning("text decoding: growing the static KV cache from %d to %d tokens", self.max_cache_len, grown)
         self._allocate(grown)
 
-    def _forward_step(self, token_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        """One cached decode step of fixed shapes: (1, 1) token at (1, 1) position -> (1, V) float32 logits."""
+    def _decode_step(self, token_ids: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One cached step of fixed shapes: (1, 1) token at (1, 1) position -> greedy next token (1,) and its (1, V)
+        float32 logits (which sampling draws from)."""
         out = self.causal_lm(input_ids=token_ids, position_ids=position_ids, past_key_values=self.cache, use_cache=True)
-        return out.logits[:, -1].float()  # (1, 1, V) -> (1, V)
+        scores = out.logits[:, -1].float()  # (1, 1, V) -> (1, V)
+        return select_next_token(scores), scores
 
-    def _prefill(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
-        """Write the prompt into the (reset) cache; returns the (1, V) float32 logits of its last position."""
+    def _prefill(self, inputs_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the prompt into the (reset) cache; returns what a step returns for its last position."""
         self.cache.reset()
         positions = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)[None]  # (1, L)
         out = self.causal_lm(
@@ -147,12 +174,13 @@ class FastDecoder:
             use_cache=True,
             logits_to_keep=1,
         )
-        return out.logits[:, -1].float()  # (1, 1, V) -> (1, V)
+        scores = out.logits[:, -1].float()  # (1, 1, V) -> (1, V)
+        return select_next_token(scores), scores
 
     def _check_request(self, inputs_embeds: torch.Tensor, max_new_tokens: int) -> None:
         if inputs_embeds.ndim != 3 or inputs_embeds.shape[0] != 1:
             raise ValueError(
-                f"fast decoding takes one prompt, inputs_embeds (1, L, D), got {tuple(inputs_embeds.shape)}"
+                f"text decoding takes one prompt, inputs_embeds (1, L, D), got {tuple(inputs_embeds.shape)}"
             )
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -176,6 +204,7 @@ class FastDecoder:
         eos_token_ids: Iterable[int] = (),
         generator: torch.Generator | None = None,
         streamer: Any | None = None,
+        cancel: threading.Event | None = None,
     ) -> torch.Tensor:
         """Decode up to `max_new_tokens` after a prompt given as embeddings (media already spliced in).
 
@@ -186,27 +215,35 @@ class FastDecoder:
             top_p: nucleus mass when sampling.
             eos_token_ids: ids that end the reply (kept as its last token, as HF does).
             generator: RNG for sampling; None uses torch's global one (seed it with `torch.manual_seed`).
-            streamer: an HF streamer receiving the tokens as they are generated.
+            streamer: an HF streamer receiving the tokens as they are generated (every `stop_check_interval`).
+            cancel: checked before every step (a host-side flag: no device sync); when set, decoding stops.
 
         Returns:
             (T,) int64 new token ids, T <= max_new_tokens.
 
         Raises:
             ValueError: not one prompt, a prompt + max_new_tokens beyond `max_cache_len`, or another device.
+            GenerationCancelled: `cancel` was set.
         """
         self._check_request(inputs_embeds, max_new_tokens)
+        raise_if_cancelled(cancel)
+        interval = self.stop_check_interval or (1 if self.device.type == "cpu" else STOP_CHECK_INTERVAL)
         warpers = build_logits_warpers(temperature, top_p) if temperature > 0 else None
         stop_ids = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=self.device)  # (S,)
         generated = torch.zeros((1, max_new_tokens), dtype=torch.long, device=self.device)  # (1, T_max)
         if streamer is not None:
             streamer.put(generated[:, :0].cpu())  # the (empty) prompt, which streamers skip, as from HF generate
-        scores = self._prefill(inputs_embeds)  # (1, V)
+        greedy, scores = self._prefill(inputs_embeds)  # (1,), (1, V)
         position = torch.tensor([[inputs_embeds.shape[1]]], device=self.device)  # (1, 1)
         num_checked = 0
         for step in range(max_new_tokens):
-            next_token = select_next_token(scores, generated[:, :step], warpers, generator)  # (1,)
-            generated[:, step] = next_token
-            if step == max_new_tokens - 1 or (step + 1) % STOP_CHECK_INTERVAL == 0:
+            if warpers is None:
+                next_token = greedy
+            else:
+                next_token = select_next_token(scores, warpers, generated[:, :step], generator)  # (1,)
+            generated[:, step] = next_token  # copied out of the step's output buffer, which its next replay reuses
+            last = step == max_new_tokens - 1
+            if last or (step + 1) % interval == 0:
                 stop_end = _stop_end(generated[0, : step + 1], num_checked, stop_ids)
                 end = step + 1 if stop_end is None else stop_end
                 if streamer is not None:
@@ -214,11 +251,15 @@ class FastDecoder:
                 num_checked = end
                 if stop_end is not None:  # the steps after the stop id are discarded
                     break
-            if step == max_new_tokens - 1:
+            if last:
                 break
+            raise_if_cancelled(cancel)
+            token_ids = generated[:, step : step + 1].clone()  # (1, 1), a tensor of its own, outside the graph's pool
+            # The last step's outputs are consumed: drop them, or the CUDA-graph replay would first copy them away.
+            del greedy, scores, next_token
             if self._cuda_graphs:
-                torch.compiler.cudagraph_mark_step_begin()  # the last step's logits are consumed; reuse its buffers
-            scores = self._step(next_token[:, None], position)  # (1, V)
+                torch.compiler.cudagraph_mark_step_begin()  # the next replay may reuse the last one's buffers
+            greedy, scores = self._step(token_ids, position)  # (1,), (1, V)
             position = position + 1
         if streamer is not None:
             streamer.end()

@@ -1,8 +1,8 @@
 """Generation core: conversation + input media → reply text + images / videos / audio.
 
-Numbered steps, one helper each: build the prompt, splice media, decode text with the KV cache (HF `generate`, or
-`FastDecoder` when `generation.fast_decode` is on), find complete signal spans in the reply (malformed ones are
-reported, never a crash), re-read their hidden states, project them, and call the decoders.
+Numbered steps, one helper each: build the prompt, splice media, decode text with `FastDecoder` (static KV cache, step
+compiled per `generation.compile_decode`), find complete signal spans in the reply (malformed ones are reported, never
+a crash), re-read their hidden states, project them, and call the decoders.
 
     result = generate_reply(model, [Turn("user", "<image>\nDraw this as a video")], {Modality.IMAGE: pixels},
                             cfg.generation, decoders)
@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers.generation.streamers import BaseStreamer
 
 from nextgpt.config import GenerationConfig
 from nextgpt.constants import Modality
@@ -97,43 +96,26 @@ def _reply_text(model: NextGPT, reply_ids: torch.Tensor) -> str:
 def _decode_text(
     model: NextGPT,
     inputs_embeds: torch.Tensor,
-    attention_mask: torch.Tensor,
     cfg: GenerationConfig,
     streamer: Any | None,
-    fast_decoder: FastDecoder | None = None,
+    fast_decoder: FastDecoder | None,
+    cancel: threading.Event | None,
 ) -> torch.Tensor:
-    """Sample the reply with the KV cache on; returns only the new ids, (G,)."""
-    tokenizer = model.tokenizer
-    if cfg.fast_decode:
-        if fast_decoder is None:
-            # Built per call here (and compiled per call on CUDA); NextGPTPipeline keeps one between calls.
-            fast_decoder = FastDecoder(model.llm, inputs_embeds.shape[1] + cfg.max_new_tokens)
-        fast_decoder.reserve(inputs_embeds.shape[1] + cfg.max_new_tokens)
-        torch.manual_seed(cfg.seed)  # sampling draws from the global RNG, like `generate` below
-        return fast_decoder.generate(
-            inputs_embeds,
-            cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            eos_token_ids=stop_token_ids(model),
-            streamer=streamer,
-        )
-    sampling = cfg.temperature > 0
-    kwargs: dict[str, Any] = {"do_sample": sampling}
-    if sampling:
-        kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
-    torch.manual_seed(cfg.seed)
-    generated = model.llm.generate(
-        inputs_embeds=inputs_embeds,
-        attention_mask=attention_mask,
-        max_new_tokens=cfg.max_new_tokens,
-        eos_token_id=stop_token_ids(model),
-        pad_token_id=tokenizer.pad_token_id,
-        use_cache=True,
+    """Decode the reply after the (1, L, D) spliced prompt; returns only the new ids, (G,)."""
+    if fast_decoder is None:
+        # Built (and on CUDA compiled) for this call only; NextGPTPipeline and the evaluation keep one between calls.
+        fast_decoder = FastDecoder(model.llm, inputs_embeds.shape[1] + cfg.max_new_tokens, compile=cfg.compile_decode)
+    fast_decoder.reserve(inputs_embeds.shape[1] + cfg.max_new_tokens)
+    torch.manual_seed(cfg.seed)  # sampling draws from the global RNG, as HF `generate` does
+    return fast_decoder.generate(
+        inputs_embeds,
+        cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        eos_token_ids=stop_token_ids(model),
         streamer=streamer,
-        **kwargs,
+        cancel=cancel,
     )
-    return generated[0]  # with inputs_embeds, HF returns only the new tokens: (G,)
 
 
 def _reply_spans(reply_ids: torch.Tensor, offset: int, model: NextGPT, cfg: GenerationConfig) -> SpanScan:
@@ -149,27 +131,6 @@ def _reply_spans(reply_ids: torch.Tensor, offset: int, model: NextGPT, cfg: Gene
             )
         shifted.spans[modality] = [SignalSpan(row=0, start=s.start + offset, length=s.length) for s in kept]
     return shifted
-
-
-class _CancellingStreamer(BaseStreamer):
-    """Forwards tokens to the caller's streamer and stops decoding when the cancel event is set.
-
-    Both decoding paths (HF `generate` and `FastDecoder`) hand every new token to the streamer, so raising here stops
-    either one within a token.
-    """
-
-    def __init__(self, inner: Any | None, cancel: threading.Event):
-        self.inner = inner
-        self.cancel = cancel
-
-    def put(self, value: torch.Tensor) -> None:
-        raise_if_cancelled(self.cancel)
-        if self.inner is not None:
-            self.inner.put(value)
-
-    def end(self) -> None:
-        if self.inner is not None:
-            self.inner.end()
 
 
 @torch.no_grad()
@@ -195,9 +156,9 @@ def generate_reply(
             media and reports the spans as skipped.
         decoder_options: per-modality keyword overrides for `Decoder.generate` (steps, guidance, size, frames, ...).
         streamer: an HF streamer (e.g. TextStreamer) receiving text as it is generated.
-        fast_decoder: the decoder to reuse when `cfg.fast_decode` is on (its cache grows if the request needs it);
-            None builds one for this call.
-        cancel: checked at every generated token and every denoising step; when set, the reply is abandoned.
+        fast_decoder: the text decoder to reuse (its cache grows if the request needs it); None builds one for this
+            call, which on CUDA compiles its step again: keep one when replying more than once.
+        cancel: checked before every decoded token and after every denoising step; when set, the reply is abandoned.
 
     Returns:
         GenerationResult.
@@ -206,13 +167,11 @@ def generate_reply(
         GenerationCancelled: `cancel` was set.
     """
     model.eval()
-    if cancel is not None:
-        streamer = _CancellingStreamer(streamer, cancel)
     # 1. Prompt + media → spliced input embeddings.
     batch = _build_prompt_batch(model, turns, media)
     spliced = splice_media(batch.input_ids, batch.attention_mask, None, model.embed_tokens, model.encode_media(batch))
-    # 2. Decode the reply text (KV cache on; static and compiled with generation.fast_decode).
-    reply_ids = _decode_text(model, spliced.inputs_embeds, spliced.attention_mask, cfg, streamer, fast_decoder)
+    # 2. Decode the reply text (static KV cache; the step compiled per generation.compile_decode).
+    reply_ids = _decode_text(model, spliced.inputs_embeds, cfg, streamer, fast_decoder, cancel)
     result = GenerationResult(text=_reply_text(model, reply_ids), token_ids=reply_ids.tolist())
     # 3. Complete signal spans of the reply (malformed ones become problems).
     prompt_len = spliced.token_ids.shape[1]

@@ -25,7 +25,7 @@ from nextgpt.constants import MODALITIES, SENTINEL_IDS, Modality
 from nextgpt.decoders.base import TORCH_DTYPES
 from nextgpt.decoders.cancel import GenerationCancelled
 from nextgpt.inference.decoder_pool import DecoderOptions, DecoderPool
-from nextgpt.inference.fast_decode import FastDecoder
+from nextgpt.inference.fast_decode import FastDecoder, compiles_on
 from nextgpt.inference.generation import GenerationResult, generate_reply
 from nextgpt.inference.media_io import DEFAULT_VIDEO_FPS, SavedMedia, load_inputs, save_outputs
 from nextgpt.inference.preflight import configured_decoders, inspect_checkpoint
@@ -216,28 +216,32 @@ class NextGPTPipeline:
         media = load_inputs(files, self.cfg.model.encoder, self.max_input_bytes)
         # 3. Reply text, signal spans and media.
         kwargs = {m: o.to_kwargs(m) for m, o in options.items()}
-        fast_decoder = self.fast_decoder(generation.max_new_tokens) if generation.fast_decode else None
+        fast_decoder = self.fast_decoder(generation)
         return generate_reply(
             self.model, turns, media, generation, self.decoders, kwargs, streamer, fast_decoder, cancel
         )
 
-    def fast_decoder(self, max_new_tokens: int) -> FastDecoder:
-        """The pipeline's static-cache decoder (`generation.fast_decode`), built on first use and kept.
+    def fast_decoder(self, generation: GenerationConfig) -> FastDecoder:
+        """The pipeline's text decoder, built on first use and kept for every later request.
 
         Keeping it means one compilation and one CUDA-graph capture per loaded model; its cache starts at
-        `model.llm.max_length + max_new_tokens` tokens and grows when a longer request comes.
+        `model.llm.max_length + max_new_tokens` tokens and grows when a longer request comes. It is built again only
+        when a request's `compile_decode` asks for the other kind of step.
 
         Args:
-            max_new_tokens: the reply limit of the first fast request (sizes the cache).
+            generation: the request's settings (the first one's `max_new_tokens` sizes the cache).
 
         Returns:
-            The kept FastDecoder (compiled on CUDA, eager on CPU).
+            The kept FastDecoder (compiled on CUDA, eager on CPU, unless `generation.compile_decode` says otherwise).
         """
-        if self._fast_decoder is None:
-            max_cache_len = self.cfg.model.llm.max_length + max_new_tokens
-            self._fast_decoder = FastDecoder(self.model.llm, max_cache_len)
+        kept = self._fast_decoder
+        if kept is None or kept.compile != compiles_on(kept.device, generation.compile_decode):
+            max_cache_len = self.cfg.model.llm.max_length + generation.max_new_tokens
+            if kept is not None:
+                max_cache_len = max(max_cache_len, kept.max_cache_len)
+            self._fast_decoder = FastDecoder(self.model.llm, max_cache_len, compile=generation.compile_decode)
             logger.info(
-                "fast decoding: static KV cache of %d tokens, compiled step: %s",
+                "text decoding: static KV cache of %d tokens, compiled step: %s",
                 max_cache_len,
                 self._fast_decoder.compile,
             )

@@ -1,9 +1,11 @@
-"""FastDecoder (static KV cache + compiled step) against HF `generate` on the tiny LLM: same tokens, same replies."""
+"""FastDecoder (static KV cache + compiled step), the only text decoding, against HF `generate` on the tiny LLM: same
+greedy tokens, same seeded samples, in the decoder and in whole replies; its config switch and CLI flag."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping
+import logging
+import threading
 
 import numpy as np
 import pytest
@@ -11,15 +13,16 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 from nextgpt.cli import predict
-from nextgpt.config import load_config
-from nextgpt.constants import Modality
-from nextgpt.inference import fast_decode
+from nextgpt.config import ConfigError, GenerationConfig, load_config
+from nextgpt.constants import MODALITIES
+from nextgpt.decoders.cancel import GenerationCancelled
 from nextgpt.inference.fast_decode import FastDecoder, decode_tokens_per_second
-from nextgpt.inference.generation import generate_reply
+from nextgpt.inference.generation import _build_prompt_batch, stop_token_ids
 from nextgpt.inference.pipeline import NextGPTPipeline
 from nextgpt.inference.requests import Message, build_turns
 from nextgpt.llm.conversation import Turn, build_generation_prompt
 from nextgpt.llm.lora import merge_lora
+from nextgpt.llm.splice import splice_media
 from nextgpt.model import build_nextgpt
 
 PROMPTS = (
@@ -120,9 +123,9 @@ def test_sampling_with_a_fixed_generator_matches_the_seeded_plain_sampler(lora_m
     assert decoder.generate(embeds, 30, temperature=0.8, top_p=0.9, eos_token_ids=[eos]).tolist() == draws[0]
 
 
-def test_reply_ends_at_the_first_stop_id_wherever_it_falls(lora_model, monkeypatch):
-    monkeypatch.setattr(fast_decode, "STOP_CHECK_INTERVAL", 4)  # several check windows within a short reply
-    decoder = FastDecoder(lora_model.llm, max_cache_len=160, compile=False)
+def test_reply_ends_at_the_first_stop_id_wherever_it_falls(lora_model):
+    # Several check windows within a short reply (the GPU checks every STOP_CHECK_INTERVAL tokens, the CPU every one).
+    decoder = FastDecoder(lora_model.llm, max_cache_len=160, compile=False, stop_check_interval=4)
     embeds = _prompt_embeds(lora_model, PROMPTS[2])
     unstopped = decoder.generate(embeds, 24).tolist()
     # A stop id at each position where its token first appears, inside and at the end of check windows.
@@ -157,6 +160,32 @@ def test_streamer_gets_the_prompt_then_every_token_like_generate(lora_model):
     tokens = FastDecoder(lora_model.llm, 160, compile=False).generate(embeds, 30, eos_token_ids=[eos], streamer=fast)
     assert fast.puts[0] == plain.puts[0] == [] and fast.ended and plain.ended  # streamers skip the first put
     assert sum(fast.puts[1:], []) == sum(plain.puts[1:], []) == tokens.tolist()
+    assert fast.puts == plain.puts  # on the CPU one token per put, as from `generate`
+    windows = _Recorder()
+    FastDecoder(lora_model.llm, 160, compile=False, stop_check_interval=8).generate(embeds, 30, streamer=windows)
+    assert [len(put) for put in windows.puts] == [0, 8, 8, 8, 6]  # the GPU's cadence: a window per host check
+
+
+def test_cancel_stops_decoding_before_the_next_step_whatever_the_check_interval(lora_model):
+    embeds = _prompt_embeds(lora_model, PROMPTS[0])
+    decoder = FastDecoder(lora_model.llm, 160, compile=False, stop_check_interval=16)
+    cancel, steps = threading.Event(), []
+    step = decoder._step
+
+    def counted_step(*args):
+        steps.append(1)
+        if len(steps) == 3:
+            cancel.set()  # from "another thread", between two steps
+        return step(*args)
+
+    decoder._step = counted_step
+    streamed = _Recorder()
+    with pytest.raises(GenerationCancelled):
+        decoder.generate(embeds, 30, streamer=streamed, cancel=cancel)
+    assert len(steps) == 3 and streamed.puts == [[]]  # no step after the set event, no window reached the streamer
+    with pytest.raises(GenerationCancelled):  # a set event stops before the prefill
+        decoder.generate(embeds, 30, cancel=cancel)
+    assert len(steps) == 3
 
 
 def test_too_long_request_fails_with_the_fix_and_reserve_grows_the_cache(lora_model):
@@ -185,67 +214,79 @@ def test_tokens_per_second_helper_runs_both_paths(lora_model):
         assert np.isfinite(rate) and rate > 0
 
 
-class _RecordingDecoders(Mapping):
-    """Real decoders whose conditioning inputs are kept, to compare what two replies fed them."""
-
-    def __init__(self, decoders: Mapping):
-        self.decoders = decoders
-        self.prompt_embeds: list[tuple[Modality, torch.Tensor]] = []
-
-    def __getitem__(self, modality: Modality):
-        decoder, seen = self.decoders[modality], self.prompt_embeds
-
-        class _Recording:
-            def generate(self, prompt_embeds: torch.Tensor, **kwargs):
-                seen.append((modality, prompt_embeds.detach().clone()))
-                return decoder.generate(prompt_embeds, **kwargs)
-
-        return _Recording()
-
-    def __iter__(self) -> Iterator[Modality]:
-        return iter(self.decoders)
-
-    def __len__(self) -> int:
-        return len(self.decoders)
-
-
-def _reply(pipeline: NextGPTPipeline, request: str, generation) -> tuple:
+def _hf_reply_ids(pipeline: NextGPTPipeline, request: str, generation: GenerationConfig) -> list[int]:
+    """The reply's token ids from HF `generate` on the prompt `generate_reply` builds, seeded the same: the decoding
+    inference used before FastDecoder became the only one."""
+    model = pipeline.model
     turns, _ = build_turns([Message("user", request)])
-    decoders = _RecordingDecoders(pipeline.decoders)
-    kept = pipeline.fast_decoder(generation.max_new_tokens) if generation.fast_decode else None
-    return generate_reply(pipeline.model, turns, {}, generation, decoders, fast_decoder=kept), decoders.prompt_embeds
+    batch = _build_prompt_batch(model, turns, {})
+    with torch.no_grad():
+        spliced = splice_media(batch.input_ids, batch.attention_mask, None, model.embed_tokens, {})
+        sampling = {"do_sample": False}
+        if generation.temperature > 0:
+            sampling = {"do_sample": True, "temperature": generation.temperature, "top_p": generation.top_p, "top_k": 0}
+        torch.manual_seed(generation.seed)
+        out = model.llm.generate(
+            inputs_embeds=spliced.inputs_embeds,
+            attention_mask=spliced.attention_mask,
+            max_new_tokens=generation.max_new_tokens,
+            eos_token_id=stop_token_ids(model),
+            pad_token_id=model.tokenizer.pad_token_id,
+            **sampling,
+        )
+    return out[0].tolist()
 
 
 @pytest.mark.numerics
-def test_reply_with_fast_decode_equals_the_plain_reply(taught_checkpoint):
+def test_pipeline_replies_decode_the_tokens_of_hf_generate_with_one_kept_decoder(taught_checkpoint):
     pipeline = NextGPTPipeline.from_pretrained(taught_checkpoint, device="cpu")
-    num_rendered = 0
+    num_spans, kept = 0, None
     for request in MEDIA_REQUESTS:
-        plain, plain_seen = _reply(pipeline, request, pipeline.generation_config(temperature=0.0, fast_decode=False))
-        fast, fast_seen = _reply(pipeline, request, pipeline.generation_config(temperature=0.0, fast_decode=True))
-        assert fast.token_ids == plain.token_ids and fast.text == plain.text and fast.problems == plain.problems
-        assert [m for m, _ in fast_seen] == [m for m, _ in plain_seen]
-        for (_, fast_embeds), (_, plain_embeds) in zip(fast_seen, plain_seen, strict=True):
-            torch.testing.assert_close(fast_embeds, plain_embeds)
-        for modality in Modality:
-            assert len(fast.outputs(modality)) == len(plain.outputs(modality))
-            for fast_item, plain_item in zip(fast.outputs(modality), plain.outputs(modality), strict=True):
-                np.testing.assert_allclose(fast_item, plain_item, atol=1e-5)
-        num_rendered += len(plain_seen)
-    assert num_rendered >= 2  # the taught model answers (at least) the video and audio requests with their spans
-    # The pipeline keeps its decoder: a sampled request through `generate` reuses it and matches plain sampling.
-    kept = pipeline.fast_decoder(1)
-    messages = [Message("user", MEDIA_REQUESTS[1])]
-    sampled = {
-        fast: pipeline.generate(messages, pipeline.generation_config(temperature=0.7, seed=5, fast_decode=fast))
-        for fast in (False, True)
-    }
-    assert pipeline.fast_decoder(1) is kept and sampled[True].token_ids == sampled[False].token_ids
+        for generation in (
+            pipeline.generation_config(temperature=0.0),
+            pipeline.generation_config(temperature=0.7, top_p=0.9, seed=5),
+        ):
+            reply = pipeline.generate([Message("user", request)], generation)
+            assert reply.token_ids == _hf_reply_ids(pipeline, request, generation)
+            num_spans += sum(len(reply.outputs(m)) for m in MODALITIES)
+            kept = kept or pipeline.fast_decoder(generation)
+            assert pipeline.fast_decoder(generation) is kept and not kept.compile  # one eager decoder on the CPU
+    assert num_spans >= 2  # the taught model answers (at least) the video and audio requests with their media
+    assert pipeline.generation_config(temperature=0.7, seed=5).compile_decode is None
+    compiled = pipeline.fast_decoder(pipeline.generation_config(compile_decode=True))  # compiles lazily, at first use
+    assert compiled is not kept and compiled.compile and compiled.max_cache_len == kept.max_cache_len
+    assert not pipeline.fast_decoder(pipeline.generation_config(compile_decode=False)).compile
 
 
-def test_predict_fast_decode_flag_and_override_set_the_generation_switch(tiny_cfg_path):
+def test_compile_decode_switch_flag_and_the_removed_fast_decode_key(tiny_cfg_path, tmp_path, capsys, caplog):
     argv = ["--checkpoint-dir", "runs/stage_3/final", "--prompt", "hi"]
-    assert predict._build_parser().parse_args(argv).fast_decode is None  # the config's value stays
-    assert predict._build_parser().parse_args([*argv, "--fast-decode"]).fast_decode is True
-    assert load_config(tiny_cfg_path).generation.fast_decode is False
-    assert load_config(tiny_cfg_path, overrides=["generation.fast_decode=true"]).generation.fast_decode is True
+    parser = predict._build_parser()
+    assert parser.parse_args(argv).compile_decode is None  # the config's value stays
+    assert parser.parse_args([*argv, "--compile-decode"]).compile_decode is True
+    assert parser.parse_args([*argv, "--no-compile-decode"]).compile_decode is False
+    assert predict.main([*argv, "--fast-decode"]) == 2
+    assert "--fast-decode was removed" in capsys.readouterr().err
+    assert load_config(tiny_cfg_path).generation.compile_decode is None
+    for text, value in [("true", True), ("false", False), ("null", None)]:
+        overrides = [f"generation.compile_decode={text}"]
+        assert load_config(tiny_cfg_path, overrides=overrides).generation.compile_decode is value
+    with pytest.raises(ConfigError, match=r"generation.compile_decode must be true or false, got 'sometimes'"):
+        load_config(tiny_cfg_path, overrides=["generation.compile_decode=sometimes"])
+    with pytest.raises(ConfigError, match=r"compile_decode must be true, false or null .*got 1"):
+        GenerationConfig(compile_decode=1)
+    # Checkpoints saved before the rename hold `fast_decode: false` (the old default): it loads quietly and means
+    # nothing. Any other value loads too (a checkpoint must stay loadable), with a warning naming what replaced it.
+    saved = tmp_path / "config.yaml"
+    saved.write_text("generation:\n  temperature: 0.0\n  fast_decode: false\n")
+    with caplog.at_level(logging.WARNING, logger="nextgpt"):
+        assert load_config(saved).generation == GenerationConfig(temperature=0.0)
+    assert "fast_decode" not in caplog.text
+    saved.write_text("generation:\n  fast_decode: true\n")
+    with caplog.at_level(logging.WARNING, logger="nextgpt"):
+        assert load_config(saved).generation == GenerationConfig()
+    assert "'generation.fast_decode' is no longer used and is ignored" in caplog.text
+    assert "set generation.compile_decode" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="nextgpt"):
+        load_config(tiny_cfg_path, overrides=["model.llm.attn_implementation=varlen"])
+    assert "'model.llm.attn_implementation' is no longer used" in caplog.text
