@@ -4,7 +4,7 @@ HF `generate` with a dynamic cache spends most of a 7B decode step launching ker
 on an H100, a tenth of the memory-bandwidth limit). Here the cache is a `transformers.StaticCache` allocated once,
 the prompt is prefilled eagerly, and every later token goes through one step of fixed shapes (as litgpt's
 `next_token`): forward, float32 logits and the greedy token, compiled on CUDA with
-`torch.compile(mode="reduce-overhead", fullgraph=True)`, which replays it as a CUDA graph (eager on CPU). Sampling
+`torch.compile(fullgraph=True)` as a CUDA graph (`CUDA_COMPILE_OPTIONS`; eager on CPU). Sampling
 draws outside it with HF's logits warpers, so greedy decoding gives HF `generate`'s tokens and seeded sampling draws
 the same ones.
 
@@ -37,6 +37,12 @@ STOP_CHECK_INTERVAL = 16
 host and so waits for the GPU, which then idles until the next step is queued (about 2 ms for a 7B step on an H100;
 checking every 8 tokens cost 4% of the speed). At most this many - 1 steps past the end are computed and discarded.
 On the CPU nothing runs ahead of the host, so it checks (and streams) every token."""
+
+
+CUDA_COMPILE_OPTIONS = {"triton.cudagraphs": True, "coordinate_descent_tuning": True}
+"""Inductor options of the decode step on CUDA: what `mode="reduce-overhead"` sets (replay as a CUDA graph) plus
+coordinate-descent tuning of the generated kernels' block sizes (the norms, rotary and the cache write, read once
+per layer per token), which took a 7B step from 196 to 210 tokens/s on an H200 for about 30 s more compile."""
 
 
 def _causal_lm(llm: nn.Module) -> nn.Module:
@@ -141,8 +147,8 @@ class FastDecoder:
         self._cuda_graphs = self.compile and self.device.type == "cuda"
         if self.compile:
             # CUDA graphs only exist on CUDA; on CPU the default mode still fuses the step.
-            mode = "reduce-overhead" if self._cuda_graphs else None
-            self._step = torch.compile(self._decode_step, mode=mode, fullgraph=True)
+            options = CUDA_COMPILE_OPTIONS if self._cuda_graphs else None
+            self._step = torch.compile(self._decode_step, options=options, fullgraph=True)
 
     def reserve(self, num_tokens: int) -> None:
         """Make room for `num_tokens` (prompt + new), growing the cache if needed (the step then recompiles).

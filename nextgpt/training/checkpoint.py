@@ -49,6 +49,7 @@ from nextgpt.components import absolute_paths
 from nextgpt.config import Config, save_config
 from nextgpt.manifest import write_manifest
 from nextgpt.training.stages import parameter_group, project_state_dict
+from nextgpt.training.zero import full_numel
 from nextgpt.utils.folders import replace_folder  # noqa: F401  (re-exported: merge and the converters use it)
 
 logger = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def save_checkpoint(
 
     Args:
         ckpt_dir: final folder name (e.g. run_dir / "step-000100"); replaced if it exists.
-        model: the NextGPT whose project weights are saved (ZeRO-3 callers gather them first).
+        model: the NextGPT whose project weights are saved (under ZeRO-3 inside `gathered_checkpoint_weights`).
         cfg: resolved config, saved as config.yaml.
         step: optimizer step.
         meta: extra metadata fields (e.g. the data position for resume).
@@ -156,7 +157,7 @@ def _write_contents(tmp_dir: Path, model: torch.nn.Module, cfg: Config, step: in
     counts: dict[str, int] = {}
     for name, param in model.named_parameters():
         group = parameter_group(name) or "frozen base"
-        counts[group] = counts.get(group, 0) + param.numel()
+        counts[group] = counts.get(group, 0) + full_numel(param)  # ZeRO-3 shards hold an empty local tensor
     info = {
         "stage": cfg.train.stage,
         "step": step,

@@ -59,6 +59,7 @@ from nextgpt.training.resume import (
 from nextgpt.training.run_lock import RunLock
 from nextgpt.training.safe_load import check_pickles, load_weights_only, weights_only_loads
 from nextgpt.training.stages import apply_trainable_groups
+from nextgpt.training.zero import clear_unused_gradients, gathered_checkpoint_weights
 from nextgpt.utils.step_timer import StepTimer, phase
 
 logger = logging.getLogger(__name__)
@@ -124,7 +125,11 @@ def _save(engine, model: NextGPT, cfg: Config, pos: _Position, layout: _Layout, 
     target = run_dir / name
     staging = ckpt.staging_dir(target)
     try:
-        engine.save_checkpoint(str(staging / ckpt.DEEPSPEED_DIR), tag=ckpt.DEEPSPEED_TAG)
+        # The frozen base (13.5 GB of a 7B LLM in bf16) is not training state: it is rebuilt from the base checkpoint
+        # at every start, so each save holds the trainable weights and their optimizer state only.
+        engine.save_checkpoint(
+            str(staging / ckpt.DEEPSPEED_DIR), tag=ckpt.DEEPSPEED_TAG, exclude_frozen_parameters=True
+        )
         torch.save(capture_rng_state(), staging / ckpt.DEEPSPEED_DIR / f"rng_rank{rank()}.pt")
     except Exception as err:
         if is_rank_zero():
@@ -134,19 +139,25 @@ def _save(engine, model: NextGPT, cfg: Config, pos: _Position, layout: _Layout, 
             raise os_error from err
         raise
     _barrier()
-    if is_rank_zero():
-        meta = {
-            "epoch": pos.epoch,
-            "micro_in_epoch": pos.micro_in_epoch,
-            "micro_per_epoch": layout.micro_per_epoch,
-            "steps_per_epoch": layout.steps_per_epoch,
-            "total_steps": layout.total_steps,
-            **layout.order,
-        }
-        ckpt.save_checkpoint(target, model, cfg, step=pos.step, meta=meta)
-        if name.startswith("step-"):
-            ckpt.prune_checkpoints(run_dir, cfg.train.keep_last)
+    with gathered_checkpoint_weights(model, engine.zero_optimization_stage()):  # every rank: a collective
+        if is_rank_zero():
+            _write_weights(model, cfg, pos, layout, target)
+    if is_rank_zero() and name.startswith("step-"):
+        ckpt.prune_checkpoints(run_dir, cfg.train.keep_last)
     _barrier()
+
+
+def _write_weights(model: NextGPT, cfg: Config, pos: _Position, layout: _Layout, target: Path) -> None:
+    """Rank 0's part of a save: the weights, config and metadata beside the DeepSpeed state, then the rename."""
+    meta = {
+        "epoch": pos.epoch,
+        "micro_in_epoch": pos.micro_in_epoch,
+        "micro_per_epoch": layout.micro_per_epoch,
+        "steps_per_epoch": layout.steps_per_epoch,
+        "total_steps": layout.total_steps,
+        **layout.order,
+    }
+    ckpt.save_checkpoint(target, model, cfg, step=pos.step, meta=meta)
 
 
 def _check_ranks_agree(plan: ResumePlan) -> None:
@@ -170,7 +181,8 @@ def _resume(engine, cfg: Config, plan: ResumePlan, layout: _Layout) -> _Position
         return _Position()
     state_dir = plan.point.folder / ckpt.DEEPSPEED_DIR
     with weights_only_loads(engine, trust=cfg.train.trust_checkpoint_pickles):
-        load_path, _ = engine.load_checkpoint(str(state_dir), tag=ckpt.DEEPSPEED_TAG)
+        # Saves leave the frozen base out (`_save`); the module already holds it.
+        load_path, _ = engine.load_checkpoint(str(state_dir), tag=ckpt.DEEPSPEED_TAG, load_module_strict=False)
     if load_path is None:
         raise CorruptCheckpointError(f"DeepSpeed found no state in {state_dir}; resume from another checkpoint")
     rng_file = state_dir / f"rng_rank{rank()}.pt"
@@ -329,7 +341,10 @@ def _accumulate(
         with phase("backward"):
             engine.backward(out.loss)
         with phase("optimizer"):
+            stepped = engine.is_gradient_accumulation_boundary()
             engine.step()  # DeepSpeed steps the optimizer on the last micro-batch of the step only
+            if stepped:
+                clear_unused_gradients(engine)
         micro_values.append({"loss": out.loss.detach(), **{k: v.detach() for k, v in out.loss_terms.items()}})
     return micro_values, num_tokens
 

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from stage_helpers import (
     QUICK_STAGE_2,
     REPO_ROOT,
@@ -54,6 +55,10 @@ def test_base_run_checkpoints_carry_resume_state(base_run: Path):
         assert (base_run / name / "deepspeed" / "state").is_dir()
         files = json.loads((base_run / name / "manifest.json").read_text())["files"]
         assert any(f.startswith("deepspeed/state/") for f in files), "the manifest covers the DeepSpeed state"
+    # The DeepSpeed state holds the trainable weights (and buffers) only: the frozen base is rebuilt at every start.
+    states = torch.load(base_run / "final" / "deepspeed" / "state" / "mp_rank_00_model_states.pt", weights_only=False)
+    weights = set(states["module"]) - set(states["buffer_names"])
+    assert weights and all(k.startswith("output_projectors.") or "new_rows" in k for k in weights), sorted(weights)
     meta = json.loads((base_run / "final" / "meta.json").read_text())
     assert meta["step"] == 4 and meta["data_order"]["train.micro_batch_size"] == 2
     assert meta["data_order"]["dataset_sizes"] == {"cc3m_dec": 8, "webvid_dec": 8, "audiocap_dec": 8}
