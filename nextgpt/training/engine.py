@@ -41,9 +41,9 @@ def build_lr_lambda(train_cfg: TrainConfig, total_steps: int) -> Callable[[int],
 
 SINGLE_PROCESS_ZERO = {"overlap_comm": False, "contiguous_gradients": False}
 """ZeRO-1/2 settings forced when one process trains. Both only pay off when gradients are reduced across ranks
-(overlapping the reduction with the backward, one contiguous buffer to reduce); alone, each gradient is still copied
-through the bucket on a side stream, per tensor, in the backward. At stage 3's ~350 gradient tensors on one H200 this
-took the real loop from 240 to 170 ms a step (`bench/loop_check.py`); the numbers are the same."""
+(overlapping the reduction with the backward; one contiguous buffer to reduce from). Alone, each of stage 3's ~350
+gradient tensors is still copied into the bucket on a side stream inside the backward's hooks, host work the GPU waits
+for in a host-bound step. The numbers are the same either way."""
 
 
 def resolve_deepspeed_config(cfg: Config, num_processes: int | None = None) -> dict[str, Any]:

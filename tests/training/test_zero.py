@@ -4,6 +4,7 @@ weights as a ZeRO-2 run of the same steps, and the next stage starts from them."
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,17 @@ def test_gathering_is_a_no_op_outside_zero3(tiny_cfg):
     with gathered_checkpoint_weights(model, zero_stage=3), gathered_checkpoint_weights(model, zero_stage=2):
         assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     assert all(full_numel(p) == p.numel() for p in model.parameters())
+
+
+def test_zero3_resume_continues_like_the_uninterrupted_run(zero_runs, tiny_root: Path, tiny_world: Path, tmp_path):
+    out3, result3 = zero_runs["zero3"]
+    run_dir = Path(shutil.copytree(out3, tmp_path / "run"))
+    # As if killed after step 3 but before final/ was in place: step-000002 is the newest checkpoint.
+    shutil.rmtree(run_dir / "final")
+    (run_dir / "latest").write_text("step-000002\n")
+    ds = next(p for p in out3.parent.glob("zero3.json"))
+    resumed = run(quick_cfg(tiny_root, tiny_world, run_dir, *STEPS, f"train.deepspeed_config={ds}"))
+    assert resumed.losses == pytest.approx(result3.losses[2:], rel=1e-6)
+    want = load_file(out3 / "final" / "trainable.safetensors")
+    for key, tensor in load_file(run_dir / "final" / "trainable.safetensors").items():
+        torch.testing.assert_close(tensor, want[key], rtol=1e-6, atol=1e-7)
