@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test test-numerics lint tiny browser quickstart evaluate clean-venv
+.PHONY: install test test-numerics test-multiprocess lint tiny browser quickstart evaluate clean-venv
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-reference.txt
 	$(PY) -m venv $(VENV)
@@ -26,7 +26,7 @@ test: lint browser
 # addopts' -m, hence the explicit "not slow and not gpu". Each run compiles into a fresh TorchInductor cache: the
 # shared one (/tmp/torchinductor_$USER) hands kernels generated for one instruction set to a run under another, which
 # then fails to compile them ("at::vec has not been declared").
-NUMERICS_MARK := numerics and not slow and not gpu
+NUMERICS_MARK := numerics and not slow and not gpu and not multiprocess
 test-numerics: install browser
 	@for cap in default avx2; do \
 		cache=$$(mktemp -d); \
@@ -34,6 +34,11 @@ test-numerics: install browser
 		ATEN_CPU_CAPABILITY=$$cap TORCHINDUCTOR_CACHE_DIR=$$cache $(BIN)/python -m pytest -q -m "$(NUMERICS_MARK)"; \
 		status=$$?; rm -rf $$cache; [ $$status -eq 0 ] || exit $$status; \
 	done
+
+# Data-parallel parity: tiny runs on 2 CPU processes (torch.distributed.run, gloo) against one process with the same
+# global batch, under ZeRO-0, -2 and -3 (tests/training/test_step_loss.py). Several minutes on 2 cores.
+test-multiprocess: install
+	$(BIN)/python -m pytest -q -m multiprocess
 
 # Debian's chromium for the demo's browser test (tests/serving/test_browser.py); installs only when missing (as root).
 browser:

@@ -201,7 +201,7 @@ class NextGPT(nn.Module):
         with phase("loss"):
             terms = self._loss_terms(batch, logits, spliced.labels, signal_embeds, decoders)
         return NextGPTOutput(
-            loss=self._weighted_total(terms),
+            loss=self.weighted_loss(terms),
             loss_terms=terms,
             logits=logits,
             signal_embeds=signal_embeds,
@@ -308,7 +308,9 @@ class NextGPT(nn.Module):
             )
         return terms
 
-    def _weighted_total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    def weighted_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The training objective from unweighted terms ("ce", "l2_<m>", "denoise_<m>"): each times its
+        `model.loss` weight, summed (float32); None for no terms."""
         weights = {
             "ce": self.cfg.loss.ce_weight,
             "l2": self.cfg.loss.l2_weight,

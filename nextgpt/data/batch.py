@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nextgpt.constants import Modality
+from nextgpt.constants import IGNORE_INDEX, Modality
 from nextgpt.data.layout import BatchLayout
 
 
@@ -58,6 +58,22 @@ class NextGPTBatch:
             starts = valid & (self.position_ids == 0 if self.position_ids is not None else valid.cumsum(1) == 1)
             tokens += self.layout.num_prefix * int(starts.sum())
         return tokens
+
+    def loss_counts(self) -> dict[str, int]:
+        """What each loss term averages over, per term name (read on the host: call it on the CPU batch).
+
+        "ce": labelled next-token targets (the causal shift drops each row's first label); "l2_<m>" and
+        "denoise_<m>": the batch's generation targets of modality m. A term's mean times its count is its sum, which
+        the training loop renormalises by the count over the whole step (all micro-batches, all ranks).
+        """
+        counts: dict[str, int] = {}
+        if self.labels is not None:
+            counts["ce"] = int((self.labels[:, 1:] != IGNORE_INDEX).sum())
+        for modality, target in self.caption_embeds.items():
+            counts[f"l2_{modality.value}"] = int(target.shape[0])
+        for modality, target in self.denoise_targets.items():
+            counts[f"denoise_{modality.value}"] = int(target.shape[0])
+        return counts
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> NextGPTBatch:
         """Move every tensor to `device`.

@@ -59,6 +59,7 @@ from nextgpt.training.resume import (
 from nextgpt.training.run_lock import RunLock
 from nextgpt.training.safe_load import check_pickles, load_weights_only, weights_only_loads
 from nextgpt.training.stages import apply_trainable_groups
+from nextgpt.training.step_loss import StepLossPlan, count_group, step_means
 from nextgpt.training.zero import clear_unused_gradients, gathered_checkpoint_weights
 from nextgpt.utils.step_timer import StepTimer, phase
 
@@ -318,35 +319,48 @@ def _micro_batches(
 
 
 def _accumulate(
-    engine, batches: Iterator[NextGPTBatch], decoders: dict | None, grad_accum_steps: int
+    engine,
+    model: NextGPT,
+    batches: Iterator[NextGPTBatch],
+    decoders: dict | None,
+    grad_accum_steps: int,
+    counts_over: torch.distributed.ProcessGroup | None,
 ) -> tuple[list[dict[str, torch.Tensor]], int]:
-    """Run micro-batches until DeepSpeed steps the optimizer (on the `grad_accum_steps`-th), marking each phase.
+    """Run the step's micro-batches until DeepSpeed steps the optimizer (on the `grad_accum_steps`-th), marking each
+    phase. Every loss term is normalised over the whole step (`nextgpt.training.step_loss`), so the step trains on
+    the mean over all its samples however they are split into micro-batches and ranks.
 
     Nothing here reads a GPU value, so the host can queue the next micro-batch while the GPU works.
 
+    Args:
+        counts_over: the CPU group the loss counts are summed over (`count_group`); None for one process.
+
     Returns:
-        Per micro-batch, the detached loss and its terms (on the device, unread), and the real tokens of the
-        micro-batches, stripped shared prefixes included (counted on the CPU batch before it moves).
+        The step's loss and terms as one record (on the device, unread; every rank's samples), and the real tokens of
+        this rank's micro-batches, stripped shared prefixes included (counted on the CPU batches before they move).
     """
-    micro_values: list[dict[str, torch.Tensor]] = []
-    num_tokens = 0
-    while len(micro_values) < grad_accum_steps:
-        with phase("data", device=False):
-            cpu_batch = next(batches)
-        num_tokens += cpu_batch.num_tokens
+    with phase("data", device=False):
+        cpu_batches = [next(batches) for _ in range(grad_accum_steps)]
+        plan = StepLossPlan.build([b.loss_counts() for b in cpu_batches], counts_over)
+    shares: dict[str, torch.Tensor] = {}
+    for i, cpu_batch in enumerate(cpu_batches):
         with phase("to_device"):
             batch = cpu_batch.to(engine.device, non_blocking=True)
         with phase("forward"):
             out = engine(batch, decoders=decoders)
+            loss = model.weighted_loss(plan.scaled(i, out.loss_terms))
         with phase("backward"):
-            engine.backward(out.loss)
+            engine.backward(loss)
         with phase("optimizer"):
             stepped = engine.is_gradient_accumulation_boundary()
             engine.step()  # DeepSpeed steps the optimizer on the last micro-batch of the step only
             if stepped:
                 clear_unused_gradients(engine)
-        micro_values.append({"loss": out.loss.detach(), **{k: v.detach() for k, v in out.loss_terms.items()}})
-    return micro_values, num_tokens
+        for name, value in plan.scaled(i, out.loss_terms, which="shares").items():
+            shares[name] = shares[name] + value.detach() if name in shares else value.detach()
+    means = step_means(shares, distributed=counts_over is not None)
+    record = {"loss": model.weighted_loss(means), **means} if means else {}
+    return [record], sum(b.num_tokens for b in cpu_batches)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -397,13 +411,16 @@ def _train(
     _log_timing_keys(timer.cuda)
     pending = PendingMetrics(metrics, echo_every=cfg.train.log_every)
     batches = _micro_batches(data, pos, health, result)
+    counts_over = count_group()  # every rank creates it, at the same point
     try:
         while pos.step < layout.total_steps:
             with timer.step() as timing:
                 if len(pending) and pos.step % cfg.train.log_every == 0:
                     with phase("log", device=False):
                         _flush(pending, result, progress)
-                micro_values, num_tokens = _accumulate(engine, batches, data.decoders, cfg.train.grad_accum_steps)
+                micro_values, num_tokens = _accumulate(
+                    engine, model, batches, data.decoders, cfg.train.grad_accum_steps, counts_over
+                )
                 pos.step += 1
                 with phase("log", device=False):
                     pending.add(pos.step, micro_values, engine.get_lr()[0], num_tokens, timing)

@@ -1,0 +1,92 @@
+"""A step trains on the mean over all its samples, however they are split into micro-batches and ranks (the loss terms
+are renormalised over the step, `nextgpt.training.step_loss`): two data-parallel ranks give the losses and weights of
+one process with the same global batch, under ZeRO-0, -2 and -3."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from stage_helpers import REPO_ROOT, assert_same_trained_weights, quick_cfg
+
+from nextgpt.training.loop import run
+from nextgpt.training.step_loss import StepLossPlan
+
+STEPS = 3
+LR = 3e-3
+"""configs/tiny_stage_2.yaml's learning rate."""
+ZERO = {"zero0": {"stage": 0}, "zero2": {"stage": 2}, "zero3": {"stage": 3, "stage3_param_persistence_threshold": 0}}
+
+
+def test_shares_split_each_term_by_its_counts_over_the_step():
+    counts = [{"ce": 30, "l2_image": 1}, {"ce": 10, "l2_audio": 2}]
+    plan = StepLossPlan.build(counts)
+    assert plan.totals["ce"] == 40 and plan.totals["l2_image"] == 1 and plan.totals["l2_video"] == 0
+    assert plan.shares[0] == {"ce": 0.75, "l2_image": 1.0, "l2_audio": 0.0}
+    assert plan.shares[1] == {"ce": 0.25, "l2_image": 0.0, "l2_audio": 1.0}
+    # DeepSpeed divides the loss by the 2 accumulation steps: the factors undo it.
+    assert plan.factors[0] == {"ce": 1.5, "l2_image": 2.0, "l2_audio": 0.0}
+    terms = {"ce": torch.tensor(2.0), "l2_image": torch.tensor(4.0)}
+    assert {k: float(v) for k, v in plan.scaled(0, terms, which="shares").items()} == {"ce": 1.5, "l2_image": 4.0}
+    with pytest.raises(ValueError, match=r"loss terms \['l2_video'\] have no count"):
+        plan.scaled(0, {"l2_video": torch.tensor(1.0)})
+    with pytest.raises(ValueError, match=r"unknown loss terms \['bogus'\]"):
+        StepLossPlan.build([{"bogus": 1}])
+
+
+def _ds_json(folder: Path, name: str) -> Path:
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "zero_optimization": ZERO[name]}))
+    return path
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "final" / "trainable.safetensors")
+
+
+def _assert_same_training(got: Path, got_losses: list[float], want: Path, want_losses: list[float]) -> None:
+    assert got_losses == pytest.approx(want_losses, rel=1e-5)
+    assert_same_trained_weights(_weights(got), _weights(want), lr=LR)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("zero", list(ZERO))
+def test_two_ranks_train_like_one_process_with_the_same_global_batch(tiny_root, tiny_world, tmp_path, zero):
+    ds = _ds_json(tmp_path, zero)
+    one = run(
+        quick_cfg(
+            tiny_root,
+            tiny_world,
+            tmp_path / "one",
+            f"train.max_steps={STEPS}",
+            "train.micro_batch_size=2",
+            f"train.deepspeed_config={ds}",
+        )
+    )
+    helper = Path(__file__).with_name("multi_rank_run.py")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    two = tmp_path / "two"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+        str(helper), str(tiny_root), str(tiny_world), str(two), "1", str(ds), str(STEPS),
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    losses = [json.loads((two / f"losses_rank{r}.json").read_text()) for r in (0, 1)]
+    assert losses[0] == losses[1]  # every rank logs the step's mean over both ranks' samples
+    _assert_same_training(two, losses[0], tmp_path / "one", one.losses)
