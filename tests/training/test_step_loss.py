@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from batch_helpers import STAGE_1, STAGE_2, build_model, collate, make_items
 from safetensors.torch import load_file
 from stage_helpers import REPO_ROOT, assert_same_trained_weights, quick_cfg
 
@@ -39,6 +40,30 @@ def test_shares_split_each_term_by_its_counts_over_the_step():
         plan.scaled(0, {"l2_video": torch.tensor(1.0)})
     with pytest.raises(ValueError, match=r"unknown loss terms \['bogus'\]"):
         StepLossPlan.build([{"bogus": 1}])
+
+
+@pytest.mark.parametrize(
+    ("stage", "conversations", "packing", "prefix_reuse"),
+    [(2, STAGE_2, False, False), (2, STAGE_2, True, False), (1, STAGE_1, True, True)],
+)
+def test_split_batches_weighted_by_their_counts_give_the_whole_batchs_terms(
+    tiny_root, tiny_cfg_path, stage, conversations, packing, prefix_reuse
+):
+    model = build_model(tiny_root, tiny_cfg_path, stage)
+    items = make_items(model, conversations)
+    whole = collate(model, items, packing, prefix_reuse=prefix_reuse).batch
+    halves = [collate(model, part, packing, prefix_reuse=prefix_reuse).batch for part in (items[:1], items[1:])]
+    plan = StepLossPlan.build([half.loss_counts() for half in halves])
+    assert plan.totals == {name: whole.loss_counts().get(name, 0) for name in plan.totals}
+    with torch.no_grad():
+        want = model(whole).loss_terms
+        got: dict[str, torch.Tensor] = {}
+        for i, half in enumerate(halves):
+            for name, value in plan.scaled(i, model(half).loss_terms, which="shares").items():
+                got[name] = got.get(name, 0) + value
+    assert got.keys() == want.keys() and len(want) >= (2 if stage == 2 else 1)  # stage 2 also has L2 terms
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value.float(), rtol=1e-5, atol=1e-6, msg=name)
 
 
 def _ds_json(folder: Path, name: str) -> Path:
