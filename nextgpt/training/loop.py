@@ -342,7 +342,9 @@ def _accumulate(
     with phase("data", device=False):
         cpu_batches = [next(batches) for _ in range(grad_accum_steps)]
         plan = StepLossPlan.build([b.loss_counts() for b in cpu_batches], counts_over)
-    shares: dict[str, torch.Tensor] = {}
+    # Every term the step has anywhere, on every rank (a rank without an image target adds a zero), so the ranks sum
+    # the same vector.
+    shares = {name: torch.zeros((), device=engine.device) for name, total in plan.totals.items() if total > 0}
     for i, cpu_batch in enumerate(cpu_batches):
         with phase("to_device"):
             batch = cpu_batch.to(engine.device, non_blocking=True)
@@ -357,7 +359,8 @@ def _accumulate(
             if stepped:
                 clear_unused_gradients(engine)
         for name, value in plan.scaled(i, out.loss_terms, which="shares").items():
-            shares[name] = shares[name] + value.detach() if name in shares else value.detach()
+            if name in shares:
+                shares[name] = shares[name] + value.detach()
     means = step_means(shares, distributed=counts_over is not None)
     record = {"loss": model.weighted_loss(means), **means} if means else {}
     return [record], sum(b.num_tokens for b in cpu_batches)

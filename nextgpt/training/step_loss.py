@@ -64,7 +64,12 @@ class StepLossPlan:
             world = dist.get_world_size(group)
         totals = {name: int(total) for name, total in zip(names, local.tolist(), strict=True)}
         scale = world * len(counts)
-        shares = [{n: micro.get(n, 0) / totals[n] for n in names if totals[n] > 0} for micro in counts]
+        # A term with no count in the whole step (no labelled token anywhere) is a zero that still depends on the
+        # forward: it weighs nothing.
+        shares = [
+            {n: micro.get(n, 0) / totals[n] if totals[n] else 0.0 for n in names if totals[n] > 0 or n in micro}
+            for micro in counts
+        ]
         factors = [{n: share * scale for n, share in micro.items()} for micro in shares]
         return cls(factors=factors, shares=shares, totals=totals)
 

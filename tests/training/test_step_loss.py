@@ -38,6 +38,9 @@ def test_shares_split_each_term_by_its_counts_over_the_step():
     assert {k: float(v) for k, v in plan.scaled(0, terms, which="shares").items()} == {"ce": 1.5, "l2_image": 4.0}
     with pytest.raises(ValueError, match=r"loss terms \['l2_video'\] have no count"):
         plan.scaled(0, {"l2_video": torch.tensor(1.0)})
+    # No labelled token anywhere in the step: the term weighs nothing rather than failing.
+    empty = StepLossPlan.build([{"ce": 0}, {"ce": 0, "l2_image": 1}])
+    assert empty.shares == [{"ce": 0.0, "l2_image": 0.0}, {"ce": 0.0, "l2_image": 1.0}] and empty.totals["ce"] == 0
     with pytest.raises(ValueError, match=r"unknown loss terms \['bogus'\]"):
         StepLossPlan.build([{"bogus": 1}])
 
