@@ -7,9 +7,9 @@ two runs with the same global batch would disagree. Here every term of a micro-b
 step's mean: term x count(micro-batch) / count(step, every micro-batch of every rank). The counts are read on the
 host from the batches (`NextGPTBatch.loss_counts`) and summed over ranks on the CPU, so nothing waits for the GPU.
 
-    plan = StepLossPlan.build([b.loss_counts() for b in cpu_batches], cpu_group)  # before the step's forwards
-    loss = model.weighted_loss(plan.scaled(i, out.loss_terms))                    # micro-batch i, engine.backward
-    means = step_means(summed_shares, device_group)                              # the step's terms, all ranks
+    plan = StepLossPlan.build([b.loss_counts() for b in cpu_batches], count_group())  # before the forwards
+    loss = model.weighted_loss(plan.scaled(i, out.loss_terms))                        # micro-batch i, for backward
+    means = step_means(summed_shares, distributed=True)                              # the step's terms, all ranks
 """
 
 from __future__ import annotations
