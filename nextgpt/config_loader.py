@@ -122,8 +122,8 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         An instance of `cls`; fields absent from `data` keep their defaults.
 
     Raises:
-        ConfigError: naming the offending key (and the closest valid key for unknown ones, the fix for removed ones
-            that do not hold their old default: `RETIRED_FIELDS` of the dataclass).
+        ConfigError: naming the offending key (and the closest valid key for unknown ones). Keys in the dataclass's
+            `RETIRED_KEYS` are skipped, with a warning unless they hold their old default.
     """
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}

@@ -325,7 +325,7 @@ def _accumulate(
     decoders: dict | None,
     grad_accum_steps: int,
     counts_over: torch.distributed.ProcessGroup | None,
-) -> tuple[list[dict[str, torch.Tensor]], int]:
+) -> tuple[dict[str, torch.Tensor], int]:
     """Run the step's micro-batches until DeepSpeed steps the optimizer (on the `grad_accum_steps`-th), marking each
     phase. Every loss term is normalised over the whole step (`nextgpt.training.step_loss`), so the step trains on
     the mean over all its samples however they are split into micro-batches and ranks.
@@ -336,7 +336,7 @@ def _accumulate(
         counts_over: the CPU group the loss counts are summed over (`count_group`); None for one process.
 
     Returns:
-        The step's loss and terms as one record (on the device, unread; every rank's samples), and the real tokens of
+        The step's loss and terms (on the device, unread; means over every rank's samples), and the real tokens of
         this rank's micro-batches, stripped shared prefixes included (counted on the CPU batches before they move).
     """
     with phase("data", device=False):
@@ -362,8 +362,8 @@ def _accumulate(
             if name in shares:
                 shares[name] = shares[name] + value.detach()
     means = step_means(shares, distributed=counts_over is not None)
-    record = {"loss": model.weighted_loss(means), **means} if means else {}
-    return [record], sum(b.num_tokens for b in cpu_batches)
+    total = model.weighted_loss(means) if means else torch.zeros((), device=engine.device)  # no term had a count
+    return {"loss": total, **means}, sum(b.num_tokens for b in cpu_batches)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -421,12 +421,12 @@ def _train(
                 if len(pending) and pos.step % cfg.train.log_every == 0:
                     with phase("log", device=False):
                         _flush(pending, result, progress)
-                micro_values, num_tokens = _accumulate(
+                values, num_tokens = _accumulate(
                     engine, model, batches, data.decoders, cfg.train.grad_accum_steps, counts_over
                 )
                 pos.step += 1
                 with phase("log", device=False):
-                    pending.add(pos.step, micro_values, engine.get_lr()[0], num_tokens, timing)
+                    pending.add(pos.step, values, engine.get_lr()[0], num_tokens, timing)
                     progress.update(1)
             if pos.step % cfg.train.save_every == 0 and pos.step < layout.total_steps:
                 _flush(pending, result, progress)  # a resume from this checkpoint keeps every record up to it

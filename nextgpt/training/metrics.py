@@ -108,7 +108,7 @@ class MetricLogger:
 @dataclass
 class _PendingStep:
     step: int
-    micro_values: list[dict[str, torch.Tensor]]
+    values: dict[str, torch.Tensor]
     lr: float
     num_tokens: int
     timing: StepTiming
@@ -149,7 +149,7 @@ class PendingMetrics:
     def add(
         self,
         step: int,
-        micro_values: list[dict[str, torch.Tensor]],
+        values: dict[str, torch.Tensor],
         lr: float,
         num_tokens: int,
         timing: StepTiming,
@@ -158,14 +158,13 @@ class PendingMetrics:
 
         Args:
             step: the optimizer step.
-            micro_values: per micro-batch, the detached loss and its terms (unread, any device); the record holds their
-                means over the micro-batches (a term missing in some micro-batches is summed over those and divided
-                by all).
+            values: the step's detached loss and its terms (unread, any device; `nextgpt.training.step_loss` makes
+                them the means over all of the step's samples).
             lr: the step's learning rate.
             num_tokens: real tokens of the step's micro-batches; `tokens_per_s` divides them by the step's wall time.
             timing: the step's phases; closed before the flush that writes it.
         """
-        self._steps.append(_PendingStep(step, micro_values, lr, num_tokens, timing))
+        self._steps.append(_PendingStep(step, values, lr, num_tokens, timing))
 
     def flush(self) -> list[tuple[int, dict[str, float]]]:
         """Read the pending values in one transfer, resolve the timings and write one record per step, in order.
@@ -176,12 +175,11 @@ class PendingMetrics:
         steps, self._steps = self._steps, []
         if not steps:
             return []
-        tensors = [t for s in steps for micro in s.micro_values for t in micro.values()]
+        tensors = [t for s in steps for t in s.values.values()]
         scalars = iter(read_scalars(tensors))
         written: list[tuple[int, dict[str, float]]] = []
         for s in steps:
-            micro = [{key: next(scalars) for key in values} for values in s.micro_values]
-            record = {key: sum(m[key] for m in micro if key in m) / len(micro) for key in micro[0]}
+            record = {key: next(scalars) for key in s.values}
             times = s.timing.resolve()
             record.update(lr=s.lr, tokens_per_s=s.num_tokens / max(times["ms_step"] / 1e3, 1e-9), **times)
             self._metrics.log(s.step, record, echo=s.step % self._echo_every == 0)

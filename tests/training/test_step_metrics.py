@@ -70,7 +70,7 @@ def test_a_non_finite_loss_stops_the_run_before_its_weights_are_saved(
         values, tokens = real_accumulate(*args, **kwargs)
         calls.append(1)
         if len(calls) == 3:
-            values = [{**v, "loss": v["loss"] * torch.nan} for v in values]
+            values = {**values, "loss": values["loss"] * torch.nan}
         return values, tokens
 
     monkeypatch.setattr(loop, "_accumulate", nan_in_step_3)
