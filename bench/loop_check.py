@@ -10,9 +10,12 @@ and only workload and path overrides, so the number says how fast the shipped co
 2. Precompute the ImageBind feature cache through the project's job (`nextgpt.jobs.feature_cache`, what
    preprocess_features.py runs), timed.
 3. Train stage 1 (CC3M-like captions, micro-batch 32) and stage 3 (LLaVA/MosIT-like instructions, micro-batch 8).
-4. Report per stage from metrics.jsonl, after --warmup steps: tokens/s (median, mean), samples/s, the mean of every
-   `ms_*` / `host_ms_*` key, peak GPU memory, wall time, final loss; with --bench-json, the fraction of the isolated
-   bench's `ours` tokens/s (target >= 0.80).
+4. Time the isolated bench step of the same stage (`bench.training.run_ours`: the shipped YAML's model, collator and
+   optimizer stepped directly, as `bench/run.py` measures "ours") in the same process, so both numbers come from one
+   GPU and one host (lent machines differ by about 30% in host speed, and these steps are partly host-bound).
+5. Report per stage from metrics.jsonl, after --warmup steps: tokens/s (median, mean), samples/s, the mean of every
+   `ms_*` / `host_ms_*` key, peak GPU memory, wall time, final loss, and the fraction of the isolated step's tokens/s
+   (target >= 0.80); with --bench-json, also the fraction of that file's `ours` tokens/s.
 
     python bench/loop_check.py --work /tmp/loop_check --out loop_check.json --bench-json bench/results.json
     python bench/loop_check.py --smoke --work /tmp/loop_smoke --out /tmp/loop_smoke.json   # tiny shapes, CPU, ~1 min
@@ -40,7 +43,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.components import SMOKE, VICUNA_7B, write_vicuna_shaped_llm  # noqa: E402
+from bench.components import FULL, SMOKE, VICUNA_7B, write_vicuna_shaped_llm  # noqa: E402
 from bench.loop_world import CAPTIONS_NAME, INSTRUCTIONS_NAME, token_length_stats, write_loop_world  # noqa: E402
 from bench.run import _command  # noqa: E402
 
@@ -272,11 +275,36 @@ def summarize(run: dict[str, Any], warmup: int) -> dict[str, Any]:
     return summary
 
 
-def compare_with_bench(stages: dict[str, dict[str, Any]], bench_json: Path) -> dict[str, Any]:
-    """The loop's median tokens/s as a fraction of the isolated bench's `ours` tokens/s, per stage."""
-    results = json.loads(bench_json.read_text())
-    sections = results.get("sections", {})
-    comparison: dict[str, Any] = {"bench_json": str(bench_json), "bench_gpu": results.get("gpu")}
+def run_isolated(key: str, work: Path, steps: int, warmup: int, micro_batch: int, smoke: bool) -> dict[str, Any]:
+    """The isolated bench step of the stage (`bench.training.run_ours`) on the loop's LLM folder, in this process."""
+    from bench.training import run_ours
+
+    device = "cuda" if torch.cuda.is_available() and not smoke else "cpu"
+    stage = {"stage1": 1, "stage3": 3}[key]
+    llm_dir = work / ("llm-smoke" if smoke else "vicuna-7b-shaped")
+    shapes = SMOKE if smoke else FULL
+    result = run_ours(stage, shapes, device, micro_batch, steps, warmup, work=work / "isolated", llm_dir=llm_dir)
+    _free_memory()
+    return result
+
+
+def compare_with_bench(
+    stages: dict[str, dict[str, Any]],
+    bench_json: Path | None = None,
+    isolated: dict[str, Any] | None = None,
+    gpu: str | None = None,
+) -> dict[str, Any]:
+    """The loop's median tokens/s as a fraction of the isolated step's `ours` tokens/s, per stage: measured in this
+    run on `gpu` (`isolated`, per stage key) or read from a bench/run.py results JSON."""
+    if isolated is not None:
+        results = {"gpu": gpu}
+        sections = {key: {"ours": value} for key, value in isolated.items()}
+        source = "measured in this run (bench.training.run_ours)"
+    else:
+        results = json.loads(bench_json.read_text())
+        sections = results.get("sections", {})
+        source = str(bench_json)
+    comparison: dict[str, Any] = {"bench_json": source, "bench_gpu": results.get("gpu")}
     for key, stage in stages.items():
         ours = (sections.get(key) or {}).get("ours") or {}
         if not ours.get("tokens_per_s"):
@@ -328,9 +356,12 @@ def format_markdown(report: dict[str, Any]) -> str:
         lines += ["", "| ms per step (mean) | " + " | ".join(stages) + " |", "|---" * (len(stages) + 1) + "|"]
         for k in keys:
             lines.append(f"| {k} | " + " | ".join(_num(s["breakdown_ms"].get(k), 1) for s in stages.values()) + " |")
-    if bench:
-        other = "" if bench.get("bench_gpu") == report["gpu"] else " (not this run's GPU: the fractions compare two)"
-        lines += ["", f"Isolated bench: `{bench['bench_json']}`, measured on {bench.get('bench_gpu')}{other}."]
+    for name, cmp in (("bench", bench), ("bench_file", report.get("bench_file"))):
+        if not cmp or (name == "bench_file" and cmp is bench):
+            continue
+        other = "" if cmp.get("bench_gpu") == report["gpu"] else " (not this run's GPU: the fractions compare two)"
+        fractions = ", ".join(f"{key} {_num((cmp.get(key) or {}).get('fraction'), 2)}" for key in stages)
+        lines += ["", f"Isolated bench: {cmp['bench_json']}, measured on {cmp.get('bench_gpu')}{other}: {fractions}."]
     skipped = [f"{key} {s['num_skipped']}" for key, s in stages.items() if s["num_skipped"]]
     if skipped:
         lines += ["", "Samples skipped by the loop (too long for max_length, or bad): " + ", ".join(skipped) + "."]
@@ -362,6 +393,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bench-json", type=Path, default=None, help="a bench/run.py results JSON to compare with")
     parser.add_argument(
         "--override", action="append", default=[], help="extra key=value for both stages (to compare a setting)"
+    )
+    parser.add_argument(
+        "--no-isolated",
+        action="store_true",
+        help="skip timing the isolated bench step in this run (compare with --bench-json only)",
     )
     parser.add_argument("--prepare-only", action="store_true", help="write the inputs and the feature cache, then stop")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU: checks the script, measures nothing")
@@ -407,11 +443,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.prepare_only:
         print(json.dumps({k: report[k] for k in ("prepare", "precompute")}, indent=2))
         return 0
+    isolated: dict[str, Any] = {}
     for key in args.stages:
         run = run_stage(key, paths, args.work, total_steps, micro[key], args.num_workers, args.override)
         report["stages"][key] = summarize(run, args.warmup)
+        if not args.no_isolated:
+            isolated[key] = run_isolated(key, args.work, args.steps, args.warmup, micro[key], args.smoke)
+    if isolated:
+        report["isolated"] = isolated
+        report["bench"] = compare_with_bench(report["stages"], isolated=isolated, gpu=report["gpu"])
     if args.bench_json is not None:
-        report["bench"] = compare_with_bench(report["stages"], args.bench_json)
+        report["bench_file"] = compare_with_bench(report["stages"], bench_json=args.bench_json)
+        report.setdefault("bench", report["bench_file"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(format_markdown(report), flush=True)

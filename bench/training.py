@@ -295,10 +295,19 @@ def _naive_results(model, items, micro_batch: int, device: str, warmup: int, sha
 
 
 def _ours_results(
-    stage: int, make_items, shapes: Shapes, work: Path, device: str, micro_batch: int, warmup: int, profile: bool
+    stage: int,
+    make_items,
+    shapes: Shapes,
+    work: Path,
+    device: str,
+    micro_batch: int,
+    warmup: int,
+    profile: bool,
+    llm_dir: Path | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], Path]:
-    """Ours from the shipped stage YAML on `make_items(model)`; also returns the items and the LLM folder."""
-    llm_dir = write_vicuna_shaped_llm(work / f"llm-{shapes.name}", shapes.llm, device)
+    """Ours from the shipped stage YAML on `make_items(model)`; also returns the items and the LLM folder (written
+    under `work` unless `llm_dir` names one of `shapes.llm`'s shape)."""
+    llm_dir = write_vicuna_shaped_llm(llm_dir or work / f"llm-{shapes.name}", shapes.llm, device)
     cfg, model, collator, optimizer = build_ours(stage, llm_dir, shapes, work, device)
     items = fit_to_config(make_items(model), stage)
     batches, groups = _collate(items, micro_batch, collator)
@@ -313,6 +322,35 @@ def _ours_results(
     del model, optimizer, batches
     free_memory()
     return out, items, llm_dir
+
+
+def _ours_items(stage: int, shapes: Shapes, num: int, features: list[torch.Tensor]):
+    """`make_items` of the ours side: CC3M-like captions (stage 1) or LLaVA/MosIT-like instructions (stage 3) over
+    precomputed features, the same `num` items for a given stage every time."""
+    if stage == 1:
+        return lambda m: caption_items(m.tokenizer, m.signal_ids, num, None, features, np.random.default_rng(0))
+    caption_dim = shapes.output_projectors.image.out_dim
+    return lambda m: instruction_items(
+        m.tokenizer, m.signal_ids, num, None, features, caption_dim, np.random.default_rng(0)
+    )
+
+
+def run_ours(
+    stage: int, shapes: Shapes, device: str, micro_batch: int, steps: int, warmup: int, work: Path, llm_dir: Path
+) -> dict[str, Any]:
+    """The `ours` measurement of `run_stage1` / `run_stage3` alone (no naive side, no profile), for
+    bench/loop_check.py to set the real loop beside the isolated step in one process on one GPU.
+
+    Args:
+        llm_dir: the LLM folder to use (the loop's; written there if missing).
+
+    Returns:
+        `measure_steps`' result for the stage's shipped YAML.
+    """
+    _, features = _pools(shapes, micro_batch, device)
+    make_items = _ours_items(stage, shapes, micro_batch * (steps + warmup), features)
+    ours, _, _ = _ours_results(stage, make_items, shapes, work, device, micro_batch, warmup, False, llm_dir)
+    return ours["ours"]
 
 
 def run_stage1(
@@ -331,10 +369,8 @@ def run_stage1(
     del model
     free_memory()
     ours, _, _ = _ours_results(
-        1,
-        lambda m: caption_items(m.tokenizer, m.signal_ids, num, None, features, rng(0)),
-        shapes, work, device, micro_batch, warmup, profile,
-    )  # fmt: skip
+        1, _ours_items(1, shapes, num, features), shapes, work, device, micro_batch, warmup, profile
+    )
     result.update(ours)
     logger.info("stage 1 ours: %.1f samples/s", result["ours"]["samples_per_s"])
     train_rate = result["ours"]["samples_per_s"]
@@ -375,10 +411,8 @@ def run_stage3(
     del model
     free_memory()
     ours, ours_items, llm_dir = _ours_results(
-        3,
-        lambda m: instruction_items(m.tokenizer, m.signal_ids, num, None, features, caption_dim, rng(0)),
-        shapes, work, device, micro_batch, warmup, profile,
-    )  # fmt: skip
+        3, _ours_items(3, shapes, num, features), shapes, work, device, micro_batch, warmup, profile
+    )
     result.update(ours)
     logger.info("stage 3 ours: %.0f tokens/s", result["ours"]["tokens_per_s"])
     result["ratio"] = result["ours"]["tokens_per_s"] / result["naive"]["tokens_per_s"]

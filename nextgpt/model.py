@@ -11,7 +11,7 @@ optional denoising loss); `forward` takes them as an argument when that loss is 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -51,6 +51,11 @@ class NextGPTOutput:
         spans: where the complete signal spans were found, plus problems.
         num_prefix_tokens: tokens of the shared prefix the collator stripped from every sample and the model served
             from its cache (`train.prefix_reuse`); the batch, and so `logits` and `spans`, hold what follows it.
+        participation: with several data-parallel ranks (`NextGPT.data_parallel`), a training forward's 0-valued
+            scalar through every projector the batch left idle (run on zero inputs); else None. Added to the loss
+            (`loss` holds it), it gives those projectors the zero gradient DeepSpeed fills in for one process: every
+            rank then gathers (ZeRO-3), runs and reduces the same parameters in the same order whatever modalities
+            its micro-batches hold, which DeepSpeed requires.
     """
 
     loss: torch.Tensor | None
@@ -59,6 +64,7 @@ class NextGPTOutput:
     signal_embeds: dict[Modality, torch.Tensor]
     spans: SpanScan
     num_prefix_tokens: int = 0
+    participation: torch.Tensor | None = None
 
 
 class NextGPT(nn.Module):
@@ -101,6 +107,9 @@ class NextGPT(nn.Module):
         self.output_projectors = output_projectors
         self.signal_ids = signal_ids
         self.prefix_kv = PrefixKVCache()
+        self.data_parallel = False
+        """Set by the training loop when several data-parallel ranks train: every training forward then runs every
+        projector once, whatever its batch holds (see `NextGPTOutput.participation`)."""
         self._template_prefix_ids: list[int] | None = None
 
     @property
@@ -118,8 +127,16 @@ class NextGPT(nn.Module):
         """Input embeddings of non-negative token ids: (B, L) -> (B, L, D)."""
         return self.llm.get_input_embeddings()(token_ids)
 
-    def encode_media(self, batch: NextGPTBatch) -> dict[Modality, torch.Tensor]:
+    def encode_media(self, batch: NextGPTBatch, idle: list[torch.Tensor] | None = None) -> dict[Modality, torch.Tensor]:
         """Encoder (if needed) + input projector for every media item of the batch.
+
+        The projector runs once over every modality's items together, so each forward calls it exactly once whatever
+        mix of media the batch holds (data-parallel ranks then issue the same collectives under ZeRO-3).
+
+        Args:
+            batch: the collated batch (raw media or precomputed features).
+            idle: a data-parallel training forward's list of idle outputs: with no media in the batch the projector
+                runs on one zero vector and its output goes here (see `NextGPTOutput.participation`); else None.
 
         Returns:
             Per modality (N, k, llm_dim) tokens, ready to splice.
@@ -127,49 +144,62 @@ class NextGPT(nn.Module):
         Raises:
             ValueError: raw media given but no encoder loaded.
         """
-        tokens: dict[Modality, torch.Tensor] = {}
         proj_dtype = next(self.input_projector.parameters()).dtype
-        for modality in MODALITIES:
-            features = batch.media_features.get(modality)
-            if features is None and modality in batch.media:
-                if self.encoder is None:
-                    raise ValueError(
-                        f"batch has raw {modality.value} media but the model was built without an encoder; "
-                        "set model.encoder.checkpoint_path or pass precomputed media_features"
-                    )
-                with torch.no_grad():
-                    features = self.encoder(modality, batch.media[modality])  # (N, encoder_dim)
-            if features is not None:
-                projected = self.input_projector(features.to(proj_dtype))  # (N, k, llm_dim)
-                sizes = (batch.media_group_sizes or {}).get(modality)
-                if sizes is not None:
-                    projected = sum_groups(projected, sizes)  # (N, k, D) -> (G, k, D)
-                tokens[modality] = projected
+        features = {m: v.to(proj_dtype) for m, v in media_features(self.encoder, batch).items()}
+        if not features:
+            if idle is not None:
+                zero = torch.zeros(1, self.input_projector.in_dim, device=self.device, dtype=proj_dtype)  # (1, E)
+                idle.append(self.input_projector(zero))  # (1, k, llm_dim)
+            return {}
+        projected = self.input_projector(torch.cat(list(features.values())))  # (N_all, k, llm_dim)
+        tokens: dict[Modality, torch.Tensor] = {}
+        for modality, part in zip(features, projected.split([f.shape[0] for f in features.values()]), strict=True):
+            sizes = (batch.media_group_sizes or {}).get(modality)
+            tokens[modality] = part if sizes is None else sum_groups(part, sizes)  # (N, k, D) [-> (G, k, D)]
         return tokens
 
     def project_signals(
-        self, hidden: torch.Tensor, token_ids: torch.Tensor, scan: SpanScan
+        self,
+        hidden: torch.Tensor,
+        token_ids: torch.Tensor,
+        scan: SpanScan,
+        idle: list[torch.Tensor] | None = None,
     ) -> dict[Modality, torch.Tensor]:
-        """Run each modality's output projector on its complete signal spans.
+        """Run each modality's output projector on its complete signal spans, in `MODALITIES` order.
 
         Args:
             hidden: (B, L, D) last-layer hidden states.
             token_ids: (B, L) ids of the same positions (sentinels/padding allowed; only span positions are read).
             scan: spans found in `token_ids`.
+            idle: a data-parallel training forward's list of idle outputs: a projector without spans runs on one
+                span of zero hidden states and the modality's signal ids, through the same calls at the same place in
+                the order (so every rank gathers, under ZeRO-3, and reduces the same parameters in the same order),
+                and its output goes here (see `NextGPTOutput.participation`); else None.
 
         Returns:
             Per modality with at least one span: (N_spans, Q, out_dim).
         """
         projected: dict[Modality, torch.Tensor] = {}
-        for modality, spans in scan.spans.items():
-            if not spans:
-                continue
-            signal_hidden = gather_span_rows(hidden, spans)  # (N, T, D)
-            span_ids = gather_span_rows(token_ids.unsqueeze(-1), spans).squeeze(-1)  # (N, T)
-            signal_embeds = self.embed_tokens(span_ids).to(signal_hidden.dtype)  # (N, T, D)
+        for modality in MODALITIES:
             projector = self.output_projectors[modality.value]
             proj_dtype = next(projector.parameters()).dtype
-            projected[modality] = projector(signal_hidden.to(proj_dtype), signal_embeds.to(proj_dtype))
+            spans = scan.spans.get(modality)
+            if spans:
+                signal_hidden = gather_span_rows(hidden, spans)  # (N, T, D)
+                span_ids = gather_span_rows(token_ids.unsqueeze(-1), spans).squeeze(-1)  # (N, T)
+            elif idle is not None:
+                # The same calls on one span of the modality's own ids whose hidden states are 0 x the LLM's (so the
+                # LLM output's backward hooks fire as they do with real spans): every rank runs the same modules.
+                span_ids = torch.tensor([self.signal_ids[modality]], device=hidden.device)  # (1, T)
+                signal_hidden = hidden[:1, :1].mul(0.0).expand(1, span_ids.shape[1], -1)  # (1, T, D)
+            else:
+                continue
+            signal_embeds = self.embed_tokens(span_ids).to(signal_hidden.dtype)  # (N, T, D)
+            out = projector(signal_hidden.to(proj_dtype), signal_embeds.to(proj_dtype))  # (N, Q, out_dim)
+            if spans:
+                projected[modality] = out
+            else:
+                idle.append(out)
         return projected
 
     def forward(self, batch: NextGPTBatch, decoders: dict | None = None) -> NextGPTOutput:
@@ -185,10 +215,11 @@ class NextGPT(nn.Module):
         Returns:
             NextGPTOutput with the total loss and its terms.
         """
+        idle: list[torch.Tensor] | None = [] if self.training and self.data_parallel else None
         # 1. Media → LLM tokens, spliced at the placeholders; the signal spans are found now, while little GPU work is
         #    queued (finding them reads positions on the host, which waits for everything queued before).
         with phase("encode"):
-            media_tokens = self.encode_media(batch)
+            media_tokens = self.encode_media(batch, idle)
             spliced = splice_media(batch.input_ids, batch.attention_mask, batch.labels, self.embed_tokens, media_tokens)
             scan = find_signal_spans(spliced.token_ids, self.signal_ids)
         # 2. LLM pass; the last hidden layer feeds the output projectors.
@@ -196,17 +227,22 @@ class NextGPT(nn.Module):
             logits, hidden = self._run_llm(spliced.inputs_embeds, self._layout(batch, spliced))
         # 3. Signal spans → decoder conditioning.
         with phase("projectors"):
-            signal_embeds = self.project_signals(hidden, spliced.token_ids, scan)
+            signal_embeds = self.project_signals(hidden, spliced.token_ids, scan, idle)
         # 4. Loss terms.
         with phase("loss"):
             terms = self._loss_terms(batch, logits, spliced.labels, signal_embeds, decoders)
+            participation = sum(out.float().sum() for out in idle) * 0.0 if idle else None
+            loss = self.weighted_loss(terms)
+            if loss is not None and participation is not None:
+                loss = loss + participation
         return NextGPTOutput(
-            loss=self.weighted_loss(terms),
+            loss=loss,
             loss_terms=terms,
             logits=logits,
             signal_embeds=signal_embeds,
             spans=scan,
             num_prefix_tokens=batch.layout.num_prefix if batch.layout is not None else 0,
+            participation=participation,
         )
 
     def _layout(self, batch: NextGPTBatch, spliced: SplicedInputs) -> BatchLayout:
@@ -321,6 +357,36 @@ class NextGPT(nn.Module):
             weighted = weights[name.split("_")[0]] * value.float()
             total = weighted if total is None else total + weighted
         return total
+
+
+def media_features(encoder: nn.Module | None, batch: NextGPTBatch) -> dict[Modality, torch.Tensor]:
+    """Every media modality's (N, encoder_dim) vectors, in `MODALITIES` order: the batch's precomputed ones, else the
+    frozen encoder's (no gradient).
+
+    Raises:
+        ValueError: raw media given but no encoder.
+    """
+    features: dict[Modality, torch.Tensor] = {}
+    for modality in MODALITIES:
+        vectors = batch.media_features.get(modality)
+        if vectors is None and modality in batch.media:
+            if encoder is None:
+                raise ValueError(
+                    f"batch has raw {modality.value} media but the model was built without an encoder; "
+                    "set model.encoder.checkpoint_path or pass precomputed media_features"
+                )
+            with torch.no_grad():
+                vectors = encoder(modality, batch.media[modality])  # (N, encoder_dim)
+        if vectors is not None:
+            features[modality] = vectors
+    return features
+
+
+def with_media_features(encoder: nn.Module, batch: NextGPTBatch) -> NextGPTBatch:
+    """The batch with its raw media replaced by the frozen encoder's vectors (`media_features`)."""
+    if not batch.media:
+        return batch
+    return replace(batch, media={}, media_features=media_features(encoder, batch))
 
 
 def sum_groups(tokens: torch.Tensor, sizes: list[int]) -> torch.Tensor:

@@ -102,3 +102,34 @@ def test_precomputed_features_replace_the_encoder(model_and_decoders):
         batch.media = {}
         from_features = model(batch).loss
     assert torch.allclose(from_media, from_features)
+
+
+def test_data_parallel_forward_runs_every_idle_projector_for_a_zero_gradient(model_and_decoders):
+    """With several ranks (`data_parallel`), a text-only training batch still runs the input projector and every
+    output projector, on zero inputs: each gets an all-zero gradient (what DeepSpeed fills in for one process) and the
+    loss is unchanged; one process runs none of them."""
+    model, _ = model_and_decoders
+    apply_trainable_groups(model, ("input_projector", "output_projectors", "token_rows"))
+    turns = [Turn("user", "Say hello."), Turn("assistant", "Hello there.")]
+    example = build_training_example(model.tokenizer, turns, model.signal_ids)
+    ids = torch.tensor([example.input_ids])
+    batch = NextGPTBatch(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([example.labels]))
+    projectors = {n: p for n, p in model.named_parameters() if n.startswith(("input_projector.", "output_projectors."))}
+    was_training = model.training
+    model.train()
+    try:
+        model.zero_grad(set_to_none=True)
+        one = model(batch)
+        one.loss.backward()
+        assert one.participation is None and all(p.grad is None for p in projectors.values())
+        model.data_parallel = True
+        several = model(batch)
+        several.loss.backward()
+    finally:
+        model.data_parallel = False
+        model.train(was_training)
+    assert several.participation is not None and float(several.participation) == 0.0
+    assert torch.equal(several.loss, one.loss)
+    assert not [n for n, p in projectors.items() if p.grad is None or p.grad.any()]
+    for m in MODALITIES:
+        assert any(n.startswith(f"output_projectors.{m.value}.") for n in projectors)

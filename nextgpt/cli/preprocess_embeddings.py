@@ -5,6 +5,9 @@
 
 Uses the GPU when there is one; resumable (existing files are skipped). The decoder set must be the one used for
 training and inference: a cache made with SD-1.5 (77x768) does not fit SD-2 (77x1024).
+
+Several processes or nodes share the work with `--part I/N` each (or under a launcher, e.g.
+`torchrun --nproc_per_node 8 preprocess_embeddings.py ...`, one part per rank); each file is written by one part.
 """
 
 from __future__ import annotations
@@ -35,8 +38,39 @@ def build_parser(
     parser.add_argument("--datasets", nargs="+", required=datasets_required, help=datasets_help)
     parser.add_argument("--batch-size", type=int, default=batch_size)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--part",
+        default=None,
+        metavar="I/N",
+        help="do only part I of N of the files (0 <= I < N), so N processes or nodes share the work; default: the "
+        "launcher's RANK/WORLD_SIZE when it starts several processes, else all",
+    )
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     return parser
+
+
+def resolve_part(value: str | None) -> tuple[int, int]:
+    """(i, n) from `--part I/N`, else from a launcher's RANK and WORLD_SIZE (torchrun, deepspeed), else (0, 1).
+
+    Raises:
+        ValueError: not I/N with 0 <= I < N.
+    """
+    import os
+
+    if value is None:
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    index, sep, num = value.partition("/")
+    if not sep or not index.isdigit() or not num.isdigit() or not 0 <= int(index) < int(num):
+        raise ValueError(f"--part must be I/N with 0 <= I < N (e.g. 0/4), got {value!r}")
+    return int(index), int(num)
+
+
+def rank_device(device: str) -> str:
+    """A launcher's local rank picks its own GPU: `cuda` becomes `cuda:<LOCAL_RANK>` when LOCAL_RANK is set."""
+    import os
+
+    local_rank = os.environ.get("LOCAL_RANK")
+    return f"cuda:{local_rank}" if device == "cuda" and local_rank is not None else device
 
 
 def check_device(device: str) -> None:
@@ -72,6 +106,8 @@ def load_run_inputs(args: argparse.Namespace, media: bool = True) -> tuple[Confi
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    args.part = resolve_part(args.part) if isinstance(args.part, str | None) else args.part
+    args.device = rank_device(args.device)
     check_device(args.device)
     cfg = load_config(args.config, overrides=args.overrides)
     catalog = load_catalog(args.catalog or cfg.data.catalog_path)
@@ -115,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
                     decoders[modality] = load_decoder(
                         modality, getattr(cfg.model.decoders, modality.value), width, device=args.device
                     )
-                cache_caption_embeddings(records[name], entry, modality, decoders[modality], args.batch_size)
+                cache_caption_embeddings(
+                    records[name], entry, modality, decoders[modality], args.batch_size, part=args.part
+                )
 
     return run_reporting_errors(body)
 

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePath
 from typing import Any, NamedTuple
 
@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 FORMAT_NAME = "nextgpt-imagebind-features"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+PARTS_DIR = "parts"
+"""Subfolder of a dataset cache where ranks writing in parallel each keep a cache of their own share
+(`nextgpt.jobs.feature_cache`), until they are merged into the dataset's cache."""
 FEATURES_KEY = "features"
 STORAGE_DTYPE = torch.float16
 """ImageBind vectors are unit length (clip means of unit vectors for video/audio), so float16 keeps ~3 significant
@@ -327,6 +330,21 @@ class FeatureCache:
             return None
         return self._shard(cached.shard).get_slice(FEATURES_KEY)[cached.row].float()  # (D,) float16 -> float32
 
+    def entries(self) -> Iterator[tuple[Modality, str, FileStamp]]:
+        """Every cached (modality, media key, file stamp), in no particular order."""
+        for (modality, key), cached in self._rows.items():
+            yield Modality(modality), key, cached.stamp
+
+    def failures(self) -> Iterator[tuple[Modality, str, str]]:
+        """Every (modality, media key, reason) recorded as unreadable."""
+        for (modality, key), reason in self._failed.items():
+            yield Modality(modality), key, reason
+
+    def stamp(self, modality: Modality, key: str) -> FileStamp | None:
+        """The stamp of the file as cached, None when it is not cached."""
+        cached = self._rows.get((modality.value, key))
+        return None if cached is None else cached.stamp
+
     def missing_reason(self, modality: Modality, key: str) -> str:
         """One line saying why `key` has no vector and what to run."""
         failure = self._failed.get((modality.value, key))
@@ -360,6 +378,13 @@ def load_feature_cache(cache_dir: Path, dataset_name: str, encoder_cfg: ImageBin
             "or unset data.feature_cache_dir"
         )
     handles, index = open_shards(folder, manifest, hint)
+    if (folder / PARTS_DIR).is_dir():
+        logger.warning(
+            "feature cache %s has parts written in parallel that are not merged yet (%s); their files count as "
+            "missing until `preprocess_features.py --merge-parts` merges them",
+            folder,
+            folder / PARTS_DIR,
+        )
     problems = manifest_mismatch(manifest, expected_manifest(dataset_name, encoder_cfg), index.modalities())
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from nextgpt.config import DatasetEntryConfig
 from nextgpt.constants import MODALITIES, Modality
+from nextgpt.jobs.parts import check_part, part_of
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +57,12 @@ def cache_caption_embeddings(
     modality: Modality,
     decoder: Any,
     batch_size: int = 64,
+    part: tuple[int, int] = (0, 1),
 ) -> int:
     """Encode every not-yet-cached caption of one modality and write one `.npy` per embedding name.
+
+    Each file is written atomically and names its own caption, so processes or nodes sharing the work with `part`
+    write disjoint files into the same folder and need no merge.
 
     Args:
         records: official-format records.
@@ -65,15 +70,19 @@ def cache_caption_embeddings(
         modality: which targets.
         decoder: the loaded decoder of that modality (its `encode_captions` defines the target space).
         batch_size: captions per text-encoder call.
+        part: (i, n): only the files of part i of n (`nextgpt.jobs.parts.part_of` of the file name).
 
     Returns:
         Number of files written (already present ones are skipped).
     """
     from nextgpt.data.embeddings import save_caption_embedding
 
+    check_part(part)
     todo: dict[Path, str] = {}
     total = 0
     for caption, path in iter_caption_targets(records, entry, modality):
+        if part[1] > 1 and part_of(path.name, part[1]) != part[0]:
+            continue
         total += 1
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)

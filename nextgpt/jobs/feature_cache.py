@@ -7,11 +7,20 @@ Unreadable files are reported and recorded as failed; the training datasets then
 
     encoder = load_imagebind(cfg.model.encoder, device="cuda")
     report = cache_dataset_features(records, catalog["cc3m_enc"], "cc3m_enc", encoder, Path("data/features"))
+
+Several ranks or nodes share the work with `part=(i, n)`: each takes the files whose key hashes to it (`part_of`) and
+writes a complete cache of its own under `<cache>/<dataset>/parts/` (nothing another rank writes), marked complete
+when it ends; `merge_feature_parts` then appends the complete parts to the dataset's cache, in one process.
+
+    cache_dataset_features(records, entry, "cc3m_enc", encoder, cache_dir, part=(rank, world_size))
+    merge_feature_parts(cache_dir, "cc3m_enc", cfg.model.encoder)      # after every part finished
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +33,24 @@ from tqdm import tqdm
 from nextgpt.config import DatasetEntryConfig, ImageBindConfig
 from nextgpt.constants import MODALITIES, Modality
 from nextgpt.data.feature_writer import DEFAULT_SHARD_ROWS, FeatureCacheWriter
-from nextgpt.data.features import FileStamp, media_key, stamp_file
+from nextgpt.data.features import (
+    PARTS_DIR,
+    FeatureCache,
+    FeatureCacheError,
+    FileStamp,
+    atomic_write,
+    dataset_cache_dir,
+    load_feature_cache,
+    media_key,
+    stamp_file,
+)
+from nextgpt.jobs.parts import check_part, part_of
 
 logger = logging.getLogger(__name__)
 
 _MAX_REPORTED_FAILURES = 5
+PART_COMPLETE_FILE = "complete.json"
+"""Written into a part's folder when its rank finished; only complete parts are merged."""
 _READ_ERRORS = (OSError, ValueError, RuntimeError)
 """What decoding a broken or missing media file raises (FileNotFoundError is an OSError)."""
 
@@ -104,18 +126,42 @@ class _MediaFiles(Dataset):
         return _Loaded(modality, key, stamp, inputs, None)
 
 
+def part_folder_name(part: int, num_parts: int) -> str:
+    """The folder (under `<cache>/<dataset>/parts/`) of part `part` of `num_parts`."""
+    return f"part-{part:04d}-of-{num_parts:04d}"
+
+
+def _read_only_cache(cache_dir: Path, dataset_name: str, encoder_cfg: ImageBindConfig) -> FeatureCache | None:
+    """The dataset's merged cache, read only (a part skips what it holds); None when there is none or it is stale."""
+    try:
+        return load_feature_cache(cache_dir, dataset_name, encoder_cfg)
+    except (FileNotFoundError, FeatureCacheError):
+        return None
+
+
+def _unchanged(cache: FeatureCache | None, modality: Modality, key: str, path: Path) -> bool:
+    """Whether `cache` holds `path` with its current size and modification time."""
+    stamp = None if cache is None else cache.stamp(modality, key)
+    if stamp is None:
+        return False
+    stat = path.stat()
+    return (stat.st_size, stat.st_mtime_ns) == (stamp.size, stamp.mtime_ns)
+
+
 def _files_to_encode(
     files: list[tuple[Modality, Path]],
     entry: DatasetEntryConfig,
     writer: FeatureCacheWriter,
     report: FeatureCacheReport,
+    merged: FeatureCache | None = None,
 ) -> list[tuple[Modality, str, Path]]:
-    """The files whose current content is not cached yet; files that cannot even be stat-ed are failures."""
+    """The files whose current content is not cached yet (in `writer`'s cache or, for a part, the merged one);
+    files that cannot even be stat-ed are failures."""
     todo = []
     for modality, path in files:
         key = media_key(getattr(entry, f"{modality.value}_dir"), path)
         try:
-            if writer.is_current(modality, key, path):
+            if _unchanged(merged, modality, key, path) or writer.is_current(modality, key, path):
                 report.num_already_cached += 1
                 continue
         except OSError as err:
@@ -157,8 +203,10 @@ def cache_dataset_features(
     batch_size: int = 32,
     num_workers: int = 0,
     shard_rows: int = DEFAULT_SHARD_ROWS,
+    part: tuple[int, int] = (0, 1),
 ) -> FeatureCacheReport:
-    """Encode every not-yet-cached input media file of one dataset into `<cache_dir>/<dataset_name>/`.
+    """Encode every not-yet-cached input media file of one dataset into `<cache_dir>/<dataset_name>/` (or this part's
+    share of them into its own folder under `parts/`, for `merge_feature_parts`).
 
     Args:
         records: the dataset's annotation records.
@@ -169,22 +217,34 @@ def cache_dataset_features(
         batch_size: files per encoder call.
         num_workers: DataLoader processes decoding media (video decoding is the bottleneck on GPU).
         shard_rows: vectors per shard file.
+        part: (i, n): encode only the files of part i of n (`part_of`), into `parts/<part_folder_name>`; (0, 1) writes
+            the dataset's cache itself.
 
     Returns:
-        What was skipped, encoded and failed.
+        What was skipped, encoded and failed (of this part's files).
 
     Raises:
-        ValueError: `batch_size` < 1, or an encoder output of the wrong width.
+        ValueError: `batch_size` < 1, a bad `part`, or an encoder output of the wrong width.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_part(part)
+    index, num_parts = part
     report = FeatureCacheReport(dataset=dataset_name)
-    # 1. The distinct input media of the records, as training reads them.
+    # 1. The distinct input media of the records, as training reads them (this part's share).
     files = input_media_files(records, entry)
+    if num_parts > 1:
+        dirs = {m: getattr(entry, f"{m.value}_dir") for m in MODALITIES}
+        files = [(m, path) for m, path in files if part_of(f"{m.value}/{media_key(dirs[m], path)}", num_parts) == index]
+        merged = _read_only_cache(cache_dir, dataset_name, encoder.cfg)
+        target_dir, target_name = dataset_cache_dir(cache_dir, dataset_name) / PARTS_DIR, part_folder_name(*part)
+    else:
+        merged, target_dir, target_name = None, cache_dir, dataset_name
     report.num_files = len(files)
-    with FeatureCacheWriter(cache_dir, dataset_name, encoder.cfg, shard_rows) as writer:
+    with FeatureCacheWriter(target_dir, target_name, encoder.cfg, shard_rows) as writer:
+        (writer.folder / PART_COMPLETE_FILE).unlink(missing_ok=True)  # a part being (re)written is not mergeable
         # 2. Skip what the cache already holds (resume); the rest is decoded in workers.
-        todo = _files_to_encode(files, entry, writer, report)
+        todo = _files_to_encode(files, entry, writer, report, merged)
         loader = DataLoader(
             _MediaFiles(todo, encoder.cfg), batch_size=batch_size, num_workers=num_workers, collate_fn=list
         )
@@ -196,6 +256,9 @@ def cache_dataset_features(
                         _fail(writer, report, item.modality, item.key, item.error)
                 report.num_encoded += _encode_batch(loaded, encoder, writer)
                 progress.update(len(loaded))
+    if num_parts > 1:  # every vector is on disk (the writer flushed): the part can be merged
+        marker = {"part": index, "num_parts": num_parts, "files": report.num_files, "encoded": report.num_encoded}
+        atomic_write(writer.folder / PART_COMPLETE_FILE, lambda tmp: tmp.write_text(json.dumps(marker)))
     logger.info(
         "%s: %d input media files, %d already cached, %d encoded, %d unreadable -> %s",
         dataset_name,
@@ -206,3 +269,50 @@ def cache_dataset_features(
         writer.folder,
     )
     return report
+
+
+def merge_feature_parts(
+    cache_dir: Path, dataset_name: str, encoder_cfg: ImageBindConfig, shard_rows: int = DEFAULT_SHARD_ROWS
+) -> int:
+    """Append every complete part of a dataset (written with `cache_dataset_features(part=...)`) to its cache, then
+    remove those parts. One process at a time; parts still being written (no completion marker) are left alone.
+
+    Safe to interrupt: the cache takes atomic shards and a part is removed only once all its vectors are listed in
+    it, so a rerun merges what is left (a vector merged twice is simply listed again).
+
+    Args:
+        cache_dir: `data.feature_cache_dir`.
+        dataset_name: catalog name.
+        encoder_cfg: `model.encoder`; a part written by another encoder is refused.
+        shard_rows: vectors per shard of the merged cache.
+
+    Returns:
+        The number of vectors merged.
+
+    Raises:
+        FeatureCacheError: a complete part is damaged or was written by another encoder.
+    """
+    parts_root = dataset_cache_dir(cache_dir, dataset_name) / PARTS_DIR
+    folders = sorted(p for p in parts_root.iterdir() if p.is_dir()) if parts_root.is_dir() else []
+    complete = [p for p in folders if (p / PART_COMPLETE_FILE).is_file()]
+    unfinished = [p.name for p in folders if p not in complete]
+    if unfinished:
+        logger.warning("%s: parts %s are not complete (still running, or killed: rerun them); not merged", dataset_name,
+                       unfinished)  # fmt: skip
+    if not complete:
+        return 0
+    merged = 0
+    with FeatureCacheWriter(cache_dir, dataset_name, encoder_cfg, shard_rows) as writer:
+        for folder in complete:
+            part = load_feature_cache(parts_root, folder.name, encoder_cfg)
+            for modality, key, stamp in tqdm(list(part.entries()), desc=f"{dataset_name} merge {folder.name}"):
+                writer.add(modality, key, stamp, part.lookup(modality, key))
+                merged += 1
+            for modality, key, reason in part.failures():
+                writer.add_failure(modality, key, reason)
+    for folder in complete:  # the writer has flushed: every merged vector is listed in the dataset's cache
+        shutil.rmtree(folder)
+    if not any(parts_root.iterdir()):
+        parts_root.rmdir()
+    logger.info("%s: merged %d vectors from %d parts into %s", dataset_name, merged, len(complete), writer.folder)
+    return merged

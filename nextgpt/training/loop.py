@@ -30,7 +30,7 @@ from nextgpt.config import Config
 from nextgpt.data.batch import NextGPTBatch
 from nextgpt.llm.backbone import compile_decoder_layers
 from nextgpt.manifest import CorruptCheckpointError
-from nextgpt.model import NextGPT, build_nextgpt
+from nextgpt.model import NextGPT, build_nextgpt, with_media_features
 from nextgpt.training import checkpoint as ckpt
 from nextgpt.training.data_health import EpochHealth
 from nextgpt.training.data_setup import TrainingData, build_training_data
@@ -249,14 +249,20 @@ def _run_locked(cfg: Config) -> TrainResult:
     if plan.point is not None and "data_order" in plan.point.meta:
         sizes = {"data_order": {"dataset_sizes": layout.order["data_order"]["dataset_sizes"]}}
         check_resume_changes(plan.point.meta, sizes, cfg.train.allow_resume_changes, plan.point.folder)
+    # The frozen encoder runs outside DeepSpeed: ZeRO-3 would partition its weights and gather them per modality, a
+    # collective that ranks whose micro-batches hold different media would not all join.
+    encoder, model.encoder = model.encoder, None
+    model.data_parallel = world_size() > 1
     engine = build_engine(cfg, model, build_lr_lambda(cfg.train, layout.total_steps))
+    if encoder is not None:
+        encoder.to(engine.device)
     pos = _resume(engine, cfg, plan, layout)
     run_dir = Path(cfg.train.output_dir)
     metrics = MetricLogger(run_dir, enabled=is_rank_zero(), tensorboard=cfg.train.tensorboard, resume_step=pos.step)
     # 3. Train, then save the final weights with their optimizer state (a longer run continues from them).
     result = TrainResult(final_dir=run_dir / "final", steps=layout.total_steps)
     try:
-        _train(engine, model, data, cfg, pos, layout, metrics, result)
+        _train(engine, model, encoder, data, cfg, pos, layout, metrics, result)
         _save(engine, model, cfg, pos, layout, "final")
     finally:
         metrics.close()
@@ -321,6 +327,7 @@ def _micro_batches(
 def _accumulate(
     engine,
     model: NextGPT,
+    encoder: torch.nn.Module | None,
     batches: Iterator[NextGPTBatch],
     decoders: dict | None,
     grad_accum_steps: int,
@@ -333,6 +340,8 @@ def _accumulate(
     Nothing here reads a GPU value, so the host can queue the next micro-batch while the GPU works.
 
     Args:
+        encoder: the frozen media encoder, run here on raw media before the engine's forward; None when the batches
+            bring precomputed features (the feature cache).
         counts_over: the CPU group the loss counts are summed over (`count_group`); None for one process.
 
     Returns:
@@ -348,9 +357,14 @@ def _accumulate(
     for i, cpu_batch in enumerate(cpu_batches):
         with phase("to_device"):
             batch = cpu_batch.to(engine.device, non_blocking=True)
+        if encoder is not None:
+            with phase("encode"):
+                batch = with_media_features(encoder, batch)
         with phase("forward"):
             out = engine(batch, decoders=decoders)
             loss = model.weighted_loss(plan.scaled(i, out.loss_terms))
+            if out.participation is not None:  # idle projectors take part: every rank reduces the same gradients
+                loss = loss + out.participation
         with phase("backward"):
             engine.backward(loss)
         with phase("optimizer"):
@@ -393,6 +407,7 @@ def _flush(pending: PendingMetrics, result: TrainResult, progress: tqdm) -> None
 def _train(
     engine,
     model: NextGPT,
+    encoder: torch.nn.Module | None,
     data: TrainingData,
     cfg: Config,
     pos: _Position,
@@ -422,7 +437,7 @@ def _train(
                     with phase("log", device=False):
                         _flush(pending, result, progress)
                 values, num_tokens = _accumulate(
-                    engine, model, batches, data.decoders, cfg.train.grad_accum_steps, counts_over
+                    engine, model, encoder, batches, data.decoders, cfg.train.grad_accum_steps, counts_over
                 )
                 pos.step += 1
                 with phase("log", device=False):

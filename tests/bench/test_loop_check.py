@@ -1,6 +1,7 @@
 """bench/loop_check.py end to end at tiny shapes on CPU: both stages train through the real loop on the length-mix
 world, the report holds their numbers, the comparison with an isolated-bench JSON is computed from them, and the
-per-step breakdown takes whichever `ms_*` / `host_ms_*` keys the metrics carry."""
+per-step breakdown takes whichever `ms_*` / `host_ms_*` keys the metrics carry; the isolated bench step of each stage
+is timed in the same run."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.loop_check import TARGET_FRACTION, format_markdown, main, summarize  # noqa: E402
+from bench.loop_check import TARGET_FRACTION, _num, format_markdown, main, summarize  # noqa: E402
 from bench.loop_world import CAPTIONS_NAME, INSTRUCTIONS_NAME  # noqa: E402
 
 STEPS, WARMUP, MICRO = 3, 1, {"stage1": 8, "stage3": 4}
@@ -80,14 +81,21 @@ def test_world_follows_the_mix_and_the_cache_is_precomputed(smoke_report) -> Non
 
 
 def test_bench_comparison_and_markdown(smoke_report) -> None:
+    """The fraction is taken against the isolated step timed in the same run, and also against --bench-json."""
     report, markdown = smoke_report
     for key, stage in report["stages"].items():
+        isolated = report["isolated"][key]
+        assert isolated["steps"] == STEPS and isolated["tokens_per_s"] > 0 and isolated["samples_per_s"] > 0
         comparison = report["bench"][key]
-        assert comparison["fraction"] == pytest.approx(stage["tokens_per_s_median"] / 1000.0)
+        assert comparison["fraction"] == pytest.approx(stage["tokens_per_s_median"] / isolated["tokens_per_s"])
         assert comparison["meets_target"] == (comparison["fraction"] >= TARGET_FRACTION)
+        from_file = report["bench_file"][key]
+        assert from_file["fraction"] == pytest.approx(stage["tokens_per_s_median"] / 1000.0)
         assert f"| {key} | {MICRO[key]} | {STEPS} |" in markdown
+        assert f"| {_num(comparison['fraction'], 2)} |" in markdown
+    assert report["bench"]["bench_gpu"] == report["gpu"]
     assert "| stage | micro-batch | timed steps | tokens/s median |" in markdown
-    assert "not this run's GPU" in markdown
+    assert "measured in this run" in markdown and "not this run's GPU" in markdown  # the file came from another
 
 
 def test_summary_takes_the_breakdown_keys_the_records_carry() -> None:

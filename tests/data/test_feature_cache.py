@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,10 +22,10 @@ from nextgpt.constants import Modality
 from nextgpt.data.catalog import load_catalog
 from nextgpt.data.collate import Collator
 from nextgpt.data.datasets import BadSampleError, SkippedSample, build_datasets, expected_caption_shapes
-from nextgpt.data.features import FeatureCacheError, load_feature_cache, media_key
+from nextgpt.data.features import PARTS_DIR, FeatureCacheError, load_feature_cache, media_key
 from nextgpt.data.records import load_records
 from nextgpt.encoders.transforms import load_media
-from nextgpt.jobs.feature_cache import cache_dataset_features, input_media_files
+from nextgpt.jobs.feature_cache import cache_dataset_features, input_media_files, part_folder_name
 from nextgpt.tiny.build import tiny_path_overrides
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -221,3 +224,54 @@ def test_training_with_the_cache_runs_without_the_encoder(
     assert "ImageBind loaded" not in caplog.text
     assert len(result.losses) == 3 and all(torch.isfinite(torch.tensor(result.losses)))
     assert result.num_skipped == 0 and (result.final_dir / "trainable.safetensors").is_file()
+
+
+def _part_command(tiny_root: Path, catalog: Path, cache_dir: Path, *extra: str) -> list[str]:
+    argv = ["--config", str(STAGE_1), "--catalog", str(catalog), "--datasets", *DATASETS, "--device", "cpu"]
+    argv += ["--cache-dir", str(cache_dir), "--num-workers", "0", "--shard-size", str(SHARD_ROWS), *extra]
+    return [sys.executable, str(REPO_ROOT / "preprocess_features.py"), *argv, *tiny_path_overrides(tiny_root)]
+
+
+@pytest.mark.numerics
+def test_parts_written_at_once_merge_into_the_single_process_cache(
+    feature_cache: Path, encoder, tiny_root: Path, tiny_world: Path, tmp_path: Path
+):
+    """Two processes encode their halves into the same cache folder at the same time; the merge gives the cache one
+    process writes (same files, same vectors), an unfinished part is left alone, and a second merge adds nothing."""
+    cache_dir = tmp_path / "features"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(key, None)
+    running = [
+        subprocess.Popen(_part_command(tiny_root, tiny_world, cache_dir, "--part", f"{i}/2"), env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]  # fmt: skip
+    for process in running:
+        assert process.wait(timeout=600) == 0, process.stderr.read()[-2000:]
+    unfinished = cache_dir / "cc3m_enc" / PARTS_DIR / part_folder_name(5, 7)
+    unfinished.mkdir()
+    halves = {}
+    for name in DATASETS:
+        parts = cache_dir / name / PARTS_DIR
+        halves[name] = [len(load_feature_cache(parts, part_folder_name(i, 2), encoder.cfg)) for i in range(2)]
+        assert not (cache_dir / name / "manifest.json").exists()  # nothing is merged before --merge-parts
+    assert all(min(sizes) > 0 and sum(sizes) == 8 for sizes in halves.values()), halves
+    from nextgpt.cli import preprocess_features
+
+    merge = _part_command(tiny_root, tiny_world, cache_dir, "--merge-parts")[2:]
+    assert preprocess_features.main(merge) == 0
+    for name in DATASETS:
+        merged = load_feature_cache(cache_dir, name, encoder.cfg)
+        single = load_feature_cache(feature_cache, name, encoder.cfg)
+        assert sorted((m, k) for m, k, _ in merged.entries()) == sorted((m, k) for m, k, _ in single.entries())
+        for modality, key, stamp in merged.entries():
+            assert stamp == single.stamp(modality, key)
+            torch.testing.assert_close(
+                merged.lookup(modality, key), single.lookup(modality, key), atol=2 * FLOAT16_ATOL, rtol=0
+            )
+    assert [p.name for p in (cache_dir / "cc3m_enc" / PARTS_DIR).iterdir()] == [unfinished.name]
+    assert not (cache_dir / "webvid_enc" / PARTS_DIR).exists()
+    shards = json.loads((cache_dir / "webvid_enc" / "manifest.json").read_text())["shards"]
+    assert preprocess_features.main(merge) == 0  # nothing complete is left: the caches do not change
+    assert json.loads((cache_dir / "webvid_enc" / "manifest.json").read_text())["shards"] == shards

@@ -45,6 +45,7 @@ EMBEDDING_CASES = {
     "unknown_dataset": (lambda t, w: ["--datasets", "cc3m_decc"], "did you mean 'cc3m_dec'"),
     "no_caption_embed_dir": (lambda t, w: ["--datasets", "cc3m_enc"], "cc3m_enc has no caption_embed_dir"),
     "zero_batch_size": (lambda t, w: ["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    "part_out_of_range": (lambda t, w: ["--part", "2/2"], "--part must be I/N with 0 <= I < N (e.g. 0/4), got '2/2'"),
     "not_a_device": (lambda t, w: ["--device", "gpu0"], "--device 'gpu0' is not a device name"),
     "absent_gpu": (lambda t, w: ["--device", "cuda:99"], "--device cuda:99 but"),
     "override_without_value": (lambda t, w: ["model.llm.max_length"], "must look like key.sub=value"),
@@ -84,6 +85,7 @@ FEATURE_CASES = {
     ),
     "negative_workers": (lambda t, w: ["--num-workers", "-1"], "--num-workers must be >= 0"),
     "zero_shard_size": (lambda t, w: ["--shard-size", "0"], "--shard-size >= 1"),
+    "part_not_a_fraction": (lambda t, w: ["--part", "1"], "--part must be I/N with 0 <= I < N (e.g. 0/4), got '1'"),
     "missing_encoder": (
         lambda t, w: [f"model.encoder.checkpoint_path={t}/ib.pth"], "model.encoder.checkpoint_path = {t}/ib.pth",
     ),

@@ -1,9 +1,10 @@
 """One rank of a multi-process tiny training run (launched by `torch.distributed.run` from test_step_loss.py).
 
     python -m torch.distributed.run --nproc_per_node 2 tests/training/multi_rank_run.py TINY CATALOG OUT MICRO DS.json \
-        STEPS [key=value ...]
+        STEPS CONFIG [key=value ...]
 
-Trains the quick stage-2 config for a few steps and writes this rank's logged losses to OUT/losses_rank<r>.json.
+Trains a tiny stage CONFIG (e.g. tiny_stage_2.yaml) with the quick settings for a few steps and writes this rank's
+logged losses to OUT/losses_rank<r>.json.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from nextgpt.training.loop import run  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
-    tiny_root, catalog, out, micro, ds, steps, *extra = argv
+    tiny_root, catalog, out, micro, ds, steps, config, *extra = argv
     cfg = quick_cfg(
         Path(tiny_root),
         Path(catalog),
@@ -30,6 +31,7 @@ def main(argv: list[str]) -> int:
         f"train.micro_batch_size={micro}",
         f"train.deepspeed_config={ds}",
         *extra,
+        config=config,
     )
     result = run(cfg)
     rank = os.environ.get("RANK", "0")

@@ -35,12 +35,13 @@ QUICK_STAGE_2 = (
 constant LR so that a run continued with more steps matches an uninterrupted longer run exactly."""
 
 
-def quick_cfg(tiny_root: Path, catalog: Path, out_dir: Path, *extra: str):
-    """The quick stage-2 config of QUICK_STAGE_2 writing to `out_dir`."""
+def quick_cfg(tiny_root: Path, catalog: Path, out_dir: Path, *extra: str, config: str = "tiny_stage_2.yaml"):
+    """The quick stage-2 config of QUICK_STAGE_2 (or another tiny stage `config` with the same settings) writing to
+    `out_dir`."""
     from nextgpt.config import load_config
 
     overrides = stage_overrides(tiny_root, catalog, out_dir, *QUICK_STAGE_2, *extra)
-    return load_config(REPO_ROOT / "configs" / "tiny_stage_2.yaml", overrides=overrides)
+    return load_config(REPO_ROOT / "configs" / config, overrides=overrides)
 
 
 def metric_steps(run_dir: Path) -> list[int]:

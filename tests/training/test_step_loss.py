@@ -15,7 +15,7 @@ import pytest
 import torch
 from batch_helpers import STAGE_1, STAGE_2, build_model, collate, make_items
 from safetensors.torch import load_file
-from stage_helpers import REPO_ROOT, assert_same_trained_weights, quick_cfg
+from stage_helpers import REPO_ROOT, assert_same_trained_weights, metric_steps, quick_cfg
 
 from nextgpt.training.loop import run
 from nextgpt.training.step_loss import StepLossPlan
@@ -91,8 +91,18 @@ def _free_port() -> int:
 
 
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("zero", list(ZERO))
-def test_two_ranks_train_like_one_process_with_the_same_global_batch(tiny_root, tiny_world, tmp_path, zero):
+@pytest.mark.parametrize(
+    ("config", "zero", "sampler"),
+    [("tiny_stage_2.yaml", "zero0", "modality_blended"), ("tiny_stage_2.yaml", "zero2", "modality_blended"),
+     ("tiny_stage_2.yaml", "zero3", "modality_blended"), ("tiny_stage_2.yaml", "zero2", "random"),
+     ("tiny_stage_3.yaml", "zero2", "random"), ("tiny_stage_3.yaml", "zero3", "random")],
+)  # fmt: skip
+def test_two_ranks_train_like_one_process_with_the_same_global_batch(
+    tiny_root, tiny_world, tmp_path, config, zero, sampler
+):
+    """modality_blended gives both ranks one modality a step; random gives them different ones, so one rank runs an
+    output projector (stage 3: also the input projector and the encoder) that the other leaves idle; the model's
+    `participation` and the encoder running outside DeepSpeed keep their collectives in step."""
     ds = _ds_json(tmp_path, zero)
     one = run(
         quick_cfg(
@@ -102,6 +112,8 @@ def test_two_ranks_train_like_one_process_with_the_same_global_batch(tiny_root, 
             f"train.max_steps={STEPS}",
             "train.micro_batch_size=2",
             f"train.deepspeed_config={ds}",
+            f"data.sampler={sampler}",
+            config=config,
         )
     )
     helper = Path(__file__).with_name("multi_rank_run.py")
@@ -111,10 +123,11 @@ def test_two_ranks_train_like_one_process_with_the_same_global_batch(tiny_root, 
     two = tmp_path / "two"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-        str(helper), str(tiny_root), str(tiny_world), str(two), "1", str(ds), str(STEPS),
+        str(helper), str(tiny_root), str(tiny_world), str(two), "1", str(ds), str(STEPS), config, f"data.sampler={sampler}",
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     losses = [json.loads((two / f"losses_rank{r}.json").read_text()) for r in (0, 1)]
     assert losses[0] == losses[1]  # every rank logs the step's mean over both ranks' samples
+    assert metric_steps(two) == list(range(1, STEPS + 1))  # rank 0 alone writes the metrics
     _assert_same_training(two, losses[0], tmp_path / "one", one.losses)
