@@ -53,6 +53,9 @@ STAGES: dict[str, tuple[Path, str]] = {
 }
 """Report key -> (the shipped stage YAML, the world's dataset it trains on)."""
 
+ISOLATED_HERE = "timed in this run (bench.training.run_ours)"
+"""The comparison's source when the isolated step was timed in the same run."""
+
 TARGET_FRACTION = 0.80
 """The loop's tokens/s should reach this share of the isolated bench's `ours` tokens/s."""
 
@@ -299,7 +302,7 @@ def compare_with_bench(
     if isolated is not None:
         results = {"gpu": gpu}
         sections = {key: {"ours": value} for key, value in isolated.items()}
-        source = "measured in this run (bench.training.run_ours)"
+        source = ISOLATED_HERE
     else:
         results = json.loads(bench_json.read_text())
         sections = results.get("sections", {})
@@ -361,7 +364,8 @@ def format_markdown(report: dict[str, Any]) -> str:
             continue
         other = "" if cmp.get("bench_gpu") == report["gpu"] else " (not this run's GPU: the fractions compare two)"
         fractions = ", ".join(f"{key} {_num((cmp.get(key) or {}).get('fraction'), 2)}" for key in stages)
-        lines += ["", f"Isolated bench: {cmp['bench_json']}, measured on {cmp.get('bench_gpu')}{other}: {fractions}."]
+        source = cmp["bench_json"] if cmp["bench_json"] == ISOLATED_HERE else f"from `{cmp['bench_json']}`"
+        lines += ["", f"Isolated step {source}, on {cmp.get('bench_gpu')}{other}: {fractions}."]
     skipped = [f"{key} {s['num_skipped']}" for key, s in stages.items() if s["num_skipped"]]
     if skipped:
         lines += ["", "Samples skipped by the loop (too long for max_length, or bad): " + ", ".join(skipped) + "."]

@@ -185,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         help="run the naive paths without the cuDNN SDPA kernels too (ours never uses them: model.llm.cudnn_attention)",
     )
     parser.add_argument("--from-json", type=Path, nargs="+", help="merge partial results and only write the reports")
-    parser.add_argument("--loop-json", type=Path, help="a bench/loop_check.py report to put in the doc")
+    parser.add_argument(
+        "--loop-json", type=Path, nargs="+", default=[], help="bench/loop_check.py reports to put in the doc, in order"
+    )
     parser.add_argument(
         "--earlier-json", type=Path, help="an earlier run's results: its sections this run lacks go in the doc"
     )
@@ -263,7 +265,7 @@ def _save(results: dict[str, Any], path: Path) -> None:
 def _finish(results: dict[str, Any], args: argparse.Namespace) -> int:
     _save(results, args.out)
     if args.doc is not None:
-        loop = json.loads(args.loop_json.read_text()) if args.loop_json else None
+        loop = [(str(path), json.loads(path.read_text())) for path in args.loop_json]
         earlier = json.loads(args.earlier_json.read_text()) if args.earlier_json else None
         write_doc(results, args.doc, loop, earlier)
     print(f"GPU: {results.get('gpu')}")

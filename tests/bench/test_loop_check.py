@@ -95,7 +95,9 @@ def test_bench_comparison_and_markdown(smoke_report) -> None:
         assert f"| {_num(comparison['fraction'], 2)} |" in markdown
     assert report["bench"]["bench_gpu"] == report["gpu"]
     assert "| stage | micro-batch | timed steps | tokens/s median |" in markdown
-    assert "measured in this run" in markdown and "not this run's GPU" in markdown  # the file came from another
+    assert (
+        "Isolated step timed in this run" in markdown and "not this run's GPU" in markdown
+    )  # the file came from another
 
 
 def test_summary_takes_the_breakdown_keys_the_records_carry() -> None:
