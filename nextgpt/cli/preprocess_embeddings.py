@@ -106,7 +106,7 @@ def load_run_inputs(args: argparse.Namespace, media: bool = True) -> tuple[Confi
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    args.part = resolve_part(args.part) if isinstance(args.part, str | None) else args.part
+    args.part = resolve_part(args.part)
     args.device = rank_device(args.device)
     check_device(args.device)
     cfg = load_config(args.config, overrides=args.overrides)

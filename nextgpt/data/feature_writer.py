@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from nextgpt.data.features import (
     open_shards,
     read_manifest,
     stamp_file,
+    unchanged_since,
 )
 
 logger = logging.getLogger(__name__)
@@ -124,8 +124,7 @@ class FeatureCacheWriter:
         cached = self.index.rows.get((modality.value, key))
         if cached is None:
             return False
-        stat = os.stat(path)
-        if (stat.st_size, stat.st_mtime_ns) == (cached.stamp.size, cached.stamp.mtime_ns):
+        if unchanged_since(cached.stamp, path):
             return True
         stamp = stamp_file(path)
         if stamp.sha256 != cached.stamp.sha256:

@@ -69,6 +69,16 @@ class FileStamp(NamedTuple):
     mtime_ns: int
 
 
+def unchanged_since(stamp: FileStamp, path: Path) -> bool:
+    """Whether `path` still has the size and modification time it had when `stamp` was taken (no hashing).
+
+    Raises:
+        OSError: the file cannot be stat-ed.
+    """
+    stat = os.stat(path)
+    return (stat.st_size, stat.st_mtime_ns) == (stamp.size, stamp.mtime_ns)
+
+
 class CachedRow(NamedTuple):
     """Where one media file's vector lives, with the stamp of the file it was computed from."""
 
@@ -354,13 +364,17 @@ class FeatureCache:
         return f"{modality.value} file {key} is not in {where}; run preprocess_features.py for {self.dataset_name}"
 
 
-def load_feature_cache(cache_dir: Path, dataset_name: str, encoder_cfg: ImageBindConfig) -> FeatureCache:
+def load_feature_cache(
+    cache_dir: Path, dataset_name: str, encoder_cfg: ImageBindConfig, warn_unmerged: bool = True
+) -> FeatureCache:
     """Open one dataset's feature cache and check that it was written by the configured encoder.
 
     Args:
         cache_dir: `data.feature_cache_dir`.
         dataset_name: catalog name (the cache's subfolder).
         encoder_cfg: `model.encoder`; the checkpoint file must exist (it identifies the cache).
+        warn_unmerged: warn when parts written in parallel wait to be merged (their files count as missing); off for
+            the parts themselves, which read the cache while they are being written.
 
     Returns:
         The reader.
@@ -378,7 +392,7 @@ def load_feature_cache(cache_dir: Path, dataset_name: str, encoder_cfg: ImageBin
             "or unset data.feature_cache_dir"
         )
     handles, index = open_shards(folder, manifest, hint)
-    if (folder / PARTS_DIR).is_dir():
+    if warn_unmerged and (folder / PARTS_DIR).is_dir():
         logger.warning(
             "feature cache %s has parts written in parallel that are not merged yet (%s); their files count as "
             "missing until `preprocess_features.py --merge-parts` merges them",

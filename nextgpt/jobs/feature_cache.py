@@ -43,6 +43,7 @@ from nextgpt.data.features import (
     load_feature_cache,
     media_key,
     stamp_file,
+    unchanged_since,
 )
 from nextgpt.jobs.parts import check_part, part_of
 
@@ -134,7 +135,7 @@ def part_folder_name(part: int, num_parts: int) -> str:
 def _read_only_cache(cache_dir: Path, dataset_name: str, encoder_cfg: ImageBindConfig) -> FeatureCache | None:
     """The dataset's merged cache, read only (a part skips what it holds); None when there is none or it is stale."""
     try:
-        return load_feature_cache(cache_dir, dataset_name, encoder_cfg)
+        return load_feature_cache(cache_dir, dataset_name, encoder_cfg, warn_unmerged=False)
     except (FileNotFoundError, FeatureCacheError):
         return None
 
@@ -142,10 +143,7 @@ def _read_only_cache(cache_dir: Path, dataset_name: str, encoder_cfg: ImageBindC
 def _unchanged(cache: FeatureCache | None, modality: Modality, key: str, path: Path) -> bool:
     """Whether `cache` holds `path` with its current size and modification time."""
     stamp = None if cache is None else cache.stamp(modality, key)
-    if stamp is None:
-        return False
-    stat = path.stat()
-    return (stat.st_size, stat.st_mtime_ns) == (stamp.size, stamp.mtime_ns)
+    return stamp is not None and unchanged_since(stamp, path)
 
 
 def _files_to_encode(
