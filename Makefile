@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test test-numerics test-multiprocess lint tiny browser quickstart evaluate clean-venv
+.PHONY: install test test-numerics test-multiprocess test-slow lint tiny browser quickstart evaluate clean-venv
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-reference.txt
 	$(PY) -m venv $(VENV)
@@ -39,6 +39,10 @@ test-numerics: install browser
 # global batch, under ZeRO-0, -2 and -3 (tests/training/test_step_loss.py). Several minutes on 2 cores.
 test-multiprocess: install
 	$(BIN)/python -m pytest -q -m multiprocess
+
+# Long single-process runs (marker `slow`): the tiny full fine-tune under ZeRO-2 and ZeRO-3 (tests/training/test_backbone.py).
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
 
 # Debian's chromium for the demo's browser test (tests/serving/test_browser.py); installs only when missing (as root).
 browser:

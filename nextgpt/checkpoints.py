@@ -45,6 +45,13 @@ MERGED_MARKER = "merged_from"
 """meta.json key of a merged folder: the checkpoint it was merged from."""
 
 
+def backbone_dir(ckpt_dir: Path) -> Path | None:
+    """A checkpoint's trained backbone (`llm/`, written by a full fine-tune; `nextgpt.training.backbone`), or None
+    when its stage left the base LLM frozen."""
+    folder = Path(ckpt_dir) / MERGED_LLM_DIR
+    return folder if (folder / "config.json").is_file() else None
+
+
 def _lookup(section: dict[str, Any], dotted: str) -> Any:
     for key in dotted.split("."):
         section = section[key]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from nextgpt.config_loader import ConfigError, load_config, save_config, to_dict  # noqa: F401  (re-exported)
+from nextgpt.constants import BACKBONE_GROUPS, GROUPS
 
 
 @dataclass
@@ -400,7 +401,9 @@ class TrainConfig:
     order of the interrupted run exactly, so by default it refuses a checkpoint written with another value of any key
     that fixes that order (micro batch size, grad accumulation, seed,
     datasets and their sizes, sampler, packing, max_length, world size: `RESUME_ORDER_KEYS`). A key listed here is accepted with a warning
-    and the run continues from the same fraction of the epoch, in a different order than an uninterrupted run."""
+    and the run continues from the same fraction of the epoch, in a different order than an uninterrupted run. A new
+    number of processes with the micro batch size changed to keep processes x micro batch the same needs no entry: the
+    global batches, and so the data order, are the same (the optimizer state is converted, `training.universal`)."""
     trust_checkpoint_pickles: bool = False
     """Let resume unpickle DeepSpeed state that needs classes outside the allow-list (`nextgpt.training.safe_load`).
     Off: the state is read with `torch.load(weights_only=True)`, which cannot run code; a file that needs more is
@@ -418,7 +421,7 @@ class TrainConfig:
             raise ConfigError(
                 f"train.allow_resume_changes has unknown keys {unknown_keys}; valid: {list(RESUME_ORDER_KEYS)}"
             )
-        valid = {"input_projector", "output_projectors", "lora", "token_rows"}
+        valid = set(GROUPS)
         unknown = set(self.trainable) - valid
         if unknown:
             raise ConfigError(f"train.trainable has unknown groups {sorted(unknown)}; valid: {sorted(valid)}")
@@ -454,13 +457,19 @@ class Config:
     def __post_init__(self) -> None:
         # Rules between options of different sections, checked once, when the config is built.
         train, llm = self.train, self.model.llm
-        frozen_llm = "lora" not in train.trainable
+        llm_groups = sorted({"lora", *BACKBONE_GROUPS} & set(train.trainable))
+        frozen_llm = not llm_groups
+        if "llm" in train.trainable and self.model.lora.enabled:
+            raise ConfigError(
+                "train.trainable includes llm (full fine-tuning of the backbone) and model.lora.enabled=true; set "
+                "model.lora.enabled=false for a full fine-tune, or drop llm to train LoRA"
+            )
         if train.prefix_reuse is None:
             train.prefix_reuse = frozen_llm and not llm.gradient_checkpointing
         elif train.prefix_reuse and not frozen_llm:
             raise ConfigError(
-                "train.prefix_reuse needs a frozen LLM but train.trainable includes lora; set train.prefix_reuse=false "
-                "(or leave it unset) for this stage"
+                f"train.prefix_reuse needs a frozen LLM but train.trainable includes {', '.join(llm_groups)}; set "
+                "train.prefix_reuse=false (or leave it unset) for this stage"
             )
         elif train.prefix_reuse and llm.gradient_checkpointing:
             raise ConfigError(

@@ -49,3 +49,11 @@ def signal_token_strings(modality: Modality, num_tokens: int, style: str = "next
     if style == "legacy":
         return [f"[{LEGACY_SIGNAL_STEMS[modality]}{i}]" for i in range(num_tokens)]
     return [f"<{modality.value}_{i:02d}>" for i in range(num_tokens)]
+
+
+PROJECT_GROUPS = ("input_projector", "output_projectors", "lora", "token_rows")
+"""Trainable groups of the project's own weights, held by every checkpoint (`nextgpt.parameters`)."""
+BACKBONE_GROUPS = ("llm", "embeddings")
+"""Trainable groups of the base LLM's own weights (full fine-tuning): frozen unless named, saved only when trained."""
+GROUPS = PROJECT_GROUPS + BACKBONE_GROUPS
+"""Every name `train.trainable` accepts."""

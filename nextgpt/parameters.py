@@ -2,7 +2,10 @@
 checkpoint reading and inference (no training code needed to read a checkpoint).
 
 Groups: `input_projector`, `output_projectors`, `lora` (peft `lora_` parameters), `token_rows` (the new signal-token
-rows of the input embeddings and the LM head — never the full matrices).
+rows of the input embeddings and the LM head) — the project's own weights, in every checkpoint — and, for full
+fine-tuning, the LLM's own weights: `llm` (the backbone: every LLM weight except the vocabulary matrices and LoRA)
+and `embeddings` (the base rows of the input embedding and LM-head matrices, which the legacy release trained).
+These two are frozen unless a stage names them, and saved only by the stages that train them.
 
     parameter_group("llm.model.embed_tokens.new_rows")  # "token_rows"
     state = project_state_dict(model)                   # canonical names -> tensors
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 from torch import nn
 
-GROUPS = ("input_projector", "output_projectors", "lora", "token_rows")
+from nextgpt.constants import BACKBONE_GROUPS, GROUPS, PROJECT_GROUPS  # noqa: F401  (re-exported)
 
 TOKEN_ROW_MARKER = "new_rows"
 """Parameter-name part of the trainable signal-token rows (nextgpt.llm.token_rows)."""
@@ -28,7 +31,7 @@ def canonical_name(name: str) -> str:
 
 
 def parameter_group(name: str) -> str | None:
-    """Which trainable group a (model-level) parameter name belongs to, or None for frozen base weights."""
+    """Which project group (`PROJECT_GROUPS`) a (model-level) parameter name belongs to, or None for base weights."""
     if name.startswith("input_projector."):
         return "input_projector"
     if name.startswith("output_projectors."):
@@ -42,6 +45,15 @@ def parameter_group(name: str) -> str | None:
 
 BASE_ROWS_NAME = "base_weight"
 """Parameter name of the frozen original vocabulary rows (nextgpt.llm.token_rows)."""
+
+
+def trainable_group(name: str) -> str | None:
+    """The group a stage names to train a parameter (`GROUPS`): its project group, else `embeddings` / `llm` for the
+    base LLM's weights, None for the frozen encoder."""
+    group = parameter_group(name)
+    if group is not None or not name.startswith("llm."):
+        return group
+    return "embeddings" if name.endswith(f".{BASE_ROWS_NAME}") else "llm"
 
 
 def base_row_modules(model: nn.Module) -> dict[str, nn.Module]:

@@ -5,6 +5,8 @@ A checkpoint folder (`step-000500/` or `final/`) holds:
                             vocabulary rows when a loaded checkpoint changed them (the legacy release trained the
                             whole embedding and LM-head matrices)
     lora/                   peft adapter format (adapter_config.json + adapter_model.safetensors), when LoRA is on
+    llm/                    the trained backbone as an HF folder, when the stage trains `llm` / `embeddings` (a full
+                            fine-tune; `nextgpt.training.backbone`); config.yaml's model.llm.model_path points at it
     config.yaml             the resolved config of the run
     meta.json               stage, step, parameter counts per group, base checkpoint paths, code version
     manifest.json           size and SHA-256 of every other file (verified before the folder is trusted)
@@ -19,6 +21,7 @@ temporary folder and raises the OSError unchanged, leaving the previous checkpoi
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -39,6 +42,7 @@ from nextgpt.checkpoints import (  # noqa: F401  (re-exported: the training code
     DEEPSPEED_TAG,
     LATEST_FILE,
     LORA_DIR,
+    MERGED_LLM_DIR,
     META_FILE,
     WEIGHTS_FILE,
     check_architecture,
@@ -153,7 +157,11 @@ def _write_contents(tmp_dir: Path, model: torch.nn.Module, cfg: Config, step: in
         # Token rows live in trainable.safetensors; the adapter folder holds LoRA only.
         model.llm.save_pretrained(str(tmp_dir / LORA_DIR), save_embedding_layers=False)
     # 2. Config (component paths absolute: the folder works from anywhere) and metadata.
-    save_config(absolute_paths(cfg, Path.cwd()), tmp_dir / CONFIG_FILE)
+    saved_cfg = absolute_paths(cfg, Path.cwd())
+    if (tmp_dir / MERGED_LLM_DIR).is_dir():  # a full fine-tune's trained backbone (written by every rank's `_save`)
+        llm = dataclasses.replace(saved_cfg.model.llm, model_path=Path(MERGED_LLM_DIR))
+        saved_cfg = dataclasses.replace(saved_cfg, model=dataclasses.replace(saved_cfg.model, llm=llm))
+    save_config(saved_cfg, tmp_dir / CONFIG_FILE)
     counts: dict[str, int] = {}
     for name, param in model.named_parameters():
         group = parameter_group(name) or "frozen base"

@@ -46,12 +46,16 @@ gradient tensors is still copied into the bucket on a side stream inside the bac
 for in a host-bound step. The numbers are the same either way."""
 
 
-def resolve_deepspeed_config(cfg: Config, num_processes: int | None = None) -> dict[str, Any]:
+def resolve_deepspeed_config(
+    cfg: Config, num_processes: int | None = None, load_universal: bool = False
+) -> dict[str, Any]:
     """Read the stage's DeepSpeed JSON and fill every "auto" value from `cfg.train`.
 
     Args:
         cfg: the run's config.
         num_processes: data-parallel processes (default: WORLD_SIZE); with one, ZeRO-1/2 get `SINGLE_PROCESS_ZERO`.
+        load_universal: the engine will load a universal checkpoint (a resume on another number of processes,
+            `nextgpt.training.universal`).
 
     Raises:
         ConfigError: the JSON named by train.deepspeed_config is missing, unreadable or not a JSON object.
@@ -85,6 +89,8 @@ def resolve_deepspeed_config(cfg: Config, num_processes: int | None = None) -> d
     if isinstance(section, dict) and section.get("stage") in (1, 2):
         if (world_size() if num_processes is None else num_processes) == 1:
             section.update(SINGLE_PROCESS_ZERO)
+    if load_universal:
+        ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
     return ds
 
 
@@ -124,8 +130,10 @@ def build_optimizer(train: TrainConfig, model: torch.nn.Module) -> torch.optim.A
     )
 
 
-def build_engine(cfg: Config, model: torch.nn.Module, lr_lambda: Callable[[int], float]):
+def build_engine(cfg: Config, model: torch.nn.Module, lr_lambda: Callable[[int], float], load_universal: bool = False):
     """Wrap the model in a DeepSpeed engine that optimises only the trainable parameters.
+
+    `load_universal`: the engine will resume from a universal checkpoint (`resolve_deepspeed_config`).
 
     Returns:
         The DeepSpeed engine (callable like the model; `backward`, `step`, `save_checkpoint`, `load_checkpoint`).
@@ -135,6 +143,9 @@ def build_engine(cfg: Config, model: torch.nn.Module, lr_lambda: Callable[[int],
     optimizer = build_optimizer(cfg.train, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=resolve_deepspeed_config(cfg)
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=resolve_deepspeed_config(cfg, load_universal=load_universal),
     )
     return engine

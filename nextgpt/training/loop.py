@@ -15,6 +15,7 @@ asks for more steps; metrics.jsonl holds every step once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
@@ -26,12 +27,14 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from nextgpt.checkpoints import backbone_dir
 from nextgpt.config import Config
 from nextgpt.data.batch import NextGPTBatch
 from nextgpt.llm.backbone import compile_decoder_layers
 from nextgpt.manifest import CorruptCheckpointError
 from nextgpt.model import NextGPT, build_nextgpt, with_media_features
 from nextgpt.training import checkpoint as ckpt
+from nextgpt.training.backbone import trains_backbone, write_backbone
 from nextgpt.training.data_health import EpochHealth
 from nextgpt.training.data_setup import TrainingData, build_training_data
 from nextgpt.training.distributed import (
@@ -60,6 +63,13 @@ from nextgpt.training.run_lock import RunLock
 from nextgpt.training.safe_load import check_pickles, load_weights_only, weights_only_loads
 from nextgpt.training.stages import apply_trainable_groups
 from nextgpt.training.step_loss import StepLossPlan, count_group, step_means
+from nextgpt.training.universal import (
+    convert_to_universal,
+    needs_universal,
+    remove_scratch,
+    repair_universal_load,
+    scratch_state_dir,
+)
 from nextgpt.training.zero import clear_unused_gradients, gathered_checkpoint_weights
 from nextgpt.utils.step_timer import StepTimer, phase
 
@@ -99,6 +109,11 @@ class _Layout:
 
 def build_model_for_training(cfg: Config) -> NextGPT:
     """Build the model, load the previous stage's weights and set exactly the stage's trainable groups."""
+    trained = backbone_dir(cfg.train.init_from) if cfg.train.init_from is not None else None
+    if trained is not None:
+        logger.info("train.init_from %s trained the LLM itself: starting from its backbone %s", cfg.train.init_from,
+                    trained)  # fmt: skip
+        cfg.model.llm.model_path = trained
     model = build_nextgpt(cfg.model, load_encoder=cfg.data.feature_cache_dir is None)
     if cfg.train.init_from is not None:
         ckpt.load_project_weights(model, cfg.train.init_from, cfg)
@@ -140,6 +155,8 @@ def _save(engine, model: NextGPT, cfg: Config, pos: _Position, layout: _Layout, 
             raise os_error from err
         raise
     _barrier()
+    if trains_backbone(cfg.train.trainable):  # every rank: a collective under ZeRO-3
+        write_backbone(model, staging / ckpt.MERGED_LLM_DIR, engine.zero_optimization_stage(), write=is_rank_zero())
     with gathered_checkpoint_weights(model, engine.zero_optimization_stage()):  # every rank: a collective
         if is_rank_zero():
             _write_weights(model, cfg, pos, layout, target)
@@ -175,15 +192,29 @@ def _check_ranks_agree(plan: ResumePlan) -> None:
         )
 
 
-def _resume(engine, cfg: Config, plan: ResumePlan, layout: _Layout) -> _Position:
-    """Restore engine, RNG and data position from the plan's checkpoint (weights-only reads of its state)."""
+def _resume(engine, cfg: Config, plan: ResumePlan, layout: _Layout, universal: bool = False) -> _Position:
+    """Restore engine, RNG and data position from the plan's checkpoint (weights-only reads of its state).
+
+    `universal`: the checkpoint was written by another number of processes; rank 0 first converts its partitioned
+    optimizer state into one that any number can load (`nextgpt.training.universal`).
+    """
     _check_ranks_agree(plan)
     if plan.point is None:
         return _Position()
     state_dir = plan.point.folder / ckpt.DEEPSPEED_DIR
-    with weights_only_loads(engine, trust=cfg.train.trust_checkpoint_pickles):
+    run_dir = Path(cfg.train.output_dir)
+    trust = cfg.train.trust_checkpoint_pickles
+    load_dir = scratch_state_dir(run_dir).parent if universal else state_dir
+    if universal and is_rank_zero():
+        convert_to_universal(state_dir, run_dir, trust=trust)
+    _barrier()
+    kept = repair_universal_load(engine.optimizer) if universal else contextlib.nullcontext()
+    with weights_only_loads(engine, trust=trust), kept:
         # Saves leave the frozen base out (`_save`); the module already holds it.
-        load_path, _ = engine.load_checkpoint(str(state_dir), tag=ckpt.DEEPSPEED_TAG, load_module_strict=False)
+        load_path, _ = engine.load_checkpoint(str(load_dir), tag=ckpt.DEEPSPEED_TAG, load_module_strict=False)
+    _barrier()
+    if universal and is_rank_zero():
+        remove_scratch(run_dir)
     if load_path is None:
         raise CorruptCheckpointError(f"DeepSpeed found no state in {state_dir}; resume from another checkpoint")
     rng_file = state_dir / f"rng_rank{rank()}.pt"
@@ -234,7 +265,8 @@ def run(cfg: Config) -> TrainResult:
 
 
 def _run_locked(cfg: Config) -> TrainResult:
-    order = data_order(cfg, world_size(), zero_stage(resolve_deepspeed_config(cfg)))
+    ds = resolve_deepspeed_config(cfg)
+    order = data_order(cfg, world_size(), zero_stage(ds))
     plan = plan_resume(cfg, order)
     if plan.finished:
         logger.info(finished_message(plan.point))
@@ -253,10 +285,11 @@ def _run_locked(cfg: Config) -> TrainResult:
     # collective that ranks whose micro-batches hold different media would not all join.
     encoder, model.encoder = model.encoder, None
     model.data_parallel = world_size() > 1
-    engine = build_engine(cfg, model, build_lr_lambda(cfg.train, layout.total_steps))
+    universal = plan.point is not None and needs_universal(plan.point.meta, world_size(), ds)
+    engine = build_engine(cfg, model, build_lr_lambda(cfg.train, layout.total_steps), load_universal=universal)
     if encoder is not None:
         encoder.to(engine.device)
-    pos = _resume(engine, cfg, plan, layout)
+    pos = _resume(engine, cfg, plan, layout, universal)
     run_dir = Path(cfg.train.output_dir)
     metrics = MetricLogger(run_dir, enabled=is_rank_zero(), tensorboard=cfg.train.tensorboard, resume_step=pos.step)
     # 3. Train, then save the final weights with their optimizer state (a longer run continues from them).

@@ -1,5 +1,8 @@
 """Turn a stage-3 checkpoint (+ its base LLM) into a standalone folder that inference loads without peft.
 
+A full fine-tune's checkpoint (its trained backbone in `llm/`) merges too: into the same layout, with nothing of the
+run's training state, and without the base vocabulary rows twice.
+
 The merged folder holds:
     llm/                   HF folder: LoRA merged into the weights, signal-token rows folded in, tokenizer with them
     trainable.safetensors  input/output projectors and the token rows (as in any checkpoint)
@@ -25,6 +28,7 @@ from safetensors.torch import save_file
 from nextgpt.checkpoints import (  # noqa: F401  (re-exported)
     MERGED_LLM_DIR,
     MERGED_MARKER,
+    backbone_dir,
     load_model_from_folder,
     resolve_folder_config,
 )
@@ -118,12 +122,13 @@ def merge_checkpoint(
 
     Raises:
         FileNotFoundError: not a checkpoint folder, or missing components.
-        ValueError: a bad output folder (`check_merge_target`), a checkpoint without LoRA, corrupt files.
+        ValueError: a bad output folder (`check_merge_target`), a checkpoint without LoRA or a trained backbone,
+            corrupt files.
     """
     ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
     check_checkpoint_folder(ckpt_dir)
     check_merge_target(ckpt_dir, out_dir, overwrite)
-    if not resolve_folder_config(ckpt_dir, overrides).model.lora.enabled:
+    if not resolve_folder_config(ckpt_dir, overrides).model.lora.enabled and backbone_dir(ckpt_dir) is None:
         raise ValueError(
             f"{ckpt_dir} was trained without LoRA (model.lora.enabled is false): there is nothing to merge; pass it to "
             "predict.py as it is, or merge a stage-3 checkpoint"

@@ -162,6 +162,26 @@ def find_resume_checkpoint(run_dir: Path) -> ResumePoint | None:
     return None
 
 
+_GLOBAL_BATCH_KEYS = ("world_size", "train.micro_batch_size")
+
+
+def _same_global_batch(old: dict[str, Any], new: dict[str, Any]) -> tuple[int, int, int, int] | None:
+    """(new processes, new micro batch, old processes, old micro batch) when the number of processes changed but not
+    the samples per micro-step over all of them, else None.
+
+    The samplers draw each micro-step's global batch (processes x micro batch samples) from the seed alone and only
+    then split it between the ranks (`nextgpt.data.samplers`), so such a change keeps every step's samples.
+    """
+    try:
+        old_ws, old_mb = int(old["world_size"]), int(old["train.micro_batch_size"])
+        new_ws, new_mb = int(new["world_size"]), int(new["train.micro_batch_size"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if old_ws == new_ws or old_ws * old_mb != new_ws * new_mb:
+        return None
+    return new_ws, new_mb, old_ws, old_mb
+
+
 def check_resume_changes(
     meta: dict[str, Any], current: dict[str, dict[str, Any]], allowed: tuple[str, ...], folder: Path
 ) -> dict[str, tuple[Any, Any]]:
@@ -183,10 +203,16 @@ def check_resume_changes(
         logger.warning("%s predates recorded data orders: micro batch size, seed, ... are not checked", folder)
         return {}
     refused, accepted = [], {}
+    regrouped = _same_global_batch(meta.get("data_order", {}), current.get("data_order", {}))
+    if regrouped:
+        logger.info("resuming on %s processes with %s samples each (was %s x %s): the same global batches, so the "
+                    "same data order", *regrouped)  # fmt: skip
     for section, keys in (("state_layout", STATE_LAYOUT_KEYS), ("data_order", RESUME_ORDER_KEYS)):
         old_values, new_values = meta.get(section, {}), current.get(section, {})
         for key in keys:
             if key not in old_values or key not in new_values or old_values[key] == new_values[key]:
+                continue
+            if regrouped and key in _GLOBAL_BATCH_KEYS:
                 continue
             change = (old_values[key], new_values[key])
             if section == "data_order" and key in allowed:

@@ -87,3 +87,37 @@ def assert_same_trained_weights(got: dict, want: dict, lr: float) -> None:
         total += float((tensor.double() - want[key].double()).abs().sum())
         count += tensor.numel()
     assert total / count < 1e-6, total / count
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now (for a launcher's rendezvous)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_two_ranks(
+    tiny_root: Path, catalog: Path, out_dir: Path, micro: int, ds: Path, steps: int, config: str, *extra: str
+) -> list[list[float]]:
+    """Train a quick tiny stage on 2 CPU processes (torch.distributed.run, gloo) through `multi_rank_run.py`.
+
+    Returns:
+        Each rank's logged losses of this run.
+    """
+    import os
+    import subprocess
+    import sys
+
+    helper = Path(__file__).with_name("multi_rank_run.py")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+        str(helper), str(tiny_root), str(catalog), str(out_dir), str(micro), str(ds), str(steps), config, *extra,
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads((Path(out_dir) / f"losses_rank{r}.json").read_text()) for r in (0, 1)]

@@ -5,17 +5,13 @@ one process with the same global batch, under ZeRO-0, -2 and -3."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from batch_helpers import STAGE_1, STAGE_2, build_model, collate, make_items
 from safetensors.torch import load_file
-from stage_helpers import REPO_ROOT, assert_same_trained_weights, metric_steps, quick_cfg
+from stage_helpers import assert_same_trained_weights, metric_steps, quick_cfg, run_two_ranks
 
 from nextgpt.training.loop import run
 from nextgpt.training.step_loss import StepLossPlan
@@ -84,12 +80,6 @@ def _assert_same_training(got: Path, got_losses: list[float], want: Path, want_l
     assert_same_trained_weights(_weights(got), _weights(want), lr=LR)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.multiprocess
 @pytest.mark.parametrize(
     ("config", "zero", "sampler"),
@@ -116,18 +106,8 @@ def test_two_ranks_train_like_one_process_with_the_same_global_batch(
             config=config,
         )
     )
-    helper = Path(__file__).with_name("multi_rank_run.py")
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
     two = tmp_path / "two"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-        str(helper), str(tiny_root), str(tiny_world), str(two), "1", str(ds), str(STEPS), config, f"data.sampler={sampler}",
-    ]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    losses = [json.loads((two / f"losses_rank{r}.json").read_text()) for r in (0, 1)]
+    losses = run_two_ranks(tiny_root, tiny_world, two, 1, ds, STEPS, config, f"data.sampler={sampler}")
     assert losses[0] == losses[1]  # every rank logs the step's mean over both ranks' samples
     assert metric_steps(two) == list(range(1, STEPS + 1))  # rank 0 alone writes the metrics
     _assert_same_training(two, losses[0], tmp_path / "one", one.losses)

@@ -1,0 +1,178 @@
+"""Bigger and smaller through the real loop: Vicuna-13B stage 3, QLoRA under a 24 GiB cap, a full fine-tune.
+
+Each variant trains stage 3 with the shipped `configs/stage_3.yaml` through `nextgpt.training.loop.run` (DeepSpeed,
+the feature cache, the bench's instruction mix; `bench/loop_check.py` prepares the world) with only the variant's
+overrides, and reports tokens/s, peak GPU memory and every step's loss:
+
+- `13b_zero2`, `13b_zero3_offload`: a Vicuna-13B-shaped LLM (random bf16 weights; `configs/presets/llm_vicuna_13b_v1_5.yaml`),
+  LoRA, ZeRO-2 and ZeRO-3 with parameters and optimizer offloaded to the CPU.
+- `7b_lora`, `7b_qlora_24g`: the 7B shape with bf16 LoRA, then QLoRA (`configs/presets/qlora_24gb.yaml`) under a
+  24 GiB memory cap (a 24 GB card); the same data and steps, so their losses compare.
+- `7b_full_zero3_offload`: the whole 7B backbone and vocabulary matrices trained (no LoRA) under ZeRO-3 with offload.
+
+    python bench/scale_check.py --work /tmp/loop_check --out bench/scale_check.json --variants 13b_zero2,7b_qlora_24g
+
+Writes --out (one entry per variant; a variant that runs out of memory is reported as such) and prints a markdown
+table (`format_markdown`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from bench.components import VICUNA_7B, write_vicuna_shaped_llm  # noqa: E402
+from bench.loop_check import _free_memory, precompute_features, prepare, run_stage, summarize  # noqa: E402
+from bench.run import _command  # noqa: E402
+from bench.training import preset_overrides  # noqa: E402
+
+VICUNA_13B: dict[str, int] = dict(
+    VICUNA_7B, hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+    num_key_value_heads=40,
+)  # fmt: skip
+"""LLaMA-13B / Vicuna-13B v1.5 shapes."""
+
+PRESETS = REPO_ROOT / "configs" / "presets"
+DEEPSPEED = REPO_ROOT / "configs" / "deepspeed"
+FULL_FINETUNE = [
+    "train.trainable=[llm,embeddings,input_projector,output_projectors,token_rows]",
+    "model.lora.enabled=false",
+    "model.llm.gradient_checkpointing=true",
+    "model.llm.compile_layers=false",
+]
+
+
+def variants(llm_13b: Path) -> dict[str, dict[str, Any]]:
+    """Variant name -> overrides (after the world's paths) and an optional memory cap in GiB."""
+    return {
+        "13b_zero2": {"overrides": [f"model.llm.model_path={llm_13b}"]},
+        "13b_zero3_offload": {
+            "overrides": [
+                f"model.llm.model_path={llm_13b}",
+                f"train.deepspeed_config={DEEPSPEED / 'zero3_offload.json'}",
+            ]
+        },
+        "7b_lora": {"overrides": []},
+        "7b_qlora_24g": {"overrides": preset_overrides(PRESETS / "qlora_24gb.yaml"), "cap_gib": 24.0},
+        "7b_full_zero3_offload": {
+            "overrides": [*FULL_FINETUNE, f"train.deepspeed_config={DEEPSPEED / 'zero3_offload.json'}"],
+            "skip_final_save": True,  # fp32 masters + Adam moments of 7B (84 GB) exceed the lent machine's disk
+        },
+    }
+
+
+def run_variant(name: str, spec: dict[str, Any], paths: list[str], work: Path, steps: int, warmup: int, micro: int):
+    """One variant through the loop, under its memory cap; an out-of-memory error is a result, not a crash."""
+    from bench.timing import memory_cap
+
+    start = time.perf_counter()
+    entry: dict[str, Any] = {"overrides": spec["overrides"], "cap_gib": spec.get("cap_gib")}
+    import nextgpt.training.loop as loop
+
+    save = loop._save
+    if spec.get("skip_final_save"):
+        loop._save = lambda *args, **kwargs: None
+        entry["final_save"] = "skipped (its DeepSpeed state exceeds the disk)"
+    try:
+        with memory_cap(spec.get("cap_gib")):
+            run = run_stage("stage3", paths, work / name, steps + warmup, micro, 4, spec["overrides"])
+        entry.update(summarize(run, warmup))
+        entry["losses"] = [r.get("loss") for r in run["records"]]
+        entry["fits"] = True
+    except torch.OutOfMemoryError as error:
+        entry.update(fits=False, error=str(error).splitlines()[0])
+    except Exception as error:  # noqa: BLE001  (reported per variant; the others still run)
+        entry.update(fits=None, error=f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+        entry["traceback"] = traceback.format_exc()[-3000:]
+    finally:
+        loop._save = save
+    entry["wall_s"] = time.perf_counter() - start
+    _free_memory()
+    return entry
+
+
+def _num(value: Any, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def format_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"GPU: **{report['gpu']}**; stage 3 through the real loop (`configs/stage_3.yaml` + the variant's overrides), "
+        f"micro-batch {report['micro_batch']}, {report['warmup']} warm-up steps dropped.",
+        "",
+        "| variant | fits | memory cap GiB | tokens/s median | step ms | peak GiB | first loss | last loss |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, v in report["variants"].items():
+        losses = v.get("losses") or [None]
+        fits = {True: "yes", False: "no (OOM)", None: "error"}[v.get("fits")]
+        lines.append(
+            f"| {name} | {fits} | {_num(v.get('cap_gib'))} | {_num(v.get('tokens_per_s_median'))} "
+            f"| {_num(v.get('step_ms'))} | {_num(v.get('peak_memory_gib'), 1)} | {_num(losses[0], 3)} "
+            f"| {_num(losses[-1], 3)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/loop_check"), help="prepared inputs and runs")
+    parser.add_argument("--out", type=Path, default=Path("scale_check.json"))
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=3, help="steps dropped first")
+    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--variants", default="13b_zero2,13b_zero3_offload,7b_lora,7b_qlora_24g,7b_full_zero3_offload")
+    args = parser.parse_args(argv)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in args.variants if v not in variants(Path("x"))]
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; choose from {list(variants(Path('x')))}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        print("error: this check needs a CUDA GPU", file=sys.stderr)
+        return 2
+    from nextgpt.utils.logging import setup_logging
+
+    setup_logging()
+    args.work.mkdir(parents=True, exist_ok=True)
+    paths, prepared = prepare(args.work, False, args.micro_batch, args.micro_batch * (args.steps + args.warmup + 2))
+    precompute = precompute_features(paths, ["stage3"], 32, 4)
+    llm_13b = args.work / "vicuna-13b-shaped"
+    if any(v.startswith("13b") for v in args.variants):
+        write_vicuna_shaped_llm(llm_13b, VICUNA_13B, "cuda")
+    specs = variants(llm_13b)
+    report: dict[str, Any] = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "command": _command(argv if argv is not None else sys.argv[1:], "bench/scale_check.py"),
+        "micro_batch": args.micro_batch,
+        "warmup": args.warmup,
+        "precompute_s": precompute.get("s"),
+        "world": prepared["world"],
+        "variants": {},
+    }
+    for name in args.variants:
+        report["variants"][name] = run_variant(name, specs[name], paths, args.work, args.steps, args.warmup,
+                                               args.micro_batch)  # fmt: skip
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))  # after each variant: a time limit keeps what finished
+        print(format_markdown(report), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
