@@ -63,7 +63,7 @@ def variants(llm_13b: Path) -> dict[str, dict[str, Any]]:
             ]
         },
         "7b_lora": {"overrides": []},
-        "7b_qlora_24g": {"overrides": preset_overrides(PRESETS / "qlora_24gb.yaml"), "cap_gib": 24.0},
+        "7b_qlora_24g": {"overrides": [], "preset": PRESETS / "qlora_24gb.yaml", "cap_gib": 24.0},
         "7b_full_zero3_offload": {
             "overrides": [*FULL_FINETUNE, f"train.deepspeed_config={DEEPSPEED / 'zero3_offload.json'}"],
             "skip_final_save": True,  # fp32 masters + Adam moments of 7B (84 GB) exceed the lent machine's disk
@@ -76,7 +76,8 @@ def run_variant(name: str, spec: dict[str, Any], paths: list[str], work: Path, s
     from bench.timing import memory_cap
 
     start = time.perf_counter()
-    entry: dict[str, Any] = {"overrides": spec["overrides"], "cap_gib": spec.get("cap_gib")}
+    overrides = [*(preset_overrides(spec["preset"]) if "preset" in spec else []), *spec["overrides"]]
+    entry: dict[str, Any] = {"overrides": overrides, "cap_gib": spec.get("cap_gib")}
     import nextgpt.training.loop as loop
 
     save = loop._save
@@ -85,7 +86,7 @@ def run_variant(name: str, spec: dict[str, Any], paths: list[str], work: Path, s
         entry["final_save"] = "skipped (its DeepSpeed state exceeds the disk)"
     try:
         with memory_cap(spec.get("cap_gib")):
-            run = run_stage("stage3", paths, work / name, steps + warmup, micro, 4, spec["overrides"])
+            run = run_stage("stage3", paths, work / name, steps + warmup, micro, 4, overrides)
         entry.update(summarize(run, warmup))
         entry["losses"] = [r.get("loss") for r in run["records"]]
         entry["fits"] = True
