@@ -9,6 +9,10 @@ overrides, and reports tokens/s, peak GPU memory and every step's loss:
 - `7b_lora`, `7b_qlora_24g`: the 7B shape with bf16 LoRA, then QLoRA (`configs/presets/qlora_24gb.yaml`) under a
   24 GiB memory cap (a 24 GB card); the same data and steps, so their losses compare.
 - `7b_full_zero3_offload`: the whole 7B backbone and vocabulary matrices trained (no LoRA) under ZeRO-3 with offload.
+- `7b_4bit_inference_16g`: inference, not training: the 7B model built from the same config with
+  `model.llm.quantization=4bit` (ImageBind-Huge, projectors), under a 16 GiB cap: encode an image, decode 16 tokens,
+  then render an image, a video and an audio clip with SD-1.5 / ZeroScope / AudioLDM-shaped decoders through the
+  low-memory decoder pool (`bench.inference.run_inference_memory`).
 
     python bench/scale_check.py --work /tmp/loop_check --out bench/scale_check.json --variants 13b_zero2,7b_qlora_24g
 
@@ -71,6 +75,35 @@ def variants(llm_13b: Path) -> dict[str, dict[str, Any]]:
     }
 
 
+INFERENCE_VARIANTS = {"7b_4bit_inference_16g": {"cap_gib": 16.0, "steps": 2}}
+
+
+def run_quantized_inference(spec: dict[str, Any], paths: list[str], work: Path) -> dict[str, Any]:
+    """The 4-bit model through `bench.inference.run_inference_memory` under the variant's cap."""
+    from bench.components import FULL
+    from bench.inference import run_inference_memory
+    from nextgpt.config import load_config
+    from nextgpt.model import build_nextgpt
+
+    start = time.perf_counter()
+    overrides = [*paths, "model.llm.quantization=4bit", "model.lora.enabled=false", "model.llm.compile_layers=false"]
+    cfg = load_config(REPO_ROOT / "configs" / "stage_3.yaml", overrides=overrides)
+    entry: dict[str, Any] = {"overrides": overrides[len(paths) :]}
+    try:
+        model = build_nextgpt(cfg.model).to("cuda").eval()
+        entry["llm_weights_gib"] = (
+            sum(t.numel() * t.element_size() for t in [*model.llm.parameters(), *model.llm.buffers()]) / 2**30
+        )
+        entry.update(run_inference_memory(model, FULL, work, "cuda", spec["cap_gib"], spec["steps"]))
+        del model
+    except Exception as error:  # noqa: BLE001  (reported; the other variants still run)
+        entry.update(fits=None, error=f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+        entry["traceback"] = traceback.format_exc()[-3000:]
+    entry["wall_s"] = time.perf_counter() - start
+    _free_memory()
+    return entry
+
+
 def run_variant(name: str, spec: dict[str, Any], paths: list[str], work: Path, steps: int, warmup: int, micro: int):
     """One variant through the loop, under its memory cap; an out-of-memory error is a result, not a crash."""
     from bench.timing import memory_cap
@@ -114,7 +147,10 @@ def format_markdown(report: dict[str, Any]) -> str:
         "| variant | fits | memory cap GiB | tokens/s median | step ms | peak GiB | first loss | last loss |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    inference = {k: v for k, v in report["variants"].items() if k in INFERENCE_VARIANTS}
     for name, v in report["variants"].items():
+        if name in inference:
+            continue
         losses = v.get("losses") or [None]
         fits = {True: "yes", False: "no (OOM)", None: "error"}[v.get("fits")]
         lines.append(
@@ -122,6 +158,12 @@ def format_markdown(report: dict[str, Any]) -> str:
             f"| {_num(v.get('step_ms'))} | {_num(v.get('peak_memory_gib'), 1)} | {_num(losses[0], 3)} "
             f"| {_num(losses[-1], 3)} |"
         )
+    for name, v in inference.items():
+        peaks = ", ".join(f"{m} {_num(g, 1)}" for m, g in (v.get("per_modality_peak_gib") or {}).items())
+        fits = {True: "fits", False: "does not fit", None: "error"}[v.get("fits")]
+        lines += ["", f"{name}: {fits} under {_num(v.get('cap_gib'))} GiB; 4-bit LLM weights "
+                  f"{_num(v.get('llm_weights_gib'), 1)} GiB; peak after the LLM {_num(v.get('llm_peak_gib'), 1)} GiB, "
+                  f"after each decoder: {peaks}; overall {_num(v.get('peak_gib'), 1)} GiB."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -135,9 +177,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--variants", default="13b_zero2,13b_zero3_offload,7b_lora,7b_qlora_24g,7b_full_zero3_offload")
     args = parser.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in args.variants if v not in variants(Path("x"))]
+    known = [*variants(Path("x")), *INFERENCE_VARIANTS]
+    unknown = [v for v in args.variants if v not in known]
     if unknown:
-        parser.error(f"--variants: unknown {unknown}; choose from {list(variants(Path('x')))}")
+        parser.error(f"--variants: unknown {unknown}; choose from {known}")
     return args
 
 
@@ -167,8 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         "variants": {},
     }
     for name in args.variants:
-        report["variants"][name] = run_variant(name, specs[name], paths, args.work, args.steps, args.warmup,
-                                               args.micro_batch)  # fmt: skip
+        if name in INFERENCE_VARIANTS:
+            report["variants"][name] = run_quantized_inference(INFERENCE_VARIANTS[name], paths, args.work)
+        else:
+            report["variants"][name] = run_variant(name, specs[name], paths, args.work, args.steps, args.warmup,
+                                                   args.micro_batch)  # fmt: skip
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))  # after each variant: a time limit keeps what finished
         print(format_markdown(report), flush=True)
