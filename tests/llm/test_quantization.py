@@ -44,11 +44,7 @@ def _decoder_linears(model: nn.Module) -> dict[str, nn.Module]:
     return {
         n.replace(".base_layer", ""): m
         for n, m in model.named_modules()
-        if isinstance(m, nn.Linear)
-        and ".layers." in n
-        and "lora_" not in n
-        and hasattr(m, "weight")
-        and not hasattr(m, "base_layer")
+        if isinstance(m, nn.Linear) and ".layers." in n and "lora_" not in n
     }
 
 
