@@ -238,3 +238,25 @@ def test_quantization_config_values(tiny_llm_dir) -> None:
     assert load_config(None, overrides=["model.llm.quantization=4bit"]).model.llm.quantization == "4bit"
     with pytest.raises(ConfigError, match="quantization"):
         load_config(None, overrides=["model.llm.quantization=3bit"])
+
+
+@pytest.mark.numerics
+def test_gradient_checkpointing_on_the_4bit_llm_gives_the_same_gradients(llm_cfg, tokenizer) -> None:
+    # The QLoRA preset recomputes each layer in the backward pass (non-reentrant: no input-grad hook needed).
+    grads = []
+    for checkpointing in (False, True):
+        cfg = replace(llm_cfg, quantization="4bit", gradient_checkpointing=checkpointing)
+        torch.manual_seed(0)
+        model = apply_lora(load_llm(cfg, tokenizer), LORA)
+        assert model.get_base_model().is_activation_checkpointing == checkpointing
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.fill_(0.01)
+        model.train()(input_ids=IDS, labels=IDS).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    plain, recomputed = grads
+    assert plain.keys() == recomputed.keys()
+    for name, grad in plain.items():
+        # The recomputed forward repeats the same operations in the same order: the same numbers.
+        torch.testing.assert_close(recomputed[name], grad, rtol=0, atol=0, msg=name)
