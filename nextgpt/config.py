@@ -97,8 +97,10 @@ class LLMConfig:
     memory (Vicuna-7B's 13.5 GB -> about 4 GB), at a weight rounding error of up to 15% of each 64-weight block's
     largest value and a slower matmul (each weight is dequantized per use). `8bit`: LLM.int8 with fp16 outlier
     columns: about half the memory, closer to bf16, matmuls in float16. The embeddings and the LM head (frozen base
-    rows + trainable signal-token rows) stay in `dtype`; LoRA trains on top of the quantized weights. Needs
-    bitsandbytes; merging LoRA reloads the base unquantized (`nextgpt.training.merge`)."""
+    rows + trainable signal-token rows) stay in `dtype`; LoRA trains on top of the quantized weights (with gradient
+    checkpointing and compiled layers too). 4-bit under `train.precision=bf16` needs `dtype: bfloat16` (checked by the
+    preflight). Merging LoRA reloads the base unquantized (`nextgpt.training.merge`). Preset:
+    `configs/presets/qlora_24gb.yaml`."""
     max_length: int = 512
     """Longest training sequence in tokens (media rows included)."""
     gradient_checkpointing: bool = False
