@@ -92,6 +92,16 @@ class LLMConfig:
     """Removed key -> (its old default, what happens now); read by `config_loader.from_dict`."""
 
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    """Load the frozen decoder layers' linear weights quantized with bitsandbytes (`nextgpt.llm.quantization`).
+    `4bit`: NF4 with double-quantized block scales, computing in `dtype` (QLoRA): about a quarter of the bf16 weight
+    memory (Vicuna-7B's 13.5 GB -> about 4 GB), at a weight rounding error of up to 15% of each 64-weight block's
+    largest value and a slower matmul (each weight is dequantized per use). `8bit`: LLM.int8 with fp16 outlier
+    columns: about half the memory, closer to bf16, matmuls in float16. The embeddings and the LM head (frozen base
+    rows + trainable signal-token rows) stay in `dtype`; LoRA trains on top of the quantized weights (with gradient
+    checkpointing and compiled layers too). 4-bit under `train.precision=bf16` needs `dtype: bfloat16` (checked by the
+    preflight). Merging LoRA reloads the base unquantized (`nextgpt.training.merge`). Preset:
+    `configs/presets/qlora_24gb.yaml`."""
     max_length: int = 512
     """Longest training sequence in tokens (media rows included)."""
     gradient_checkpointing: bool = False

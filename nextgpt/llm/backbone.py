@@ -22,6 +22,12 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from nextgpt.config import LLMConfig
 from nextgpt.llm.lora import merge_lora
+from nextgpt.llm.quantization import (
+    check_vocabulary_unquantized,
+    is_quantized,
+    quantization_config,
+    quantized_device_map,
+)
 from nextgpt.llm.token_rows import (
     NUM_BASE_TOKENS_KEY,
     attach_token_rows,
@@ -154,12 +160,14 @@ def load_llm(cfg: LLMConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedMo
     """Load the causal LM frozen, with the rows of the tokenizer's added tokens trainable.
 
     Args:
-        cfg: `model.llm` (folder, dtype, attention implementation, gradient checkpointing).
+        cfg: `model.llm` (folder, dtype, quantization, gradient checkpointing).
         tokenizer: the tokenizer from `load_tokenizer` (with the signal tokens).
 
     Returns:
         The transformers model; `embed_tokens`/`lm_head` are `TokenRowsEmbedding`/`TokenRowsHead`, new rows
-        start at the mean of the base rows, and only `new_rows` parameters require gradients.
+        start at the mean of the base rows, and only `new_rows` parameters require gradients. With
+        `model.llm.quantization` the decoder layers' linears are bitsandbytes `Linear4bit` / `Linear8bitLt`, loaded
+        on this process's GPU (or the CPU); the vocabulary matrices stay in `dtype`.
 
     Raises:
         ValueError: `model.llm.model_path` unset, or a tokenizer that does not fit the checkpoint.
@@ -173,19 +181,25 @@ def load_llm(cfg: LLMConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedMo
             "training attention runs its flash varlen kernel in bfloat16/float16 only; with model.llm.dtype=float32 "
             "it takes the slow per-sample reference (set model.llm.dtype=bfloat16)"
         )
+    bnb_config = quantization_config(cfg)
+    quantized = {} if bnb_config is None else {"quantization_config": bnb_config, "device_map": quantized_device_map()}
     model = AutoModelForCausalLM.from_pretrained(
-        model_path, dtype=getattr(torch, cfg.dtype), attn_implementation=VARLEN_ATTENTION
+        model_path, dtype=getattr(torch, cfg.dtype), attn_implementation=VARLEN_ATTENTION, **quantized
     )
+    if bnb_config is not None:
+        check_vocabulary_unquantized(model)
     num_base_tokens = _resolve_num_base_tokens(model, len(tokenizer), model_path)
     model.requires_grad_(False)
     attach_token_rows(model, num_base_tokens, len(tokenizer))
     if cfg.gradient_checkpointing:
         _enable_checkpointing(model)
     num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    quant = "" if cfg.quantization == "none" else f", decoder linears in {cfg.quantization}"
     logger.info(
-        "loaded LLM from %s (%s, %s): %d trainable parameters (token rows)",
+        "loaded LLM from %s (%s%s, %s): %d trainable parameters (token rows)",
         model_path,
         cfg.dtype,
+        quant,
         "per-sample attention",
         num_trainable,
     )
@@ -204,7 +218,15 @@ def save_merged_llm(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out_di
 
     Returns:
         `out_dir`.
+
+    Raises:
+        ValueError: a quantized model (`model.llm.quantization` other than none).
     """
+    if is_quantized(model):
+        raise ValueError(
+            "save_merged_llm needs the LLM loaded unquantized (merging LoRA into 4/8-bit weights would round the merged "
+            "weights again); load it with model.llm.quantization=none (nextgpt.training.merge does)"
+        )
     out_dir = Path(out_dir)
     hf_model = merge_lora(model) if hasattr(model, "merge_and_unload") else model
     fold_token_rows(hf_model)

@@ -7,7 +7,8 @@ The merged folder holds:
     llm/                   HF folder: LoRA merged into the weights, signal-token rows folded in, tokenizer with them
     trainable.safetensors  input/output projectors and the token rows (as in any checkpoint)
     config.yaml            the run's config with model.llm.model_path = llm (relative to the folder), every other
-                           component path absolute, and LoRA off: the folder can be moved
+                           component path absolute, and LoRA off: the folder can be moved; a QLoRA run's
+                           model.llm.quantization is kept (the merged weights are float, quantized when loaded)
     meta.json              where it was merged from
     manifest.json          size and SHA-256 of every file (checked when the folder is loaded)
 
@@ -41,6 +42,9 @@ from nextgpt.training import checkpoint as ckpt
 from nextgpt.training.stages import BASE_ROWS_NAME, project_state_dict
 
 logger = logging.getLogger(__name__)
+
+UNQUANTIZED = "model.llm.quantization=none"
+"""Override the merge loads the base LLM with: LoRA is folded into float weights, never into quantized ones."""
 
 
 def check_checkpoint_folder(folder: Path, what: str = "--checkpoint-dir") -> None:
@@ -128,12 +132,17 @@ def merge_checkpoint(
     ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
     check_checkpoint_folder(ckpt_dir)
     check_merge_target(ckpt_dir, out_dir, overwrite)
-    if not resolve_folder_config(ckpt_dir, overrides).model.lora.enabled and backbone_dir(ckpt_dir) is None:
+    saved = resolve_folder_config(ckpt_dir, overrides)
+    if not saved.model.lora.enabled and backbone_dir(ckpt_dir) is None:
         raise ValueError(
             f"{ckpt_dir} was trained without LoRA (model.lora.enabled is false): there is nothing to merge; pass it to "
             "predict.py as it is, or merge a stage-3 checkpoint"
         )
-    model, cfg = load_model_from_folder(ckpt_dir, overrides, load_encoder=False)
+    # LoRA merges into the base weights in float: a QLoRA run's base is reloaded unquantized (merging into 4/8-bit
+    # weights would round the merged weights again); the merged folder keeps the run's quantization for loading.
+    model, cfg = load_model_from_folder(ckpt_dir, [*overrides, UNQUANTIZED], load_encoder=False)
+    llm_cfg = dataclasses.replace(cfg.model.llm, quantization=saved.model.llm.quantization)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, llm=llm_cfg))
     staging = out_dir.with_name(f".{out_dir.name}.merging-{os.getpid()}")
     try:
         _write_merged(model, cfg, ckpt_dir, staging)

@@ -35,6 +35,12 @@ def _precision_problems(cfg: Config) -> list[str]:
             "keeps fp32 modules only under fp32); set train.precision=bf16 for mixed precision or "
             "model.llm.dtype=float32"
         )
+    if cfg.model.llm.quantization == "4bit" and cfg.train.precision == "bf16" and cfg.model.llm.dtype != "bfloat16":
+        # The 4-bit layers compute in the dtype they were loaded with; DeepSpeed's bf16 cast does not reach it.
+        problems.append(
+            f"model.llm.quantization=4bit computes its layers in model.llm.dtype ({cfg.model.llm.dtype}), not in "
+            "train.precision=bf16; set model.llm.dtype=bfloat16"
+        )
     if "lora" in cfg.train.trainable and not cfg.model.lora.enabled:
         problems.append("train.trainable names lora but model.lora.enabled is false; set model.lora.enabled=true")
     return problems
