@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 import traceback
@@ -71,6 +72,8 @@ def variants(llm_13b: Path) -> dict[str, dict[str, Any]]:
         "7b_full_zero3_offload": {
             "overrides": [*FULL_FINETUNE, f"train.deepspeed_config={DEEPSPEED / 'zero3_offload.json'}"],
             "skip_final_save": True,  # fp32 masters + Adam moments of 7B (84 GB) exceed the lent machine's disk
+            "steps": 3,  # CPU Adam over 7B parameters takes seconds a step
+            "warmup": 1,
         },
     }
 
@@ -119,6 +122,7 @@ def run_variant(name: str, spec: dict[str, Any], paths: list[str], work: Path, s
         entry["final_save"] = "skipped (its DeepSpeed state exceeds the disk)"
     try:
         with memory_cap(spec.get("cap_gib")):
+            steps, warmup = spec.get("steps", steps), spec.get("warmup", warmup)
             run = run_stage("stage3", paths, work / name, steps + warmup, micro, 4, overrides)
         entry.update(summarize(run, warmup))
         entry["losses"] = [r.get("loss") for r in run["records"]]
@@ -174,7 +178,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=3, help="steps dropped first")
     parser.add_argument("--micro-batch", type=int, default=8)
-    parser.add_argument("--variants", default="13b_zero2,13b_zero3_offload,7b_lora,7b_qlora_24g,7b_full_zero3_offload")
+    parser.add_argument(
+        "--variants",
+        default="7b_lora,7b_qlora_24g,7b_4bit_inference_16g,7b_full_zero3_offload,13b_zero2,13b_zero3_offload",
+    )
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a child process: run this variant only
     args = parser.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     known = [*variants(Path("x")), *INFERENCE_VARIANTS]
@@ -194,10 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args.work.mkdir(parents=True, exist_ok=True)
     paths, prepared = prepare(args.work, False, args.micro_batch, args.micro_batch * (args.steps + args.warmup + 2))
-    precompute = precompute_features(paths, ["stage3"], 32, 4)
     llm_13b = args.work / "vicuna-13b-shaped"
-    if any(v.startswith("13b") for v in args.variants):
-        write_vicuna_shaped_llm(llm_13b, VICUNA_13B, "cuda")
+    precompute: dict[str, Any] = {}
+    if args.one is None:  # the parent prepares everything once; each child only runs its variant
+        precompute = precompute_features(paths, ["stage3"], 32, 4)
+        if any(v.startswith("13b") for v in args.variants):
+            write_vicuna_shaped_llm(llm_13b, VICUNA_13B, "cuda")
+        _free_memory()
     specs = variants(llm_13b)
     report: dict[str, Any] = {
         "gpu": torch.cuda.get_device_name(),
@@ -209,12 +220,24 @@ def main(argv: list[str] | None = None) -> int:
         "world": prepared["world"],
         "variants": {},
     }
-    for name in args.variants:
-        if name in INFERENCE_VARIANTS:
-            report["variants"][name] = run_quantized_inference(INFERENCE_VARIANTS[name], paths, args.work)
+    if args.one is not None:
+        if args.one in INFERENCE_VARIANTS:
+            entry = run_quantized_inference(INFERENCE_VARIANTS[args.one], paths, args.work)
         else:
-            report["variants"][name] = run_variant(name, specs[name], paths, args.work, args.steps, args.warmup,
-                                                   args.micro_batch)  # fmt: skip
+            entry = run_variant(args.one, specs[args.one], paths, args.work, args.steps, args.warmup, args.micro_batch)
+        args.out.write_text(json.dumps(entry, indent=2))
+        return 0
+    for name in args.variants:
+        # Each variant in a fresh process: what one leaves allocated (engine, compiled graphs) must not count against
+        # the next one's memory cap.
+        part = args.work / f"variant-{name}.json"
+        part.unlink(missing_ok=True)
+        command = [sys.executable, __file__, "--work", str(args.work), "--out", str(part), "--one", name,
+                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--micro-batch", str(args.micro_batch)]  # fmt: skip
+        done = subprocess.run(command, check=False)
+        report["variants"][name] = (
+            json.loads(part.read_text()) if part.is_file() else {"fits": None, "error": f"exit code {done.returncode}"}
+        )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))  # after each variant: a time limit keeps what finished
         print(format_markdown(report), flush=True)
