@@ -377,9 +377,11 @@ def write_doc(
     path: Path,
     loop_reports: list[tuple[str, dict[str, Any]]] | None = None,
     earlier: dict[str, Any] | None = None,
+    scale_section: str | None = None,
 ) -> None:
-    """Write docs/benchmarks.md from one run's results (plus the real loop's reports, as (file name, report), and an
-    earlier run's sections that this run did not measure, when given)."""
+    """Write docs/benchmarks.md from one run's results (plus the real loop's reports, as (file name, report), the
+    "Bigger and smaller" section of `bench/scale_check.py`, and an earlier run's sections that this run did not
+    measure, when given)."""
     rows = build_rows(results)
     memory = "\n".join(f"| {what} | {peak} | {note} |" for what, peak, note in memory_rows(results))
     doc = f"""# Benchmarks
@@ -410,6 +412,7 @@ diffusers {results.get("diffusers", "?")}).
 {_profiles(results)}
 {FINDINGS}
 {_loop_section(loop_reports)}
+{scale_section or ""}
 {_earlier_section(results, earlier)}
 {_definitions(results)}
 """
