@@ -9,7 +9,9 @@ overrides, and reports tokens/s, peak GPU memory and every step's loss:
 - `7b_lora`, `7b_lora_ckpt`, `7b_qlora_24g`: the 7B shape with bf16 LoRA (shipped settings; with gradient checkpointing
   and eager layers, `configs/presets/gpu_24gb.yaml`), then QLoRA (`configs/presets/qlora_24gb.yaml`) under a 24 GiB
   memory cap (a 24 GB card); `7b_lora_ckpt` and `7b_qlora_24g` differ only in the 4-bit LLM, so their losses compare.
-- `7b_full_zero3_offload`: the whole 7B backbone and vocabulary matrices trained (no LoRA) under ZeRO-3 with offload.
+- `7b_full_zero3`, `7b_full_zero3_offload`: the whole 7B backbone and vocabulary matrices trained (no LoRA) under
+  ZeRO-3, on the GPU alone and with parameters and optimizer offloaded to the CPU (the final save is skipped: its
+  DeepSpeed state, 81 GB, exceeds the lent machine's disk).
 - `7b_4bit_inference_16g`: inference, not training: the 7B model built from the same config with
   `model.llm.quantization=4bit` (ImageBind-Huge, projectors), under a 16 GiB cap: encode an image, decode 16 tokens,
   then render an image, a video and an audio clip with SD-1.5 / ZeroScope / AudioLDM-shaped decoders through the
@@ -71,6 +73,12 @@ def variants(llm_13b: Path) -> dict[str, dict[str, Any]]:
         "7b_lora": {"overrides": []},
         "7b_lora_ckpt": {"overrides": [], "preset": PRESETS / "gpu_24gb.yaml"},  # QLoRA's settings in bf16
         "7b_qlora_24g": {"overrides": [], "preset": PRESETS / "qlora_24gb.yaml", "cap_gib": 24.0},
+        "7b_full_zero3": {  # the whole state on one H200: 108 GB of weights, gradients, fp32 masters and moments
+            "overrides": [*FULL_FINETUNE, f"train.deepspeed_config={DEEPSPEED / 'zero3.json'}"],
+            "skip_final_save": True,
+            "steps": 4,
+            "warmup": 1,
+        },
         "7b_full_zero3_offload": {
             "overrides": [*FULL_FINETUNE, f"train.deepspeed_config={DEEPSPEED / 'zero3_offload.json'}"],
             "skip_final_save": True,  # fp32 masters + Adam moments of 7B (84 GB) exceed the lent machine's disk
