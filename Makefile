@@ -40,7 +40,7 @@ test-numerics: install browser
 test-multiprocess: install
 	$(BIN)/python -m pytest -q -m multiprocess
 
-# Long single-process runs (marker `slow`): the tiny full fine-tune under ZeRO-2 and ZeRO-3 (tests/training/test_backbone.py).
+# Long single-process runs (marker `slow`): the tiny full fine-tune under ZeRO-2 and ZeRO-3 (tests/training/test_full_finetune.py).
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 

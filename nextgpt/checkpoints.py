@@ -46,7 +46,7 @@ MERGED_MARKER = "merged_from"
 
 
 def backbone_dir(ckpt_dir: Path) -> Path | None:
-    """A checkpoint's trained backbone (`llm/`, written by a full fine-tune; `nextgpt.training.backbone`), or None
+    """A checkpoint's trained backbone (`llm/`, written by a full fine-tune; `nextgpt.training.full_finetune`), or None
     when its stage left the base LLM frozen."""
     folder = Path(ckpt_dir) / MERGED_LLM_DIR
     return folder if (folder / "config.json").is_file() else None

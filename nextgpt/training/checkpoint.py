@@ -6,7 +6,7 @@ A checkpoint folder (`step-000500/` or `final/`) holds:
                             whole embedding and LM-head matrices)
     lora/                   peft adapter format (adapter_config.json + adapter_model.safetensors), when LoRA is on
     llm/                    the trained backbone as an HF folder, when the stage trains `llm` / `embeddings` (a full
-                            fine-tune; `nextgpt.training.backbone`); config.yaml's model.llm.model_path points at it
+                            fine-tune; `nextgpt.training.full_finetune`); config.yaml's model.llm.model_path points at it
     config.yaml             the resolved config of the run
     meta.json               stage, step, parameter counts per group, base checkpoint paths, code version
     manifest.json           size and SHA-256 of every other file (verified before the folder is trusted)

@@ -34,7 +34,6 @@ from nextgpt.llm.backbone import compile_decoder_layers
 from nextgpt.manifest import CorruptCheckpointError
 from nextgpt.model import NextGPT, build_nextgpt, with_media_features
 from nextgpt.training import checkpoint as ckpt
-from nextgpt.training.backbone import trains_backbone, write_backbone
 from nextgpt.training.data_health import EpochHealth
 from nextgpt.training.data_setup import TrainingData, build_training_data
 from nextgpt.training.distributed import (
@@ -47,6 +46,7 @@ from nextgpt.training.distributed import (
     world_size,
 )
 from nextgpt.training.engine import build_engine, build_lr_lambda, resolve_deepspeed_config, zero_stage
+from nextgpt.training.full_finetune import trains_backbone, write_backbone
 from nextgpt.training.launcher_watch import watch_launcher
 from nextgpt.training.metrics import MetricLogger, PendingMetrics
 from nextgpt.training.preflight import preflight
@@ -208,8 +208,8 @@ def _resume(engine, cfg: Config, plan: ResumePlan, layout: _Layout, universal: b
     if universal and is_rank_zero():
         convert_to_universal(state_dir, run_dir, trust=trust)
     _barrier()
-    kept = repair_universal_load(engine.optimizer) if universal else contextlib.nullcontext()
-    with weights_only_loads(engine, trust=trust), kept:
+    repair = repair_universal_load(engine.optimizer) if universal else contextlib.nullcontext()
+    with weights_only_loads(engine, trust=trust), repair:
         # Saves leave the frozen base out (`_save`); the module already holds it.
         load_path, _ = engine.load_checkpoint(str(load_dir), tag=ckpt.DEEPSPEED_TAG, load_module_strict=False)
     _barrier()

@@ -139,15 +139,29 @@ def weights_only_loads(engine: Any, trust: bool = False) -> Iterator[None]:
     if trust:
         yield
         return
-    original_engine, original_load = engine.checkpoint_engine, torch.load
+    original_engine = engine.checkpoint_engine
+    engine.checkpoint_engine = _WeightsOnlyLoads(original_engine)
+    try:
+        with weights_only_torch_load():
+            yield
+    finally:
+        engine.checkpoint_engine = original_engine
+
+
+@contextlib.contextmanager
+def weights_only_torch_load(trust: bool = False) -> Iterator[None]:
+    """Make every `torch.load` call in the block `load_weights_only`, whatever its arguments (DeepSpeed's own code
+    passes `weights_only=False`); `trust` leaves torch.load unchanged."""
+    if trust:
+        yield
+        return
+    original = torch.load
 
     def forced(path: Any, map_location: Any = None, **_: Any) -> Any:
         return load_weights_only(path, map_location=map_location)
 
-    engine.checkpoint_engine = _WeightsOnlyLoads(original_engine)
     torch.load = forced
     try:
         yield
     finally:
-        engine.checkpoint_engine = original_engine
-        torch.load = original_load
+        torch.load = original

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from nextgpt.training import checkpoint as ckpt
-from nextgpt.training.safe_load import load_weights_only
+from nextgpt.training.safe_load import weights_only_torch_load
 
 logger = logging.getLogger(__name__)
 
@@ -55,24 +55,6 @@ def needs_universal(meta: dict[str, Any], current_world_size: int, ds: dict[str,
 def scratch_state_dir(run_dir: Path) -> Path:
     """Where `convert_to_universal` writes: `<run>/.universal/<tag>/` (the same path on every rank)."""
     return Path(run_dir) / SCRATCH_DIR / ckpt.DEEPSPEED_TAG
-
-
-@contextlib.contextmanager
-def _weights_only_torch_load(trust: bool):
-    """The converter calls `torch.load(weights_only=False)` itself; route it through the allow-list loader."""
-    if trust:
-        yield
-        return
-    original = torch.load
-
-    def forced(path: Any, map_location: Any = None, **_: Any) -> Any:
-        return load_weights_only(path, map_location=map_location)
-
-    torch.load = forced
-    try:
-        yield
-    finally:
-        torch.load = original
 
 
 def convert_to_universal(state_dir: Path, run_dir: Path, trust: bool = False) -> Path:
@@ -105,7 +87,7 @@ def convert_to_universal(state_dir: Path, run_dir: Path, trust: bool = False) ->
     )
     logger.info("converting %s to a universal checkpoint in %s (the number of processes changed)", state_dir, out)
     report = io.StringIO()
-    with _weights_only_torch_load(trust), contextlib.redirect_stdout(report):
+    with weights_only_torch_load(trust), contextlib.redirect_stdout(report):
         ds_to_universal.main(args)
     logger.debug("ds_to_universal:\n%s", report.getvalue())
     return out.parent

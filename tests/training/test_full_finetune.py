@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from stage_helpers import assert_same_trained_weights, quick_cfg
 
 from nextgpt.config import ConfigError
-from nextgpt.training import backbone
+from nextgpt.training import full_finetune
 from nextgpt.training.loop import run
 
 LR = 3e-3
@@ -42,7 +42,7 @@ def full_runs(tiny_root: Path, tiny_world: Path, tmp_path_factory: pytest.TempPa
     tmp = tmp_path_factory.mktemp("full")
     runs = {}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(backbone, "SHARD_SIZE", "300KB")
+        patch.setattr(full_finetune, "SHARD_SIZE", "300KB")
         for name, zero in ZERO.items():
             ds = tmp / f"{name}.json"
             ds.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "zero_optimization": zero}))
