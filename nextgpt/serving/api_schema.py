@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -116,5 +116,3 @@ def request_settings(request: ChatRequest, pipeline: NextGPTPipeline, config: Se
     outputs = tuple(m for m in MODALITIES if m.value in names)
     return RequestSettings(generation, options, outputs)
 
-
-FinishReason = Literal["stop", "length"]
