@@ -115,4 +115,3 @@ def request_settings(request: ChatRequest, pipeline: NextGPTPipeline, config: Se
     }
     outputs = tuple(m for m in MODALITIES if m.value in names)
     return RequestSettings(generation, options, outputs)
-
