@@ -20,6 +20,7 @@ COMMANDS = (
     "nextgpt-predict",
     "nextgpt-merge",
     "nextgpt-demo",
+    "nextgpt-serve",
     "nextgpt-preprocess-embeddings",
     "nextgpt-preprocess-features",
     "nextgpt-prepare-data",

@@ -26,7 +26,7 @@ from nextgpt.data.batch import NextGPTBatch
 from nextgpt.decoders.cancel import raise_if_cancelled
 from nextgpt.inference.fast_decode import FastDecoder
 from nextgpt.llm.conversation import build_prompt
-from nextgpt.llm.splice import splice_media
+from nextgpt.llm.splice import SplicedInputs, splice_media
 from nextgpt.model import NextGPT, as_prompt_embeds
 from nextgpt.signals import SignalSpan, SpanScan, find_signal_spans
 
@@ -93,7 +93,7 @@ def _reply_text(model: NextGPT, reply_ids: torch.Tensor) -> str:
     return text.strip()
 
 
-def _decode_text(
+def decode_text(
     model: NextGPT,
     inputs_embeds: torch.Tensor,
     cfg: GenerationConfig,
@@ -134,6 +134,60 @@ def _reply_spans(reply_ids: torch.Tensor, offset: int, model: NextGPT, cfg: Gene
 
 
 @torch.no_grad()
+def splice_prompt(model: NextGPT, turns: list, media: Mapping[Modality, torch.Tensor]) -> SplicedInputs:
+    """Step 1 of a reply: prompt + media → (1, L, D) spliced input embeddings (what text decoding continues)."""
+    model.eval()
+    batch = _build_prompt_batch(model, turns, media)
+    return splice_media(batch.input_ids, batch.attention_mask, None, model.embed_tokens, model.encode_media(batch))
+
+
+@torch.no_grad()
+def finish_reply(
+    model: NextGPT,
+    spliced: SplicedInputs,
+    reply_ids: torch.Tensor,
+    cfg: GenerationConfig,
+    decoders: Mapping[Modality, Any] | None = None,
+    decoder_options: Mapping[Modality, dict[str, Any]] | None = None,
+    cancel: threading.Event | None = None,
+) -> GenerationResult:
+    """Steps 3-5 of a reply, after the text is decoded (alone or in a batch): text, signal spans, media.
+
+    Kept apart from the decoding so that a server can decode many prompts in one batch and finish each reply on
+    its own (`nextgpt.inference.batch_decode`); the result is the same as `generate_reply`'s for the same ids.
+
+    Args:
+        model: the model that decoded `reply_ids`.
+        spliced: the prompt from `splice_prompt`.
+        reply_ids: (G,) the decoded ids.
+        cfg: the request's sampling settings (seed, max_outputs_per_modality).
+        decoders: see `generate_reply`.
+        decoder_options: see `generate_reply`.
+        cancel: see `generate_reply`.
+
+    Returns:
+        GenerationResult.
+    """
+    result = GenerationResult(text=_reply_text(model, reply_ids), token_ids=reply_ids.tolist())
+    # 3. Complete signal spans of the reply (malformed ones become problems).
+    prompt_len = spliced.token_ids.shape[1]
+    scan = _reply_spans(reply_ids, prompt_len, model, cfg)
+    result.problems.extend(scan.problems)
+    if not any(scan.spans.values()):
+        return result
+    # 4. One teacher-forced pass over prompt + reply gives the hidden state at every signal position, whatever
+    #    decoding strategy produced the reply (the original lost them with the cache off).
+    full_ids = torch.cat([spliced.token_ids, reply_ids[None]], dim=1)  # (1, L + G)
+    full_embeds = torch.cat([spliced.inputs_embeds, model.embed_tokens(reply_ids[None])], dim=1)  # (1, L + G, D)
+    hidden = model.llm(inputs_embeds=full_embeds, output_hidden_states=True, use_cache=False).hidden_states[-1]
+    signal_embeds = model.project_signals(hidden, full_ids, scan)
+    # 5. Render each span with its decoder.
+    raise_if_cancelled(cancel)
+    _render(result, signal_embeds, decoders, decoder_options or {}, cfg.seed, cancel)
+    return result
+
+
+@torch.no_grad()
 def generate_reply(
     model: NextGPT,
     turns: list,
@@ -166,29 +220,12 @@ def generate_reply(
     Raises:
         GenerationCancelled: `cancel` was set.
     """
-    model.eval()
     # 1. Prompt + media → spliced input embeddings.
-    batch = _build_prompt_batch(model, turns, media)
-    spliced = splice_media(batch.input_ids, batch.attention_mask, None, model.embed_tokens, model.encode_media(batch))
+    spliced = splice_prompt(model, turns, media)
     # 2. Decode the reply text (static KV cache; the step compiled per generation.compile_decode).
-    reply_ids = _decode_text(model, spliced.inputs_embeds, cfg, streamer, fast_decoder, cancel)
-    result = GenerationResult(text=_reply_text(model, reply_ids), token_ids=reply_ids.tolist())
-    # 3. Complete signal spans of the reply (malformed ones become problems).
-    prompt_len = spliced.token_ids.shape[1]
-    scan = _reply_spans(reply_ids, prompt_len, model, cfg)
-    result.problems.extend(scan.problems)
-    if not any(scan.spans.values()):
-        return result
-    # 4. One teacher-forced pass over prompt + reply gives the hidden state at every signal position, whatever
-    #    decoding strategy produced the reply (the original lost them with the cache off).
-    full_ids = torch.cat([spliced.token_ids, reply_ids[None]], dim=1)  # (1, L + G)
-    full_embeds = torch.cat([spliced.inputs_embeds, model.embed_tokens(reply_ids[None])], dim=1)  # (1, L + G, D)
-    hidden = model.llm(inputs_embeds=full_embeds, output_hidden_states=True, use_cache=False).hidden_states[-1]
-    signal_embeds = model.project_signals(hidden, full_ids, scan)
-    # 5. Render each span with its decoder.
-    raise_if_cancelled(cancel)
-    _render(result, signal_embeds, decoders, decoder_options or {}, cfg.seed, cancel)
-    return result
+    reply_ids = decode_text(model, spliced.inputs_embeds, cfg, streamer, fast_decoder, cancel)
+    # 3-5. Signal spans, their hidden states, the media.
+    return finish_reply(model, spliced, reply_ids, cfg, decoders, decoder_options, cancel)
 
 
 def _render(

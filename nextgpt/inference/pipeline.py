@@ -24,16 +24,18 @@ from nextgpt.config import Config, GenerationConfig
 from nextgpt.constants import MODALITIES, SENTINEL_IDS, Modality
 from nextgpt.decoders.base import TORCH_DTYPES
 from nextgpt.decoders.cancel import GenerationCancelled
+from nextgpt.inference.batch_decode import DecodeRow, decode_batch
 from nextgpt.inference.decoder_pool import DecoderOptions, DecoderPool
 from nextgpt.inference.fast_decode import FastDecoder, compiles_on
-from nextgpt.inference.generation import GenerationResult, generate_reply
+from nextgpt.inference.generation import GenerationResult, decode_text, finish_reply, splice_prompt, stop_token_ids
 from nextgpt.inference.media_io import DEFAULT_VIDEO_FPS, SavedMedia, load_inputs, save_outputs
 from nextgpt.inference.preflight import configured_decoders, inspect_checkpoint
 from nextgpt.inference.requests import Message, build_turns, check_conversation
 from nextgpt.llm.conversation import build_generation_prompt
+from nextgpt.llm.splice import SplicedInputs
 from nextgpt.model import NextGPT
 
-__all__ = ["DecoderOptions", "DecoderPool", "GenerationCancelled", "NextGPTPipeline", "Reply"]
+__all__ = ["DecoderOptions", "DecoderPool", "GenerationCancelled", "NextGPTPipeline", "PreparedRequest", "Reply"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,33 @@ class Reply:
     message: Message
     result: GenerationResult
     saved: list[SavedMedia]
+
+
+@dataclass
+class PreparedRequest:
+    """A request read and spliced, ready for text decoding (alone, or in a batch with others).
+
+    Attributes:
+        spliced: the (1, L, D) prompt embeddings and ids.
+        generation: its sampling settings, `max_new_tokens` fitted to the context.
+        decoder_kwargs: per-modality `Decoder.generate` overrides.
+    """
+
+    spliced: SplicedInputs
+    generation: GenerationConfig
+    decoder_kwargs: dict[Modality, dict[str, Any]]
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Prompt length in LLM positions (each media item counts its projected tokens)."""
+        return int(self.spliced.token_ids.shape[1])
+
+    def decode_row(self, streamer: Any | None = None, cancel: threading.Event | None = None) -> DecodeRow:
+        """This request as one row of `decode_batch`."""
+        cfg = self.generation
+        return DecodeRow(
+            self.spliced.inputs_embeds, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed, streamer, cancel
+        )
 
 
 def dtype_overrides(dtype: DType | None) -> list[str]:
@@ -206,20 +235,77 @@ class NextGPTPipeline:
             ValueError: a bad conversation, input file or option (one line saying what to fix).
             GenerationCancelled: `cancel` was set.
         """
+        prepared = self.prepare(messages, generation, decoder_options)
+        fast_decoder = self.fast_decoder(prepared.generation)
+        cfg = prepared.generation
+        reply_ids = decode_text(self.model, prepared.spliced.inputs_embeds, cfg, streamer, fast_decoder, cancel)
+        return self.finish(prepared, reply_ids, cancel)
+
+    def prepare(
+        self,
+        messages: Sequence[Message],
+        generation: GenerationConfig | None = None,
+        decoder_options: Mapping[Modality, DecoderOptions] | None = None,
+    ) -> PreparedRequest:
+        """Steps 1-2 of `generate`: check the request, read its files and splice the prompt (no decoding yet).
+
+        Raises:
+            FileNotFoundError: an input file is missing.
+            ValueError: a bad conversation, input file or option (one line saying what to fix).
+        """
         options = dict(decoder_options or {})
         for modality, option in options.items():
             option.check(modality)
         # 1. Conversation → prompt turns + input files in splice order; refuse what the context cannot hold.
         generation = self.fit_to_context(messages, generation or self.cfg.generation)
         turns, files = build_turns(messages)
-        # 2. Files → encoder inputs (all checked before any is decoded).
+        # 2. Files → encoder inputs (all checked before any is decoded) → spliced prompt embeddings.
         media = load_inputs(files, self.cfg.model.encoder, self.max_input_bytes)
-        # 3. Reply text, signal spans and media.
         kwargs = {m: o.to_kwargs(m) for m, o in options.items()}
-        fast_decoder = self.fast_decoder(generation)
-        return generate_reply(
-            self.model, turns, media, generation, self.decoders, kwargs, streamer, fast_decoder, cancel
+        return PreparedRequest(splice_prompt(self.model, turns, media), generation, kwargs)
+
+    def finish(
+        self,
+        prepared: PreparedRequest,
+        reply_ids: torch.Tensor,
+        cancel: threading.Event | None = None,
+        decoders: Mapping[Modality, Any] | None = None,
+    ) -> GenerationResult:
+        """Step 3 of `generate` for decoded ids: reply text, signal spans, rendered media.
+
+        Args:
+            prepared: from `prepare`.
+            reply_ids: (G,) the ids decoded for it.
+            cancel: stops the rendering between denoising steps.
+            decoders: the decoders to render with; None uses the pipeline's pool (a server passes a queued view).
+        """
+        decoders = self.decoders if decoders is None else decoders
+        return finish_reply(
+            self.model, prepared.spliced, reply_ids, prepared.generation, decoders, prepared.decoder_kwargs, cancel
         )
+
+    def generate_batch(
+        self,
+        requests: Sequence[Sequence[Message]],
+        generation: GenerationConfig | None = None,
+        decoder_options: Mapping[Modality, DecoderOptions] | None = None,
+    ) -> list[GenerationResult]:
+        """Answer several conversations, their text decoded in one batch (`decode_batch`), then each rendered.
+
+        Greedy replies equal `generate`'s for each conversation alone (up to padded-attention rounding); seeded
+        sampling draws the same tokens too, every row from its own RNG seeded with `generation.seed`.
+
+        Raises:
+            FileNotFoundError, ValueError: as `generate`, for the first bad request (nothing is decoded then).
+        """
+        prepared = [self.prepare(messages, generation, decoder_options) for messages in requests]
+        decoded = decode_batch(self.model.llm, [p.decode_row() for p in prepared], stop_token_ids(self.model))
+        results = []
+        for request, reply_ids in zip(prepared, decoded, strict=True):
+            if isinstance(reply_ids, GenerationCancelled):
+                raise reply_ids
+            results.append(self.finish(request, reply_ids))
+        return results
 
     def fast_decoder(self, generation: GenerationConfig) -> FastDecoder:
         """The pipeline's text decoder, built on first use and kept for every later request.
@@ -280,6 +366,10 @@ class NextGPTPipeline:
             GenerationCancelled: `cancel` was set.
         """
         result = self.generate(messages, generation, decoder_options, streamer, cancel)
+        return self.save(result, output_dir, prefix, fps)
+
+    def save(self, result: GenerationResult, output_dir: Path, prefix: str, fps: int = DEFAULT_VIDEO_FPS) -> Reply:
+        """Write a generation's media as `<prefix>-<modality>-<k>.png|mp4|wav` under `output_dir`; the Reply."""
         for problem in result.problems:
             logger.warning("reply: %s", problem)
         outputs = {m: result.outputs(m) for m in MODALITIES}

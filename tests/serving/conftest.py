@@ -1,7 +1,13 @@
-"""Serving fixtures: one greedy pipeline on the taught tiny checkpoint, and where browser artifacts are kept."""
+"""Serving fixtures: one greedy pipeline on the taught tiny checkpoint, a loopback HTTP server for the API tests, and
+where browser artifacts are kept."""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,3 +43,34 @@ def pytest_terminal_summary(terminalreporter) -> None:
     for path in _kept_artifacts:
         if path.is_file():
             terminalreporter.write_line(f"test artifact: {path}")
+
+
+@contextmanager
+def running_server(app) -> Iterator[str]:
+    """Serve `app` on 127.0.0.1 (a port the OS picks) until the block ends; yields the base URL."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def serve():
+    """`with serve(app) as base_url:` runs the app on a free 127.0.0.1 port for the block."""
+    return running_server
