@@ -13,7 +13,6 @@ time, so no rank ever holds more than one layer's full weights beyond its shard.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 from pathlib import Path
@@ -24,7 +23,7 @@ from torch import nn
 
 from nextgpt.llm.backbone import NUM_BASE_TOKENS_KEY
 from nextgpt.parameters import BACKBONE_GROUPS, BASE_ROWS_NAME, TOKEN_ROW_MARKER
-from nextgpt.training.zero import is_partitioned
+from nextgpt.training.zero import gathered
 
 logger = logging.getLogger(__name__)
 
@@ -35,15 +34,6 @@ SHARD_SIZE = "5GB"
 def trains_backbone(trainable: tuple[str, ...]) -> bool:
     """Whether a stage's trainable groups change the base LLM, so its checkpoints carry `llm/`."""
     return bool(set(BACKBONE_GROUPS) & set(trainable))
-
-
-def _gathered(params: list[nn.Parameter], zero_stage: int):
-    partitioned = [p for p in params if is_partitioned(p)] if zero_stage == 3 else []
-    if not partitioned:
-        return contextlib.nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
 
 
 def _folded(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -75,7 +65,7 @@ def write_backbone(model: nn.Module, out_dir: Path, zero_stage: int, write: bool
         params = list(module.named_parameters(recurse=False))
         if not params:
             continue
-        with _gathered([p for _, p in params], zero_stage):
+        with gathered([p for _, p in params], zero_stage):
             if write:
                 for name, param in params:
                     state[f"{module_name}.{name}" if module_name else name] = param.detach().to("cpu", copy=True)

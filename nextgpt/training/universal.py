@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from nextgpt.training import checkpoint as ckpt
+from nextgpt.training.engine import zero_stage
 from nextgpt.training.safe_load import weights_only_torch_load
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,7 @@ def saved_world_size(meta: dict[str, Any]) -> int | None:
 def partitions_optimizer(ds: dict[str, Any]) -> bool:
     """Whether a resolved DeepSpeed config splits the optimizer state across ranks: ZeRO >= 1, or bf16 at ZeRO-0
     (DeepSpeed's bf16 optimizer partitions its fp32 masters like ZeRO-1)."""
-    stage = ds.get("zero_optimization", {}).get("stage", 0)
-    return int(stage) >= 1 or bool(ds.get("bf16", {}).get("enabled"))
+    return zero_stage(ds) >= 1 or bool(ds.get("bf16", {}).get("enabled"))
 
 
 def needs_universal(meta: dict[str, Any], current_world_size: int, ds: dict[str, Any]) -> bool:

@@ -72,11 +72,21 @@ def gathered_checkpoint_weights(model: nn.Module, zero_stage: int) -> Iterator[N
         model: the module DeepSpeed trains.
         zero_stage: the engine's ZeRO stage.
     """
-    params = [p for p in checkpoint_parameters(model) if is_partitioned(p)] if zero_stage == 3 else []
-    if not params:
+    with gathered(checkpoint_parameters(model), zero_stage):
+        yield
+
+
+@contextmanager
+def gathered(params: list[nn.Parameter], zero_stage: int) -> Iterator[None]:
+    """Inside, `params` are whole on every rank (read-only); outside ZeRO-3, or with none partitioned, nothing happens.
+
+    A collective under ZeRO-3: every rank must enter it with the same parameters.
+    """
+    partitioned = [p for p in params if is_partitioned(p)] if zero_stage == 3 else []
+    if not partitioned:
         yield
         return
     import deepspeed
 
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
         yield
