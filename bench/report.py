@@ -377,11 +377,11 @@ def write_doc(
     path: Path,
     loop_reports: list[tuple[str, dict[str, Any]]] | None = None,
     earlier: dict[str, Any] | None = None,
-    scale_section: str | None = None,
+    extra_sections: list[str] | None = None,
 ) -> None:
     """Write docs/benchmarks.md from one run's results (plus the real loop's reports, as (file name, report), the
-    "Bigger and smaller" section of `bench/scale_check.py`, and an earlier run's sections that this run did not
-    measure, when given)."""
+    sections of the other bench scripts (`bench/scale_check.py`, `bench/serve_check.py`), and an earlier run's
+    sections that this run did not measure, when given)."""
     rows = build_rows(results)
     memory = "\n".join(f"| {what} | {peak} | {note} |" for what, peak, note in memory_rows(results))
     doc = f"""# Benchmarks
@@ -412,7 +412,7 @@ diffusers {results.get("diffusers", "?")}).
 {_profiles(results)}
 {FINDINGS}
 {_loop_section(loop_reports)}
-{scale_section or ""}
+{chr(10).join(extra_sections or [])}
 {_earlier_section(results, earlier)}
 {_definitions(results)}
 """

@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help='bench/scale_check.py\'s report: its "Bigger and smaller" section goes in the doc',
     )
+    parser.add_argument(
+        "--serve-json", type=Path, help='bench/serve_check.py\'s report: its "Serving" section goes in the doc'
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.from_json:
@@ -258,7 +261,7 @@ def _command(argv: list[str], script: str = "bench/run.py") -> str:
     shown, after_out = [], False
     for arg in argv:
         shown.append(Path(arg).name if after_out else arg)
-        after_out = arg in ("--out", "--doc", "--work", "--bench-json", "--scale-json")
+        after_out = arg in ("--out", "--doc", "--work", "--bench-json", "--scale-json", "--serve-json")
     return f"python {script} " + " ".join(shlex.quote(a) for a in shown)
 
 
@@ -272,12 +275,16 @@ def _finish(results: dict[str, Any], args: argparse.Namespace) -> int:
     if args.doc is not None:
         loop = [(str(path), json.loads(path.read_text())) for path in args.loop_json]
         earlier = json.loads(args.earlier_json.read_text()) if args.earlier_json else None
-        scale = None
+        sections = []
         if args.scale_json is not None:
-            from bench.scale_check import doc_section
+            from bench import scale_check
 
-            scale = doc_section(json.loads(args.scale_json.read_text()))
-        write_doc(results, args.doc, loop, earlier, scale)
+            sections.append(scale_check.doc_section(json.loads(args.scale_json.read_text())))
+        if args.serve_json is not None:
+            from bench import serve_check
+
+            sections.append(serve_check.doc_section(json.loads(args.serve_json.read_text())))
+        write_doc(results, args.doc, loop, earlier, sections)
     print(f"GPU: {results.get('gpu')}")
     print(format_table(build_rows(results)))
     return 0

@@ -80,6 +80,7 @@ FLAG_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
     "num_frames": (lambda v: v >= 1, "an integer >= 1"),
     "audio_seconds": (_finite_at_least(0, False), "a finite number > 0"),
     "fps": (lambda v: 1 <= v <= 240, "an integer from 1 to 240"),
+    "batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "max_prompt_chars": (lambda v: v >= 1, "an integer >= 1"),
     "max_upload_mb": (_finite_at_least(0, False), "a finite number > 0"),
     "port": (lambda v: 0 <= v <= 65535, "a TCP port from 0 to 65535"),

@@ -4,6 +4,7 @@ python predict.py --checkpoint-dir runs/stage_3/final --prompt "Please generate 
 python predict.py --checkpoint-dir checkpoints/nextgpt-7b-merged --image cat.jpg --prompt "Turn this into a video."
 python predict.py --checkpoint-dir runs/stage_3/final --conversation chat.json --prompt "Now the sound of it."
 python predict.py --checkpoint-dir runs/stage_3/final --batch requests.jsonl --low-memory --dtype float16
+python predict.py --checkpoint-dir runs/stage_3/final --batch requests.jsonl --batch-size 32   # text of 32 at once
 python predict.py --checkpoint-dir runs/stage_3/final --prompt "Draw a cat." --no-compile-decode   # one reply: skip the compile
 
 Every input is checked before any model loads (files exist and decode, JSON shape, ids, option ranges, output
@@ -14,6 +15,8 @@ Decoders load only when a reply asks for their modality.
 Outputs: each run writes into its own new folder, --output-dir/<run name>/ (the start time, YYYYmmdd-HHMMSS, unless
 --run-name is given), as <request id>-<modality>-<k>.png|mp4|wav plus summary.json, which is rewritten after every
 request. Nothing earlier is overwritten. The reply text goes to stdout; each written path is logged on stderr.
+A --batch file is answered in groups of --batch-size: a group's text is decoded as one batch (several times the
+requests/s of one at a time; the same greedy or seeded tokens), then each reply is rendered and written in turn.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import dataclasses
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +73,13 @@ def _build_parser() -> argparse.ArgumentParser:
         )
     source.add_argument("--conversation", type=Path, help="JSON conversation (earlier turns, or all of it)")
     source.add_argument("--batch", type=Path, help="JSONL file: one request per line")
+    source.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="--batch requests whose text is decoded together (default: 8; replies print when their group is done); "
+        "1 answers one request at a time, streaming each reply",
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--output-dir", type=Path, default=Path("outputs"), help="each run writes a new sub-folder here")
     out.add_argument("--run-name", help="name of this run's sub-folder (default: the start time, YYYYmmdd-HHMMSS)")
@@ -195,32 +206,51 @@ def _failed(request_id: str, err: Exception, summary: Any) -> ValueError:
 
 
 def _answer_all(pipeline: Any, requests: list, run_dir: Path, summary: Any, settings: dict, args: argparse.Namespace):
-    """Answer each request, log each written file and rewrite summary.json after each one."""
+    """Answer every request (in groups of --batch-size), log each written file and rewrite summary.json after each."""
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
-    from transformers import TextStreamer
 
     batch = len(requests) > 1
     disable = {"auto": None, "on": False, "off": True}[args.progress] if batch else True
+    size = args.batch_size if batch else 1
     with logging_redirect_tqdm(), tqdm(total=len(requests), desc="requests", unit="request", disable=disable) as bar:
-        for request in requests:
-            logger.info("request %s: %.120s", request.id, request.messages[-1].text)
-            streamer = None
-            if not args.no_stream:
-                streamer = TextStreamer(pipeline.model.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        for first in range(0, len(requests), size):
+            group = requests[first : first + size]
+            for request in group:
+                logger.info("request %s: %.120s", request.id, request.messages[-1].text)
+            replies = _replies(pipeline, group, run_dir, settings, args, bar)
+            for request in group:
+                try:
+                    reply = next(replies)
+                    if args.no_stream or len(group) > 1:
+                        bar.clear()
+                        print(f"[{request.id}] " * batch + reply.message.text, flush=True)
+                    summary.add(_result_record(request, reply))
+                except (*USER_ERRORS, OSError) as err:
+                    raise _failed(request.id, err, summary) from err
+                for item in reply.saved:
+                    logger.info("wrote %s", item.path)
+                bar.update(1)
+
+
+def _replies(pipeline: Any, group: list, run_dir: Path, settings: dict, args: argparse.Namespace, bar: Any) -> Iterator:
+    """Each request's written reply, in order: one request streams its text as it is decoded; several are decoded
+    as one batch (`NextGPTPipeline.iter_batch`) and each is rendered and written before the next."""
+    from transformers import TextStreamer
+
+    if len(group) == 1:
+        (request,) = group
+        streamer = None
+        if not args.no_stream:
+            streamer = TextStreamer(pipeline.model.tokenizer, skip_prompt=True, skip_special_tokens=True)
             bar.clear()
-            if batch:
+            if args.batch is not None:
                 print(f"[{request.id}] ", end="", flush=True)
-            try:
-                reply = pipeline.reply(request.messages, run_dir, request.id, streamer=streamer, **settings)
-                if args.no_stream:
-                    print(reply.message.text, flush=True)
-                summary.add(_result_record(request, reply))
-            except (*USER_ERRORS, OSError) as err:
-                raise _failed(request.id, err, summary) from err
-            for item in reply.saved:
-                logger.info("wrote %s", item.path)
-            bar.update(1)
+        yield pipeline.reply(request.messages, run_dir, request.id, streamer=streamer, **settings)
+        return
+    results = pipeline.iter_batch([r.messages for r in group], settings["generation"], settings["decoder_options"])
+    for request, result in zip(group, results, strict=True):
+        yield pipeline.save(result, run_dir, request.id, settings["fps"])
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -231,7 +261,7 @@ def run(args: argparse.Namespace) -> Path:
     from nextgpt.inference.preflight import inspect_checkpoint, resolve_device
 
     # 1. What the user typed: flags, requests and their files, the output folder, the device (no model yet).
-    check_flag_ranges(args, (*TEXT_FLAGS, *MEDIA_FLAGS, "fps"))
+    check_flag_ranges(args, (*TEXT_FLAGS, *MEDIA_FLAGS, "fps", "batch_size"))
     requests = _collect_requests(args)
     check_request_media(requests)
     output_dir = prepare_output_dir(args.output_dir)

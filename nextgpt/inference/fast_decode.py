@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
@@ -44,6 +45,21 @@ CUDA_COMPILE_OPTIONS = {"triton.cudagraphs": True, "coordinate_descent_tuning": 
 coordinate-descent tuning of the block sizes of the kernels inductor generates (norms, rotary, the cache write,
 the fused pointwise work between the matmuls). On an H200 it took a 7B model from 196 to 210 tokens/s (64-token
 prompt, 128 new tokens, both in one process) for about 30 s more compilation on first use."""
+
+
+def prepare_cuda_graph_thread() -> None:
+    """Give the calling thread the state inductor's CUDA-graph trees keep per thread, if it has none yet.
+
+    PyTorch creates that state in the thread that imports inductor (and copies it into autograd's threads); up to
+    2.11 a compiled step replayed as a CUDA graph from any other thread (the server's text batcher, a Gradio worker)
+    fails on an assertion in `cudagraph_trees.get_obj`. Later versions create it on first use, as done here.
+    """
+    from torch._inductor import cudagraph_trees
+
+    if hasattr(cudagraph_trees.local, "tree_manager_containers") or torch._C._is_key_in_tls("tree_manager_containers"):
+        return
+    cudagraph_trees.local.tree_manager_containers = {}
+    cudagraph_trees.local.tree_manager_locks = defaultdict(threading.Lock)
 
 
 def _causal_lm(llm: nn.Module) -> nn.Module:
@@ -234,6 +250,8 @@ class FastDecoder:
         """
         self._check_request(inputs_embeds, max_new_tokens)
         raise_if_cancelled(cancel)
+        if self._cuda_graphs:
+            prepare_cuda_graph_thread()
         interval = self.stop_check_interval or (1 if self.device.type == "cpu" else STOP_CHECK_INTERVAL)
         warpers = build_logits_warpers(temperature, top_p) if temperature > 0 else None
         stop_ids = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=self.device)  # (S,)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +24,7 @@ from nextgpt.config import Config, GenerationConfig
 from nextgpt.constants import MODALITIES, SENTINEL_IDS, Modality
 from nextgpt.decoders.base import TORCH_DTYPES
 from nextgpt.decoders.cancel import GenerationCancelled
-from nextgpt.inference.batch_decode import DecodeRow, decode_batch
+from nextgpt.inference.batch_decode import BatchDecoder, DecodeRow
 from nextgpt.inference.decoder_pool import DecoderOptions, DecoderPool
 from nextgpt.inference.fast_decode import FastDecoder, compiles_on
 from nextgpt.inference.generation import GenerationResult, decode_text, finish_reply, splice_prompt, stop_token_ids
@@ -117,6 +117,7 @@ class NextGPTPipeline:
         self.max_input_bytes = max_input_bytes
         self.folder = folder
         self._fast_decoder: FastDecoder | None = None
+        self._batch_decoder: BatchDecoder | None = None
 
     @classmethod
     def from_pretrained(
@@ -290,7 +291,7 @@ class NextGPTPipeline:
         generation: GenerationConfig | None = None,
         decoder_options: Mapping[Modality, DecoderOptions] | None = None,
     ) -> list[GenerationResult]:
-        """Answer several conversations, their text decoded in one batch (`decode_batch`), then each rendered.
+        """Answer several conversations, their text decoded in one batch (`batch_decoder`), then each rendered.
 
         Greedy replies equal `generate`'s for each conversation alone (up to padded-attention rounding); seeded
         sampling draws the same tokens too, every row from its own RNG seeded with `generation.seed`.
@@ -298,14 +299,29 @@ class NextGPTPipeline:
         Raises:
             FileNotFoundError, ValueError: as `generate`, for the first bad request (nothing is decoded then).
         """
+        return list(self.iter_batch(requests, generation, decoder_options))
+
+    def iter_batch(
+        self,
+        requests: Sequence[Sequence[Message]],
+        generation: GenerationConfig | None = None,
+        decoder_options: Mapping[Modality, DecoderOptions] | None = None,
+    ) -> Iterator[GenerationResult]:
+        """`generate_batch` one result at a time, in order: each reply's media is rendered when it is asked for, so a
+        caller can write (and keep) every finished reply before the next one renders.
+
+        Raises:
+            FileNotFoundError, ValueError: as `generate`, for the first bad request (before anything is decoded).
+        """
         prepared = [self.prepare(messages, generation, decoder_options) for messages in requests]
-        decoded = decode_batch(self.model.llm, [p.decode_row() for p in prepared], stop_token_ids(self.model))
-        results = []
+        if not prepared:
+            return
+        decoder = self.batch_decoder(len(prepared), prepared[0].generation)
+        decoded = decoder.decode([p.decode_row() for p in prepared], stop_token_ids(self.model))
         for request, reply_ids in zip(prepared, decoded, strict=True):
             if isinstance(reply_ids, GenerationCancelled):
                 raise reply_ids
-            results.append(self.finish(request, reply_ids))
-        return results
+            yield self.finish(request, reply_ids)
 
     def fast_decoder(self, generation: GenerationConfig) -> FastDecoder:
         """The pipeline's text decoder, built on first use and kept for every later request.
@@ -332,6 +348,26 @@ class NextGPTPipeline:
                 self._fast_decoder.compile,
             )
         return self._fast_decoder
+
+    def batch_decoder(self, rows: int, generation: GenerationConfig) -> BatchDecoder:
+        """The pipeline's batched text decoder for `rows` prompts, kept for later batches of as many or fewer.
+
+        Built again (and compiled again) only for a larger batch or the other kind of step (`compile_decode`); its
+        cache starts at `model.llm.max_length + max_new_tokens` tokens per row and grows for longer batches.
+        """
+        kept = self._batch_decoder
+        device = next(self.model.llm.parameters()).device
+        if kept is None or kept.max_batch_size < rows or kept.compile != compiles_on(device, generation.compile_decode):
+            max_cache_len = self.cfg.model.llm.max_length + generation.max_new_tokens
+            if kept is not None:
+                max_cache_len = max(max_cache_len, kept.max_cache_len)
+            self._batch_decoder = None  # the old cache goes before the new one is allocated
+            kept = BatchDecoder(self.model.llm, rows, max_cache_len, compile=generation.compile_decode)
+            logger.info(
+                "batched text decoding: %d rows x %d tokens, compiled step: %s", rows, max_cache_len, kept.compile
+            )
+            self._batch_decoder = kept
+        return kept
 
     def reply(
         self,

@@ -33,6 +33,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from nextgpt.config import ConfigError
 from nextgpt.decoders.cancel import GenerationCancelled
+from nextgpt.inference.generation import stop_token_ids
 from nextgpt.inference.pipeline import NextGPTPipeline, PreparedRequest
 from nextgpt.serving import api_responses as responses
 from nextgpt.serving.api_config import ServeConfig
@@ -69,7 +70,14 @@ class ServerState:
     def attach(self, pipeline: NextGPTPipeline) -> None:
         """Make the server ready with a loaded pipeline."""
         self.locks = QueuedDecoders.locks_for(pipeline.decoders)
-        self.batcher = TextBatcher(pipeline, self.config.max_batch_size, self.config.batch_window_ms / 1000)
+        cache_len = pipeline.cfg.model.llm.max_length + pipeline.cfg.generation.max_new_tokens
+        self.batcher = TextBatcher(
+            pipeline.model.llm,
+            stop_token_ids(pipeline.model),
+            self.config.max_batch_size,
+            self.config.batch_window_ms / 1000,
+            cache_len,
+        )
         self.model_id = self.config.model_name or (pipeline.folder.name if pipeline.folder else "nextgpt")
         self.pipeline = pipeline  # last: /health turns 200 only when everything above exists
 

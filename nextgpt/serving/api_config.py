@@ -52,7 +52,10 @@ class ServeConfig:
     max_queue: int = 64
     """Requests waiting for a slot; beyond it a request is refused with 429 at once."""
     max_batch_size: int = 16
-    """Most prompts decoded together in one text batch."""
+    """Most prompts decoded together in one text batch: the rows of the text decoder's static KV cache, every one
+    computed at each step (a 7B step reads the weights once, so 32 rows cost little more than 1), held in memory for
+    the server's life: rows x (model.llm.max_length + generation.max_new_tokens) x 0.5 MB for a 7B model in bf16
+    (16 x 768 tokens: 6 GiB). Raise it to match max_concurrent on a large GPU."""
     batch_window_ms: float = 10.0
     """How long the text decoder waits for more prompts after the first one arrives (dynamic batching)."""
     max_inference_steps: int = 200

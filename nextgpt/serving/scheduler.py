@@ -3,12 +3,14 @@
 - `Admission`: at most `max_concurrent` requests run; up to `max_queue` more wait; beyond that a request is refused
   at once (429) rather than piling up until every client times out.
 - `TextBatcher`: one thread owns text decoding. Prompts that arrive while it is busy, or within `batch_window_ms` of
-  the first, are decoded together (`decode_batch`); a cancelled prompt (its client went away) leaves the batch at the
-  next token. Dynamic, not continuous, batching: a prompt arriving mid-batch waits for the batch to end.
+  the first, are decoded together (one `BatchDecoder`, compiled once on CUDA); a cancelled prompt (its client went
+  away) leaves the batch at the next token. Dynamic, not continuous, batching: a prompt arriving mid-batch waits
+  for the batch to end.
 - `QueuedDecoders`: the decoder pool seen through one lock per decoder (one lock for all in low-memory mode, where
   decoders visit the device one at a time), so each diffusion pipeline renders one request at a time.
 
-    batcher = TextBatcher(pipeline, max_batch_size=16, window_s=0.01)
+    batcher = TextBatcher(pipeline.model.llm, stop_token_ids(pipeline.model), max_batch_size=16, window_s=0.01,
+                          max_cache_len=1024)
     ids = batcher.submit(prepared.decode_row(streamer, cancel)).result()   # (T,) ids, or raises GenerationCancelled
 """
 
@@ -19,15 +21,13 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
 from nextgpt.constants import MODALITIES, Modality
 from nextgpt.decoders.cancel import GenerationCancelled
-from nextgpt.inference.batch_decode import DecodeRow, decode_batch
-from nextgpt.inference.generation import stop_token_ids
-from nextgpt.inference.pipeline import NextGPTPipeline
+from nextgpt.inference.batch_decode import BatchDecoder, DecodeRow
 from nextgpt.serving.api_errors import ApiError
 
 logger = logging.getLogger(__name__)
@@ -79,14 +79,25 @@ class TextBatcher:
     """The one thread that decodes text: takes queued prompts in batches and resolves each one's future.
 
     Args:
-        pipeline: the loaded pipeline (its LLM and stop ids).
-        max_batch_size: most prompts per batch.
+        llm: the loaded pipeline's LLM (`pipeline.model.llm`).
+        stop_ids: ids that end a reply (`stop_token_ids(pipeline.model)`).
+        max_batch_size: most prompts per batch (the rows of the decoder's static KV cache).
         window_s: after the first prompt of a batch, how long to wait for more.
+        max_cache_len: padded prompt + reply the cache starts with (a longer batch grows it, and recompiles).
+        compile: compile the decode step; None: on CUDA only.
     """
 
-    def __init__(self, pipeline: NextGPTPipeline, max_batch_size: int, window_s: float):
-        self.llm = pipeline.model.llm
-        self.stop_ids = stop_token_ids(pipeline.model)
+    def __init__(
+        self,
+        llm: Any,
+        stop_ids: Sequence[int],
+        max_batch_size: int,
+        window_s: float,
+        max_cache_len: int,
+        compile: bool | None = None,
+    ):
+        self.decoder = BatchDecoder(llm, max_batch_size, max_cache_len, compile)
+        self.stop_ids = list(stop_ids)
         self.max_batch_size = max_batch_size
         self.window_s = window_s
         self.batch_sizes: list[int] = []
@@ -130,7 +141,7 @@ class TextBatcher:
             live = [(row, future) for row, future in batch if future.set_running_or_notify_cancel()]
             self.batch_sizes.append(len(live))
             try:
-                results = decode_batch(self.llm, [row for row, _ in live], self.stop_ids)
+                results = self.decoder.decode([row for row, _ in live], self.stop_ids)
             except Exception as err:  # a bug or an out-of-memory: every waiting request gets the error
                 logger.exception("text decoding failed for a batch of %d", len(live))
                 for row, future in live:

@@ -119,6 +119,28 @@ def test_every_input_modality(taught_checkpoint, input_files, tmp_path, capsys):
 
 
 @pytest.mark.numerics
+def test_a_batch_decoded_together_gives_the_replies_of_one_at_a_time(taught_checkpoint, input_files, tmp_path, capsys):
+    batch = tmp_path / "requests.jsonl"
+    lines = [
+        {"id": "img", "prompt": "Describe the image.", "image": str(input_files["image"])},
+        {"id": "aud", "prompt": "Describe the sound.", "audio": str(input_files["audio"])},
+        {"id": "txt", "prompt": "Describe a blue square."},
+    ]
+    batch.write_text("\n".join(json.dumps(line) for line in lines))
+    texts = {}
+    for size in ("1", "3"):
+        out_dir = tmp_path / f"out-{size}"
+        argv = ["--checkpoint-dir", str(taught_checkpoint), "--batch", str(batch), "--output-dir", str(out_dir)]
+        code, out, err = _run([*argv, "--batch-size", size, "--temperature", "0", "--max-new-tokens", "16"], capsys)
+        assert code == 0, err
+        records = _summary(out_dir)["results"]
+        assert [r["id"] for r in records] == ["img", "aud", "txt"]
+        texts[size] = [r["text"] for r in records]
+        assert all(f"[{r['id']}] " in out for r in records)
+    assert texts["3"] == texts["1"] and all(t.strip() for t in texts["1"])
+
+
+@pytest.mark.numerics
 def test_multi_turn_conversation_file(taught_checkpoint, input_files, tmp_path, capsys):
     conversation = tmp_path / "chat.json"
     image_name = input_files["image"].name
