@@ -40,7 +40,8 @@ test-numerics: install browser
 test-multiprocess: install
 	$(BIN)/python -m pytest -q -m multiprocess
 
-# Long single-process runs (marker `slow`): the tiny full fine-tune under ZeRO-2 and ZeRO-3 (tests/training/test_full_finetune.py).
+# Long single-process runs (marker `slow`): the tiny full fine-tune under ZeRO-2 and ZeRO-3
+# (tests/training/test_full_finetune.py), the batched decoder's step compiled on the CPU, and others marked so.
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 

@@ -218,7 +218,7 @@ def _answer_all(pipeline: Any, requests: list, run_dir: Path, summary: Any, sett
             group = requests[first : first + size]
             for request in group:
                 logger.info("request %s: %.120s", request.id, request.messages[-1].text)
-            replies = _replies(pipeline, group, run_dir, settings, args, bar)
+            replies = _replies(pipeline, group, run_dir, settings, args, bar, labelled=batch)
             for request in group:
                 try:
                     reply = next(replies)
@@ -233,9 +233,11 @@ def _answer_all(pipeline: Any, requests: list, run_dir: Path, summary: Any, sett
                 bar.update(1)
 
 
-def _replies(pipeline: Any, group: list, run_dir: Path, settings: dict, args: argparse.Namespace, bar: Any) -> Iterator:
-    """Each request's written reply, in order: one request streams its text as it is decoded; several are decoded
-    as one batch (`NextGPTPipeline.iter_batch`) and each is rendered and written before the next."""
+def _replies(
+    pipeline: Any, group: list, run_dir: Path, settings: dict, args: argparse.Namespace, bar: Any, labelled: bool
+) -> Iterator:
+    """Each request's written reply, in order: one request streams its text as it is decoded (after its `[id]` when
+    `labelled`); several are decoded as one batch (`NextGPTPipeline.iter_batch`), each rendered and written in turn."""
     from transformers import TextStreamer
 
     if len(group) == 1:
@@ -244,7 +246,7 @@ def _replies(pipeline: Any, group: list, run_dir: Path, settings: dict, args: ar
         if not args.no_stream:
             streamer = TextStreamer(pipeline.model.tokenizer, skip_prompt=True, skip_special_tokens=True)
             bar.clear()
-            if args.batch is not None:
+            if labelled:
                 print(f"[{request.id}] ", end="", flush=True)
         yield pipeline.reply(request.messages, run_dir, request.id, streamer=streamer, **settings)
         return

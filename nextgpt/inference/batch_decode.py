@@ -84,8 +84,9 @@ def tokens_needed(rows: Sequence[DecodeRow]) -> int:
 class BatchDecoder:
     """Decodes up to `max_batch_size` prompts at once with a reusable static KV cache and a (compiled) step.
 
-    The cache and the step have `max_batch_size` rows whatever the batch: a smaller batch fills the other rows with
-    a one-token dummy prompt, so the compiled step (and its CUDA graph) serves every batch size. Keep one decoder
+    Compiled, the cache and the step have `max_batch_size` rows whatever the batch: a smaller batch fills the other
+    rows with a one-token dummy prompt, so one compiled step (and its CUDA graph) serves every batch size. Eager (the
+    CPU), the step has the batch's rows and no more, and each batch gets a fresh cache of its size. Keep one decoder
     per loaded model and batch size: a new one compiles again (about a minute for a 7B model).
 
     Args:
@@ -139,13 +140,14 @@ class BatchDecoder:
         scores = out.logits[:, -1].float()  # (B, V)
         return torch.argmax(scores, dim=-1), scores
 
-    def _layout(self, rows: Sequence[DecodeRow]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, L, D) prompts left-padded with zeros (dummy rows: one zero token) and the (B, C) padding mask: 0 at a
-        row's padding, 1 from its first token to the end of the cache (the causal mask hides what is not written)."""
+    def _layout(self, rows: Sequence[DecodeRow], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, D) prompts left-padded with zeros (B = `width` >= rows; dummy rows: one zero token) and the (B, C)
+        padding mask: 0 at a row's padding, 1 from its first token to the end of the cache (the causal mask hides
+        what is not written yet)."""
         longest = max(r.inputs_embeds.shape[1] for r in rows)
         first = rows[0].inputs_embeds
-        embeds = first.new_zeros((self.max_batch_size, longest, first.shape[2]))  # (B, L, D)
-        mask = torch.zeros((self.max_batch_size, self.max_cache_len), dtype=torch.long, device=self.device)  # (B, C)
+        embeds = first.new_zeros((width, longest, first.shape[2]))  # (B, L, D)
+        mask = torch.zeros((width, self.max_cache_len), dtype=torch.long, device=self.device)  # (B, C)
         mask[:, longest - 1 :] = 1  # dummy rows attend to their last (zero) position only
         for index, row in enumerate(rows):
             length = row.inputs_embeds.shape[1]
@@ -206,13 +208,16 @@ class BatchDecoder:
             generators.append(generator)
             if row.streamer is not None:
                 row.streamer.put(torch.zeros((1, 0), dtype=torch.long))  # the (empty) prompt, which streamers skip
-        embeds, mask = self._layout(rows)  # (B, L, D), (B, C)
+        width = self.max_batch_size if self.compile else len(rows)
+        if not self.compile:  # nothing compiled to keep: a cache of this batch's rows (sized by the prefill)
+            self.cache = StaticCache(config=self.causal_lm.config, max_cache_len=self.max_cache_len)
+        embeds, mask = self._layout(rows, width)  # (B, L, D), (B, C)
         greedy, scores, positions = self._prefill(embeds, mask)  # (B,), (B, V), (B, 1)
         active = set(range(len(rows)))
         while active:
             # Every greedy row's token from one device sync (a sync per row costs more than a 7B step).
             greedy_ids = greedy.tolist()  # (B,)
-            tokens = [0] * self.max_batch_size
+            tokens = [0] * width
             for index in sorted(active):
                 row = rows[index]
                 if row.cancel is not None and row.cancel.is_set():

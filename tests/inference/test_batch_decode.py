@@ -6,9 +6,11 @@ import threading
 
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from nextgpt.decoders.cancel import GenerationCancelled
-from nextgpt.inference.batch_decode import decode_batch
+from nextgpt.inference.batch_decode import BatchDecoder, DecodeRow, decode_batch
+from nextgpt.inference.fast_decode import FastDecoder
 from nextgpt.inference.generation import stop_token_ids
 from nextgpt.inference.pipeline import NextGPTPipeline
 from nextgpt.inference.requests import Message
@@ -54,3 +56,38 @@ def test_a_cancelled_row_leaves_the_batch_and_the_others_finish(pipeline):
     alone = decode_batch(pipeline.model.llm, [prepared[0].decode_row()], stop_token_ids(pipeline.model))
     assert isinstance(results[0], torch.Tensor) and results[0].tolist() == alone[0].tolist()
     assert 1 <= results[2].numel() <= 12
+
+
+def _random_llama_and_prompts() -> tuple[LlamaForCausalLM, list[torch.Tensor]]:
+    """A 2-layer random LLaMA (grouped-query attention) and three prompts of different lengths, (1, L, D) each."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256,
+    )  # fmt: skip
+    llm = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        prompts = [llm.get_input_embeddings()(torch.randint(0, 97, (1, n))) for n in (5, 12, 8)]
+    return llm, prompts
+
+
+def test_a_kept_decoder_answers_batches_of_any_size_as_each_prompt_alone():
+    llm, prompts = _random_llama_and_prompts()
+    single = FastDecoder(llm, max_cache_len=64, compile=False)
+    alone = [single.generate(p, 10).tolist() for p in prompts]
+    decoder = BatchDecoder(llm, max_batch_size=3, max_cache_len=16, compile=False)  # too short: grows
+    assert [r.tolist() for r in decoder.decode([DecodeRow(p, 10) for p in prompts])] == alone
+    assert decoder.max_cache_len >= 22
+    assert [r.tolist() for r in decoder.decode([DecodeRow(prompts[1], 10)])] == [alone[1]]
+    with pytest.raises(ValueError, match="exceed the decoder's max_batch_size of 3"):
+        decoder.decode([DecodeRow(prompts[0], 4)] * 4)
+
+
+@pytest.mark.slow  # compiling the step on the CPU takes one to three minutes
+def test_the_compiled_step_fills_a_small_batch_with_dummy_rows_without_changing_any_reply():
+    llm, prompts = _random_llama_and_prompts()
+    single = FastDecoder(llm, max_cache_len=64, compile=False)
+    alone = [single.generate(p, 10).tolist() for p in prompts]
+    decoder = BatchDecoder(llm, max_batch_size=4, max_cache_len=40, compile=True)
+    assert [r.tolist() for r in decoder.decode([DecodeRow(p, 10) for p in prompts[:2]])] == alone[:2]
+    assert [r.tolist() for r in decoder.decode([DecodeRow(p, 10) for p in prompts])] == alone
