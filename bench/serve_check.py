@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from bench.components import FULL, SMOKE, build_nextgpt, build_tokenizer  # noqa: E402
 from bench.decode import prompt_embeds  # noqa: E402
 from bench.run import _command  # noqa: E402
-from bench.timing import peak_gib, reset_peak, sync  # noqa: E402
+from bench.timing import peak_gib, reset_peak, sync, time_calls  # noqa: E402
 
 logger = logging.getLogger("bench.serve_check")
 
@@ -54,20 +53,13 @@ PROMPTS = (
 
 STREAMS = (8, 16, 32, 64)
 TARGET_STREAMS = 32
-"""The acceptance figure: tokens/s at this many concurrent streams against batch-1 decoding."""
+"""The headline figure of the docs: tokens/s at this many concurrent streams against batch-1 decoding."""
 
 
 def _median_rate(run, tokens: int, repeat: int) -> dict[str, float]:
     """tokens/s of `run()` (median over `repeat` synchronised calls after one warm-up call)."""
-    run()
-    sync()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        sync()
-        times.append(time.perf_counter() - start)
-    wall = statistics.median(times)
+    stats = time_calls(run, warmup=1, repeat=repeat)
+    wall = stats["median_ms"] / 1e3
     return {"wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall}
 
 
