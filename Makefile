@@ -41,7 +41,7 @@ test-multiprocess: install
 	$(BIN)/python -m pytest -q -m multiprocess
 
 # Long single-process runs (marker `slow`): the tiny full fine-tune under ZeRO-2 and ZeRO-3 (tests/training/test_full_finetune.py).
-test-slow: install
+test-slow: install java
 	$(BIN)/python -m pytest -q -m slow
 
 # Debian's chromium for the demo's browser test (tests/serving/test_browser.py); installs only when missing (as root).

@@ -77,6 +77,9 @@ def write_tiny_audio_classifier(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = Cnn14(TINY_CNN14)
     real, imag = dft_kernels(TINY_CNN14.window_size)
+    for name, module in model.named_modules():  # He init: the 12 conv layers neither vanish nor explode
+        if isinstance(module, torch.nn.Conv2d | torch.nn.Linear) and not name.startswith("spectrogram"):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
     with torch.no_grad():
         model.spectrogram_extractor.stft.conv_real.weight.copy_(real)
         model.spectrogram_extractor.stft.conv_imag.weight.copy_(imag)
