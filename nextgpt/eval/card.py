@@ -45,7 +45,7 @@ def code_version(repo_dir: Path | None = None) -> str:
 def media_thumbnail(modality: str, array: np.ndarray | None) -> np.ndarray:
     """A (THUMBNAIL, THUMBNAIL, 3) uint8 picture of one medium: the image, a video's first / middle / last frames side
     by side, or an audio clip's log spectrogram; grey when there is nothing (the reply rendered no medium)."""
-    if array is None:
+    if array is None or (modality == "audio" and len(array) < 1024):
         return np.full((THUMBNAIL, THUMBNAIL, 3), 128, np.uint8)
     if modality == "video":
         frames = [array[0], array[len(array) // 2], array[-1]]
