@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test test-numerics test-multiprocess test-slow lint tiny browser quickstart evaluate clean-venv
+.PHONY: install test test-numerics test-multiprocess test-slow lint tiny browser java quickstart evaluate clean-venv
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-reference.txt
 	$(PY) -m venv $(VENV)
@@ -17,7 +17,7 @@ install: $(VENV)/.installed
 lint: install
 	$(BIN)/ruff check .
 
-test: lint browser
+test: lint browser java
 	$(BIN)/python -m pytest -q
 
 # The tests whose outcome depends on floating-point paths (learning and equivalence tests, marker `numerics`), once
@@ -41,13 +41,18 @@ test-multiprocess: install
 	$(BIN)/python -m pytest -q -m multiprocess
 
 # Long single-process runs (marker `slow`): the tiny full fine-tune under ZeRO-2 and ZeRO-3
-# (tests/training/test_full_finetune.py), the batched decoder's step compiled on the CPU, and others marked so.
-test-slow: install
+# (tests/training/test_full_finetune.py), the batched decoder's step compiled on the CPU, the evaluation suite on the
+# tiny world, and others marked so.
+test-slow: install java
 	$(BIN)/python -m pytest -q -m slow
 
 # Debian's chromium for the demo's browser test (tests/serving/test_browser.py); installs only when missing (as root).
 browser:
 	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+# A Java runtime for pycocoevalcap's PTB tokenizer and METEOR (evaluate.py's caption tasks); installs only when missing.
+java:
+	@command -v java >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless)
 
 tiny: install
 	$(BIN)/python -m nextgpt.cli.build_tiny --out checkpoints/tiny
@@ -56,10 +61,16 @@ tiny: install
 quickstart: install
 	PYTHON=$(BIN)/python bash scripts/quickstart.sh
 
-# Held-out metrics of the quickstart's three stages (and the untrained models) -> runs/tiny/eval.json.
-evaluate: install
+# Held-out metrics of the quickstart's three stages (and the untrained models) -> runs/tiny/eval.json, then every
+# benchmark task under the tiny world's protocols (configs/eval/tiny) on stage 3 -> runs/tiny/eval/eval_card.{json,md}.
+# The benchmark files and tiny metric models are added first to a world or checkpoint tree built before they existed.
+evaluate: install java
+	@test -f data/tiny/benchmarks/image.json || $(BIN)/python -m nextgpt.cli.make_tiny_world --out data/tiny --benchmarks-only
+	@test -f checkpoints/tiny/metrics/cnn14.pth || $(BIN)/python -m nextgpt.cli.build_tiny --out checkpoints/tiny --metric-models-only
 	$(BIN)/python -m nextgpt.cli.evaluate --checkpoint-dir runs/tiny/stage_1/final runs/tiny/stage_2/final \
 		runs/tiny/stage_3/final --baseline --output runs/tiny/eval.json
+	$(BIN)/python -m nextgpt.cli.evaluate --tasks all --protocol-dir configs/eval/tiny \
+		--checkpoint-dir runs/tiny/stage_3/final --output-dir runs/tiny/eval
 
 clean-venv:
 	rm -rf $(VENV)

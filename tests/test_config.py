@@ -10,8 +10,12 @@ from nextgpt.config import Config, ConfigError, load_config, save_config
 from nextgpt.constants import Modality
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_FILES = sorted(p for p in (REPO_ROOT / "configs").rglob("*.yaml") if not p.name.startswith("datasets"))
-"""Every run config (dataset catalogs are validated by tests/data)."""
+CONFIG_FILES = sorted(
+    p
+    for p in (REPO_ROOT / "configs").rglob("*.yaml")
+    if not p.name.startswith("datasets") and "eval" not in p.relative_to(REPO_ROOT / "configs").parts
+)
+"""Every run config (dataset catalogs are validated by tests/data, evaluation protocols by tests/eval)."""
 
 
 def test_defaults_are_the_paper_decoder_set():

@@ -1,8 +1,16 @@
-"""Evaluate checkpoints on the held-out split of the tiny world and write a JSON report (metrics, chance, targets).
+"""Evaluate checkpoints: benchmark tasks under frozen protocols (--tasks, writes an eval card), or the held-out
+metrics of the tiny world's three stages (a JSON report with chance levels and targets).
 
-python scripts/evaluate.py --checkpoint-dir runs/tiny/stage_1/final runs/tiny/stage_2/final runs/tiny/stage_3/final
-python scripts/evaluate.py --checkpoint-dir runs/tiny/stage_2/final --baseline --max-items 16 --output /tmp/eval.json
-python scripts/evaluate.py --checkpoint-dir runs/tiny/merged --stage 3 --metrics switching
+python evaluate.py --tasks all --checkpoint-dir runs/stage_3/final --output-dir runs/eval
+python evaluate.py --tasks coco_t2i --checkpoint-dir runs/stage_3/final coco_t2i.media_dir=/data/coco/images
+torchrun --nproc-per-node 8 evaluate.py --tasks coco_t2i msrvtt_t2v --checkpoint-dir runs/stage_3/final --device cuda
+python evaluate.py --tasks all --protocol-dir configs/eval/tiny --checkpoint-dir runs/tiny/stage_3/final \
+    --output-dir runs/tiny/eval
+python evaluate.py --checkpoint-dir runs/tiny/stage_1/final runs/tiny/stage_2/final runs/tiny/stage_3/final
+python evaluate.py --checkpoint-dir runs/tiny/stage_2/final --baseline --max-items 16 --output /tmp/eval.json
+
+With --tasks, the `key=value` arguments change protocol fields (`coco_t2i.annotation_path=...`, or `num_samples=8`
+for every task) and the checkpoint config takes `--config-override`; a killed run continues from its samples.
 
 Each folder gets its stage's metrics (stage 1: attribute accuracy of captions; stage 2: cosine and caption retrieval
 of the projected signal tokens; stage 3: modality switching and text replies, plus the other two). --baseline adds
@@ -17,6 +25,7 @@ import sys
 from pathlib import Path
 
 from nextgpt.config import ConfigError
+from nextgpt.eval.protocol import TASK_NAMES
 from nextgpt.utils.logging import setup_logging
 
 logger = logging.getLogger("nextgpt.scripts.evaluate")
@@ -35,7 +44,19 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--output", type=Path, default=Path("runs/tiny/eval.json"), help="JSON report path")
     parser.add_argument("--require-targets", action="store_true", help="exit 1 when a target is missed")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the checkpoints' configs")
+    parser.add_argument("--tasks", nargs="+", help="benchmark tasks (or all): " + ", ".join(TASK_NAMES))
+    parser.add_argument(
+        "--protocol-dir", type=Path, help="protocol YAMLs (default: configs/eval; tiny world: configs/eval/tiny)"
+    )
+    parser.add_argument("--output-dir", type=Path, default=Path("runs/eval"), help="samples and eval card (--tasks)")
+    parser.add_argument("--rank", type=int, help="this process's rank (default: $RANK or 0)")
+    parser.add_argument("--world-size", type=int, help="number of ranks (default: $WORLD_SIZE or 1)")
+    parser.add_argument("--config-override", action="append", default=[], help="checkpoint config key=value (--tasks)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="key.sub=value overrides of the checkpoints' configs (with --tasks: of the protocols)",
+    )
     return parser
 
 
@@ -72,10 +93,54 @@ def _summary_lines(report: dict) -> list[str]:
     return lines
 
 
+def _run_tasks(args: argparse.Namespace) -> int:
+    """Benchmark mode: evaluate the tasks on one checkpoint and print the card's table (rank 0)."""
+    from nextgpt.eval.card import card_markdown
+    from nextgpt.eval.suite import evaluate_suite, rank_from_env
+
+    if len(args.checkpoint_dir) != 1:
+        print(
+            f"error: --tasks evaluates one checkpoint, got {len(args.checkpoint_dir)}; run once per checkpoint",
+            file=sys.stderr,
+        )
+        return 2
+    env_rank, env_world = rank_from_env()
+    rank = env_rank if args.rank is None else args.rank
+    world_size = env_world if args.world_size is None else args.world_size
+    try:
+        card = evaluate_suite(
+            args.tasks,
+            args.checkpoint_dir[0],
+            args.output_dir,
+            args.protocol_dir,
+            args.overrides,
+            rank,
+            world_size,
+            args.device,
+            args.config_override,
+        )
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if card is None:
+        logger.info(
+            "rank %d of %d: samples written to %s; rank 0 scores once all ranks finish",
+            rank,
+            world_size,
+            args.output_dir,
+        )
+        return 0
+    print(card_markdown(card))
+    print(f"eval card: {args.output_dir / 'eval_card.json'}, {args.output_dir / 'eval_card.md'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     setup_logging()
     logger.info("arguments: %s", vars(args))
+    if args.tasks:
+        return _run_tasks(args)
     try:
         from nextgpt.eval.report import evaluate_checkpoints, write_report
 

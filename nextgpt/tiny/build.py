@@ -4,6 +4,7 @@ Layout under the root (the same formats as the real checkpoints):
     llm/                          HF LLaMA folder with a locally trained sentencepiece tokenizer.model
     imagebind/imagebind_tiny.pth  ImageBind state dict with the official key layout
     decoders/{sd,zeroscope,audioldm}/  diffusers pipeline folders (model_index.json, unet/, vae/, ...)
+    metrics/                      FID Inception .pth, CLIP folder, PANNs CNN14 .pth (nextgpt.tiny.metric_models)
 
     build_tiny_checkpoints(Path("checkpoints/tiny"), load_config("configs/tiny.yaml"))
 """
@@ -20,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 LLM_SUBDIR = "llm"
 IMAGEBIND_FILE = "imagebind/imagebind_tiny.pth"
+METRICS_SUBDIR = "metrics"
 DECODER_SUBDIRS = {"image": "decoders/sd", "video": "decoders/zeroscope", "audio": "decoders/audioldm"}
 
 
@@ -62,6 +64,7 @@ def build_tiny_checkpoints(root: Path, cfg: Config, seed: int = 0, pretrain: boo
     from nextgpt.tiny.decoders import write_tiny_decoders
     from nextgpt.tiny.imagebind import write_tiny_imagebind
     from nextgpt.tiny.llm import write_tiny_llm
+    from nextgpt.tiny.metric_models import write_tiny_metric_models
     from nextgpt.tiny.pretrain import build_world_conversations, pretrain_tiny_llm
     from nextgpt.tiny.pretrain_encoder import pretrain_tiny_imagebind
     from nextgpt.tiny.pretrain_text_encoders import pretrain_tiny_text_encoders
@@ -87,5 +90,6 @@ def build_tiny_checkpoints(root: Path, cfg: Config, seed: int = 0, pretrain: boo
         assert Path(path) == expected, f"tiny {modality.value} decoder written to {path}, expected {expected}"
     if pretrain:
         pretrain_tiny_text_encoders(root / "decoders", seed=seed)
+    write_tiny_metric_models(root / METRICS_SUBDIR, seed=seed)
     logger.info("tiny checkpoints written to %s in %.1f s", root, time.perf_counter() - start)
     return root

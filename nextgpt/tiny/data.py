@@ -351,6 +351,10 @@ def write_synthetic_world(root: Path, num_train: int, num_eval: int, seed: int =
     (root / "metadata.json").write_text(json.dumps({"seed": seed, "items": metadata}, indent=1))
     catalog_path = root / "datasets.yaml"
     catalog_path.write_text(yaml.safe_dump({"base_dir": ".", "datasets": catalog}, sort_keys=False))
+    if num_eval:
+        from nextgpt.tiny.benchmarks import write_tiny_benchmarks
+
+        write_tiny_benchmarks(root)
     logger.info("wrote synthetic world (%d media items, %d datasets) to %s", len(metadata), len(catalog), root)
     return catalog_path
 
