@@ -146,7 +146,7 @@ def taught_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path,
 
 TOOL_TRAIN_ITEMS = 12
 """Training requests per task of the tool world (11 tasks, about 190 records with the synonymous-tool copies)."""
-TOOL_OVERRIDES = ["train.max_steps=120", "train.save_every=100000"]
+TOOL_OVERRIDES = ["train.save_every=100000"]
 
 
 @pytest.fixture(scope="session")

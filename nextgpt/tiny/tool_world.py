@@ -9,9 +9,9 @@ Layout under the root (as the released data, plus a held-out split and a catalog
     datasets.yaml                                catalog: tool_{image,video,audio,text}[_eval], kind "tool"
 
 A request names its task with a key phrase inside a frame ("Can you count the shapes?"); the held-out split uses
-other frames and phrases with the same key words, so a model that learned which words pick which tool (and, for the
-requests that could mean anything — "Tell me about this." — which tool the input's modality picks) scores well above
-chance on requests it has never seen. Colour requests have two right tools (the synonymous colour namer and hue
+phrases that recombine the training words ("count how many shapes there are"), so a model that learned which words
+pick which tool (and, for the requests that could mean anything — "Analyse it." — which tool the input's modality
+picks) scores well above chance on requests it has never seen. Colour requests have two right tools (the synonymous colour namer and hue
 reader): two records, as the released files write several right tools.
 
     catalog = write_tool_world(Path("data/tiny/tools"), num_train=12, num_eval=4)
@@ -83,73 +83,59 @@ TASKS: tuple[Task, ...] = (
     Task(
         "image",
         ("count the shapes", "tell me how many shapes there are"),
-        ("say how many shapes it has",),
+        ("count how many shapes there are",),
         (SHAPE_COUNTER,),
     ),
     Task(
         "image",
         ("name the colour of the shape", "tell me which colour the shape is"),
-        ("say what colour it is",),
+        ("name which colour the shape is",),
         (COLOUR_NAMER, HUE_READER),
     ),
     Task(
         "video",
         ("tell me which way the shape moves", "find the direction it moves in"),
-        ("say where it moves",),
+        ("find which way the shape moves",),
         (MOTION_READER,),
     ),
     Task(
         "audio",
         ("measure the pitch of this tone", "tell me how high the tone is"),
-        ("say what pitch it has",),
+        ("measure how high the tone is",),
         (PITCH_METER,),
     ),
     Task(
-        "image",
-        ("analyse this", "tell me about this"),
-        ("find out what this is",),
-        (COLOUR_NAMER, HUE_READER),
-        MODALITY_AMBIGUOUS,
+        "image", ("analyse this", "tell me about this"), ("analyse it",), (COLOUR_NAMER, HUE_READER), MODALITY_AMBIGUOUS
     ),
-    Task(
-        "video",
-        ("analyse this", "tell me about this"),
-        ("find out what this is",),
-        (MOTION_READER,),
-        MODALITY_AMBIGUOUS,
-    ),
-    Task(
-        "audio", ("analyse this", "tell me about this"), ("find out what this is",), (PITCH_METER,), MODALITY_AMBIGUOUS
-    ),
+    Task("video", ("analyse this", "tell me about this"), ("analyse it",), (MOTION_READER,), MODALITY_AMBIGUOUS),
+    Task("audio", ("analyse this", "tell me about this"), ("analyse it",), (PITCH_METER,), MODALITY_AMBIGUOUS),
     Task(
         "text",
         ("draw a picture of a {colour} {shape}", "make an image of a {colour} {shape}"),
-        ("paint an image of a {colour} {shape}",),
+        ("draw an image of a {colour} {shape}",),
         (IMAGE_DECODER,),
     ),
     Task(
         "text",
         ("make a video of a {colour} {shape} moving {direction}", "create a clip of a {colour} {shape}"),
-        ("film a video of a {colour} {shape}",),
+        ("create a video of a {colour} {shape}",),
         (VIDEO_DECODER,),
     ),
     Task(
         "text",
         ("make a sound of a {pitch} tone", "play a {pitch} beep"),
-        ("record a sound of a {pitch} tone",),
+        ("play a sound of a {pitch} tone",),
         (AUDIO_DECODER,),
     ),
     Task(
         "text",
         ("translate this sentence into French", "book a table for two tonight"),
-        ("translate the word hello into German", "book a room for tonight"),
+        ("translate this sentence into German", "book a table for four tonight"),
         (UNKNOWN_TOOL,),
     ),
 )
-FRAMES = {
-    "train": ("{p}.", "Please {p}.", "Can you {p}?", "I need help: {p}."),
-    "eval": ("Could you {p} for me?", "Quick question, {p}."),
-}
+FRAMES = ("{p}.", "Please {p}.", "Can you {p}?", "I need help: {p}.")
+"""Frames around a task phrase; held-out requests put the held-out phrases (the same key words, recombined) in them."""
 
 
 def _capitalised(text: str) -> str:
@@ -218,7 +204,7 @@ def _split_records(root: Path, split: Split, num_items: int, rng: random.Random)
     for task_index, task in enumerate(TASKS):
         for item in range(num_items):
             phrase = _fill(rng.choice(phrases_of(task)), rng)
-            request = _capitalised(rng.choice(FRAMES[split]).format(p=phrase))
+            request = _capitalised(rng.choice(FRAMES).format(p=phrase))
             path = ""
             if task.modality != "text":
                 path, _ = _write_media(root, task.modality, f"{split}_{task_index:02d}_{item:04d}", rng)
