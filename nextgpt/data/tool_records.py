@@ -267,3 +267,23 @@ def group_tool_records(
             if library is not None and not library.is_known_answer(tool):
                 stats.not_in_library[tool] = stats.not_in_library.get(tool, 0) + 1
     return grouped, stats
+
+
+def library_from_examples(examples: Sequence[ToolExample]) -> ToolLibrary:
+    """A tool library listing every right tool of the examples (ToolMMBench ships none): the input modality it is
+    first asked with, text out, no description and no runner (add those by hand to run a tool).
+
+    Args:
+        examples: grouped examples, e.g. of every released file.
+
+    Returns:
+        The library, tools in first-seen order ("unknown" left out: it is the answer for no tool).
+    """
+    from nextgpt.tools.library import ToolSpec
+
+    tools: dict[str, ToolSpec] = {}
+    for example in examples:
+        for tool in example.right_tools:
+            if tool != UNKNOWN_TOOL and tool not in tools:
+                tools[tool] = ToolSpec(tool, example.input_modality, "text", "")
+    return ToolLibrary(tools)

@@ -156,3 +156,26 @@ def test_a_request_holding_a_media_placeholder_is_refused(entry: DatasetEntryCon
     record["conversations"][0]["value"] = "What is <image> here?"
     with pytest.raises(MalformedRecordError, match="placeholder|mark media"):
         read_tool_record(record, entry)
+
+
+def test_a_library_is_made_from_the_records_right_tools(tmp_path: Path, entry: DatasetEntryConfig):
+    from nextgpt.cli import make_tool_library
+    from nextgpt.tools.library import load_tool_library
+
+    records = [_audio_record(1, "MIT/ast-finetuned-speech-commands-v2"), COMBINED_VIDEO, COMBINED_TEXT]
+    entry.annotation_path.write_text(json.dumps(records))
+    catalog = tmp_path / "catalog.yaml"
+    mm = "mm_dataset"
+    catalog.write_text(
+        "datasets:\n  tools:\n    annotation_path: combined_data.json\n    kind: tool\n"
+        f"    image_dir: {mm}/image\n    video_dir: {mm}\n    audio_dir: {mm}/audio\n"
+    )
+    argv = ["--catalog", str(catalog), "--datasets", "tools", "--output", str(tmp_path / "tools.json")]
+    assert make_tool_library.main(argv) == 0
+    library = load_tool_library(tmp_path / "tools.json")
+    assert list(library.tools)[:2] == [
+        "MIT/ast-finetuned-speech-commands-v2",
+        "MCG-NJU/videomae-base-finetuned-kinetics",
+    ]
+    assert len(library) == 5 and "unknown" not in library
+    assert library.get("microsoft/xclip-base-patch32").input_modality == "video"
