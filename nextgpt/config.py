@@ -316,7 +316,9 @@ class DatasetEntryConfig:
 
     annotation_path: Path
     """JSON list of records in the official NExT-GPT formats (spec 3.2)."""
-    kind: Literal["x_to_text", "text_to_x", "instruction"] = "instruction"
+    kind: Literal["x_to_text", "text_to_x", "instruction", "tool"] = "instruction"
+    """`tool`: MLLM-Tool (ToolMMBench) records (`image_path` / `video_path` / `audio_path`, the tool in the gpt turn;
+    `nextgpt.data.tool_records`); the others: the official NExT-GPT formats."""
     image_dir: Path | None = None
     video_dir: Path | None = None
     audio_dir: Path | None = None
@@ -340,6 +342,9 @@ class DataConfig:
     feature_cache_dir: Path | None = None
     """Folder of precomputed ImageBind features (preprocess_features.py); when set, the datasets read features
     instead of media files and the frozen encoder is not run (or loaded) during training."""
+    tool_library_path: Path | None = None
+    """The tool library JSON (`nextgpt.tools.library`) of a tool-use run: training counts gold tools missing from it,
+    evaluation counts a named tool outside it as a hallucination, and inference runs the chosen tool from it."""
     packing: bool = True
     """Pack several samples into each row (up to model.llm.max_length) instead of one padded row each; attention never
     crosses a sample boundary, so the loss equals the padded one. Off only changes how much padding is computed."""

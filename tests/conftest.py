@@ -142,3 +142,33 @@ def taught_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path,
     ]
     result = run(load_config(REPO_ROOT / "configs" / "tiny_stage_3.yaml", overrides=overrides))
     return result.final_dir
+
+
+TOOL_TRAIN_ITEMS = 12
+"""Training requests per task of the tool world (11 tasks, about 190 records with the synonymous-tool copies)."""
+TOOL_OVERRIDES = ["train.save_every=100000"]
+
+
+@pytest.fixture(scope="session")
+def tool_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic ToolMMBench (nextgpt.tiny.tool_world): its catalog; the tool library is `tools.json` beside it."""
+    from nextgpt.tiny.tool_world import write_tool_world
+
+    return write_tool_world(tmp_path_factory.mktemp("tool_world"), TOOL_TRAIN_ITEMS, 4, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tool_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path, tool_world: Path) -> Path:
+    """The tiny tool stage (configs/tiny_stage_tool.yaml) trained on the tool world with the real training loop."""
+    from nextgpt.config import load_config
+    from nextgpt.tiny.build import tiny_path_overrides
+    from nextgpt.training.loop import run
+
+    overrides = [
+        *tiny_path_overrides(tiny_root),
+        f"data.catalog_path={tool_world}",
+        f"data.tool_library_path={tool_world.parent / 'tools.json'}",
+        f"train.output_dir={tmp_path_factory.mktemp('tools')}",
+        *TOOL_OVERRIDES,
+    ]
+    return run(load_config(REPO_ROOT / "configs" / "tiny_stage_tool.yaml", overrides=overrides)).final_dir

@@ -40,6 +40,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--max-prompt-chars", type=int, default=4000, help="longest message accepted, in characters (default: 4000)"
     )
     serve.add_argument("--output-dir", type=Path, help="where generated media go (default: a temporary folder)")
+    serve.add_argument("--tools", type=Path, help="tool library JSON: run the tool each reply chooses and show it")
     return parser
 
 
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             max_upload_mb=args.max_upload_mb,
             max_prompt_chars=args.max_prompt_chars,
             output_dir=output_dir,
+            tools_path=args.tools,
         )
         # 2. Load and serve.
         pipeline = NextGPTPipeline.from_pretrained(

@@ -8,6 +8,8 @@ python evaluate.py --tasks all --protocol-dir configs/eval/tiny --checkpoint-dir
     --output-dir runs/tiny/eval
 python evaluate.py --checkpoint-dir runs/tiny/stage_1/final runs/tiny/stage_2/final runs/tiny/stage_3/final
 python evaluate.py --checkpoint-dir runs/tiny/stage_2/final --baseline --max-items 16 --output /tmp/eval.json
+python evaluate.py --checkpoint-dir runs/tiny/merged --stage 3 --metrics switching
+python evaluate.py --checkpoint-dir runs/tiny/tools/final --baseline --output runs/tiny/tools/eval.json
 
 With --tasks, the `key=value` arguments change protocol fields (`coco_t2i.annotation_path=...`, or `num_samples=8`
 for every task) and the checkpoint config takes `--config-override`; a killed run continues from its samples.
@@ -15,6 +17,9 @@ for every task) and the checkpoint config takes `--config-override`; a killed ru
 Each folder gets its stage's metrics (stage 1: attribute accuracy of captions; stage 2: cosine and caption retrieval
 of the projected signal tokens; stage 3: modality switching and text replies, plus the other two). --baseline adds
 the same architecture with untrained project weights. --require-targets exits 1 when an acceptance target is missed.
+A tool-use run (its config names `data.tool_library_path`, or --tools FILE) is scored on tool use (accuracy,
+hallucination and format accuracy on the held-out `--tool-datasets`); its table is also written as Markdown next to
+the JSON report (`<output>.md`).
 """
 
 from __future__ import annotations
@@ -37,7 +42,11 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stage", type=int, nargs="+", help="stage of each folder (default: its config's)")
     parser.add_argument("--catalog", type=Path, help="catalog with the held-out entries (default: the config's)")
     parser.add_argument(
-        "--metrics", nargs="+", choices=["captioning", "alignment", "switching"], help="default: the stage's"
+        "--metrics", nargs="+", choices=["captioning", "alignment", "switching", "tools"], help="default: the stage's"
+    )
+    parser.add_argument("--tools", type=Path, help="tool library JSON (default: the config's data.tool_library_path)")
+    parser.add_argument(
+        "--tool-datasets", nargs="+", help="held-out tool catalog names (default: tool_{text,image,video,audio}_eval)"
     )
     parser.add_argument("--max-items", type=int, default=None, help="records per held-out dataset (default: all)")
     parser.add_argument("--baseline", action="store_true", help="also evaluate untrained project weights")
@@ -80,6 +89,12 @@ def _summary_lines(report: dict) -> list[str]:
                 lines.append(
                     f"{head} retrieval accuracy {_fmt(m['retrieval_accuracy'])} (chance {_fmt(m['chance'])}), "
                     f"mean cosine {_fmt(m['mean_cosine'])}"
+                )
+            if "tools" in metrics:
+                m = metrics["tools"]["overall"]
+                lines.append(
+                    f"{head} tool accuracy {_fmt(m.get('accuracy'))} (chance {_fmt(m.get('chance'))}), "
+                    f"hallucination {_fmt(m.get('hallucination_rate'))}, format {_fmt(m.get('format_accuracy'))}"
                 )
             if "switching" in metrics:
                 m = metrics["switching"]
@@ -133,6 +148,21 @@ def _run_tasks(args: argparse.Namespace) -> int:
     print(card_markdown(card))
     print(f"eval card: {args.output_dir / 'eval_card.json'}, {args.output_dir / 'eval_card.md'}")
     return 0
+def _write_tool_tables(report: dict, output: Path) -> None:
+    """The tool-use runs' Markdown table (trained and untrained rows) next to the JSON report."""
+    from nextgpt.eval.tools import tool_report_markdown
+
+    tables = []
+    for run in report["runs"]:
+        if "tools" not in run["metrics"]:
+            continue
+        runs = {"trained": run["metrics"]["tools"]}
+        if run.get("untrained"):
+            runs["untrained"] = run["untrained"]["tools"]
+        tables.append(tool_report_markdown(runs, title=f"Tool use: {run['checkpoint']}"))
+    if tables:
+        output.with_suffix(".md").write_text("\n".join(tables))
+        print(f"tool table: {output.with_suffix('.md')}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,8 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.tasks:
         return _run_tasks(args)
     try:
+        from nextgpt.eval.heldout import EvalDatasets
         from nextgpt.eval.report import evaluate_checkpoints, write_report
 
+        overrides = list(args.overrides)
+        if args.tools is not None:
+            overrides.append(f"data.tool_library_path={args.tools.absolute()}")
+        datasets = EvalDatasets(tools=tuple(args.tool_datasets)) if args.tool_datasets else None
         report = evaluate_checkpoints(
             args.checkpoint_dir,
             args.stage,
@@ -152,12 +187,14 @@ def main(argv: list[str] | None = None) -> int:
             max_items=args.max_items,
             baseline=args.baseline,
             device=args.device,
-            overrides=args.overrides,
+            overrides=overrides,
+            datasets=datasets,
         )
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     write_report(report, args.output)
+    _write_tool_tables(report, args.output)
     print("\n".join(_summary_lines(report)))
     print(f"report: {args.output}")
     missed = [t for t in report["targets"] if not t["passed"]]

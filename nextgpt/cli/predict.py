@@ -6,6 +6,8 @@ python predict.py --checkpoint-dir runs/stage_3/final --conversation chat.json -
 python predict.py --checkpoint-dir runs/stage_3/final --batch requests.jsonl --low-memory --dtype float16
 python predict.py --checkpoint-dir runs/stage_3/final --batch requests.jsonl --batch-size 32   # text of 32 at once
 python predict.py --checkpoint-dir runs/stage_3/final --prompt "Draw a cat." --no-compile-decode   # one reply: skip the compile
+python predict.py --checkpoint-dir runs/tiny/tools/final --tools data/tiny/tools/tools.json \
+    --image shapes.png --prompt "How many shapes are there?"                    # tool use: choose, run, show the tool
 
 Every input is checked before any model loads (files exist and decode, JSON shape, ids, option ranges, output
 folder, device, checkpoint), and a problem ends the run with one `error:` line and exit code 2.
@@ -17,6 +19,11 @@ Outputs: each run writes into its own new folder, --output-dir/<run name>/ (the 
 request. Nothing earlier is overwritten. The reply text goes to stdout; each written path is logged on stderr.
 A --batch file is answered in groups of --batch-size: a group's text is decoded as one batch (several times the
 requests/s of one at a time; the same greedy or seeded tokens), then each reply is rendered and written in turn.
+
+--tools FILE (a tool library, `nextgpt.tools.library`): the reply is read as a tool choice (`{'api_name': <id>}`);
+the chosen tool runs on the request's text and media (a named function, one of the decoders, or a local pipeline
+folder), its output is printed as a `tool:` line and recorded under "tool" in summary.json. A tool id outside the
+library is reported and never run.
 """
 
 from __future__ import annotations
@@ -106,6 +113,9 @@ def _build_parser() -> argparse.ArgumentParser:
     media.add_argument("--num-frames", type=int, help="video frames")
     media.add_argument("--audio-seconds", type=float, help="audio length in seconds")
     parser.add_argument(
+        "--tools", type=Path, help="tool library JSON: run the tool the reply chooses and show its output"
+    )
+    parser.add_argument(
         "--progress",
         choices=["auto", "on", "off"],
         default="auto",
@@ -182,6 +192,21 @@ def _describe_settings(record: dict[str, dict[str, Any]], args: argparse.Namespa
     return "; ".join(parts) + " (* = from a flag, else the checkpoint's config)"
 
 
+def _run_tool(registry: Any, request: Any, reply: Any, run_dir: Path) -> dict[str, Any]:
+    """Run the tool the reply chooses on the request's text and media; print and log what it gave."""
+    from nextgpt.inference.input_checks import request_media
+    from nextgpt.tools.answers import parse_tool_answer
+
+    answer = parse_tool_answer(reply.message.text)
+    outcome = registry.run(
+        answer.first, request.messages[-1].text, request_media(request.messages[-1:]), run_dir, request.id
+    )
+    shown = outcome.text if outcome.text is not None else ", ".join(str(p) for p in outcome.files) or outcome.message
+    print(f"tool: {outcome.tool or '-'} [{outcome.status}] {shown}", flush=True)
+    logger.info("tool %s: %s", outcome.tool, outcome.message)
+    return outcome.to_json()
+
+
 def _result_record(request: Any, reply: Any) -> dict[str, Any]:
     from nextgpt.inference.input_checks import request_media
 
@@ -205,8 +230,17 @@ def _failed(request_id: str, err: Exception, summary: Any) -> ValueError:
     return ValueError(f"request {request_id} failed: {reason}; {kept}")
 
 
-def _answer_all(pipeline: Any, requests: list, run_dir: Path, summary: Any, settings: dict, args: argparse.Namespace):
-    """Answer every request (in groups of --batch-size), log each written file and rewrite summary.json after each."""
+def _answer_all(
+    pipeline: Any,
+    requests: list,
+    run_dir: Path,
+    summary: Any,
+    settings: dict,
+    args: argparse.Namespace,
+    registry: Any = None,
+):
+    """Answer every request (in groups of --batch-size), run the tool each reply chooses (with a registry), log each
+    written file and rewrite summary.json after each request."""
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -225,7 +259,10 @@ def _answer_all(pipeline: Any, requests: list, run_dir: Path, summary: Any, sett
                     if args.no_stream or len(group) > 1:
                         bar.clear()
                         print(f"[{request.id}] " * batch + reply.message.text, flush=True)
-                    summary.add(_result_record(request, reply))
+                    record = _result_record(request, reply)
+                    if registry is not None:
+                        record["tool"] = _run_tool(registry, request, reply, run_dir)
+                    summary.add(record)
                 except (*USER_ERRORS, OSError) as err:
                     raise _failed(request.id, err, summary) from err
                 for item in reply.saved:
@@ -266,6 +303,11 @@ def run(args: argparse.Namespace) -> Path:
     check_flag_ranges(args, (*TEXT_FLAGS, *MEDIA_FLAGS, "fps", "batch_size"))
     requests = _collect_requests(args)
     check_request_media(requests)
+    library = None
+    if args.tools is not None:
+        from nextgpt.tools.library import load_tool_library
+
+        library = load_tool_library(args.tools)
     output_dir = prepare_output_dir(args.output_dir)
     device = resolve_device(args.device)
     # 2. The checkpoint, without reading weights: config + overrides, components, architecture, file headers.
@@ -294,7 +336,12 @@ def run(args: argparse.Namespace) -> Path:
         }
         summary = RunSummary(run_dir / SUMMARY_FILE, header, len(requests))
         settings = {"generation": generation, "decoder_options": options, "fps": args.fps}
-        _answer_all(pipeline, requests, run_dir, summary, settings, args)
+        registry = None
+        if library is not None:
+            from nextgpt.tools.registry import ToolRegistry
+
+            registry = ToolRegistry(library, decoders=pipeline.decoders, seed=generation.seed)
+        _answer_all(pipeline, requests, run_dir, summary, settings, args, registry)
     finally:
         remove_if_empty(run_dir)
     num_files = sum(len(r["outputs"]) for r in summary.data["results"])

@@ -94,7 +94,7 @@ def needed_folders(records: Sequence[dict[str, Any]]) -> set[str]:
         if not isinstance(record, dict):
             continue
         for m in MODALITIES:
-            if record.get(f"input_{m.value}") or record.get(f"output_{m.value}"):
+            if record.get(f"input_{m.value}") or record.get(f"output_{m.value}") or record.get(f"{m.value}_path"):
                 needed.add(f"{m.value}_dir")
             if record.get(f"{m.value}_caption_embeddings") or record.get(f"{m.value}_list"):
                 needed.add("caption_embed_dir")

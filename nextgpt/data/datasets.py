@@ -136,7 +136,12 @@ class ConversationDataset(Dataset):
         self._logged: set[int] = set()
         if source is None or isinstance(source, (str, Path)):
             self.annotation_path: Path | None = Path(entry.annotation_path if source is None else source)
-            self._specs = self._parse(load_records(self.annotation_path))
+            records = load_records(self.annotation_path)
+            if entry.kind == "tool":  # one sample per right tool, as MLLM-Tool trains
+                from nextgpt.data.tool_records import expand_tool_records
+
+                records = expand_tool_records(records)
+            self._specs = self._parse(records)
         else:
             self.annotation_path = None
             self._specs = list(source)

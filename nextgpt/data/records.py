@@ -417,7 +417,8 @@ def parse_record(record: dict[str, Any], entry: DatasetEntryConfig) -> SampleSpe
 
     Args:
         record: one element of the annotation JSON list.
-        entry: the catalog entry of the dataset the record belongs to (its folders resolve the file names).
+        entry: the catalog entry of the dataset the record belongs to (its folders resolve the file names); kind
+            "tool" reads an MLLM-Tool record (`nextgpt.data.tool_records.parse_tool_record`).
 
     Returns:
         The sample's turns (placeholders only), input media, targets and target media.
@@ -426,6 +427,10 @@ def parse_record(record: dict[str, Any], entry: DatasetEntryConfig) -> SampleSpe
         MalformedRecordError: wrong field types, turns that do not alternate, placeholder counts that differ from
             the listed media / captions, or file names that leave their folder.
     """
+    if entry.kind == "tool":
+        from nextgpt.data.tool_records import parse_tool_record
+
+        return parse_tool_record(record, entry)
     if not isinstance(record, dict):
         raise MalformedRecordError(f"record must be a JSON object, got {type(record).__name__}")
     conversation = _conversations(record)

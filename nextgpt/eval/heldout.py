@@ -42,6 +42,7 @@ class EvalDatasets:
         generation_requests: stage 3, text -> X requests (T2M instruction format) per output modality.
         text_requests: stage 3, requests answered with text only (no media in the reply).
         questions: stage 3, X -> text questions about an input item, with the input's modality.
+        tools: tool use, held-out MLLM-Tool records (catalog kind "tool").
     """
 
     captioning: dict[Modality, str] = field(default_factory=lambda: _per_modality(_PAIR_PREFIXES, "_enc_eval"))
@@ -56,6 +57,7 @@ class EvalDatasets:
             "videochat_instruction_eval": Modality.VIDEO,
         }
     )
+    tools: tuple[str, ...] = ("tool_text_eval", "tool_image_eval", "tool_video_eval", "tool_audio_eval")
 
 
 def catalog_entry(catalog: dict[str, DatasetEntryConfig], name: str) -> DatasetEntryConfig:

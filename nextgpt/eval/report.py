@@ -27,12 +27,13 @@ from nextgpt.eval.alignment import evaluate_alignment
 from nextgpt.eval.captioning import evaluate_captioning
 from nextgpt.eval.heldout import EvalDatasets
 from nextgpt.eval.switching import evaluate_switching
+from nextgpt.eval.tools import evaluate_tools_metric
 from nextgpt.model import NextGPT, build_nextgpt
 
 logger = logging.getLogger(__name__)
 
-MetricName = Literal["captioning", "alignment", "switching"]
-METRIC_NAMES: tuple[MetricName, ...] = ("captioning", "alignment", "switching")
+MetricName = Literal["captioning", "alignment", "switching", "tools"]
+METRIC_NAMES: tuple[MetricName, ...] = ("captioning", "alignment", "switching", "tools")
 STAGE_METRICS: dict[int, tuple[MetricName, ...]] = {
     1: ("captioning",),
     2: ("alignment",),
@@ -47,6 +48,7 @@ _EVALUATORS = {
     "captioning": evaluate_captioning,
     "alignment": evaluate_alignment,
     "switching": evaluate_switching,
+    "tools": evaluate_tools_metric,
 }
 
 
@@ -101,6 +103,7 @@ def evaluate_checkpoint(
     baseline: bool = False,
     device: str = "cpu",
     overrides: Sequence[str] = (),
+    datasets: EvalDatasets | None = None,
 ) -> dict[str, Any]:
     """Load a checkpoint (or merged) folder and evaluate it; optionally the untrained model too.
 
@@ -113,6 +116,7 @@ def evaluate_checkpoint(
         baseline: also evaluate `build_untrained_model` (training checkpoint folders only).
         device: where to run.
         overrides: config overrides applied to the folder's config.
+        datasets: held-out catalog names per metric (None: the synthetic world's).
 
     Returns:
         {"checkpoint", "stage", "catalog", "metrics", "seconds"} plus "untrained" with `baseline`.
@@ -130,7 +134,8 @@ def evaluate_checkpoint(
     stage = stage or cfg.train.stage
     if stage not in STAGE_METRICS:
         raise ValueError(f"stage must be 1, 2 or 3, got {stage}; pass --stage")
-    names = tuple(metrics or STAGE_METRICS[stage])
+    # A tool-use run (its config names a tool library) is scored on tool use; other runs by their stage.
+    names = tuple(metrics or (("tools",) if cfg.data.tool_library_path is not None else STAGE_METRICS[stage]))
     catalog_path = Path(catalog_path or cfg.data.catalog_path)
     if baseline and _is_merged(folder):
         raise ValueError(
@@ -139,10 +144,10 @@ def evaluate_checkpoint(
         )
     report: dict[str, Any] = {"checkpoint": str(folder), "stage": stage, "catalog": str(catalog_path)}
     model, cfg = load_model_from_folder(folder, overrides)
-    report["metrics"] = evaluate_model(model.to(device), cfg, catalog_path, names, max_items)
+    report["metrics"] = evaluate_model(model.to(device), cfg, catalog_path, names, max_items, datasets)
     if baseline:
         untrained = build_untrained_model(cfg).to(device)
-        report["untrained"] = evaluate_model(untrained, cfg, catalog_path, names, max_items)
+        report["untrained"] = evaluate_model(untrained, cfg, catalog_path, names, max_items, datasets)
     report["seconds"] = round(time.perf_counter() - start, 1)
     return report
 

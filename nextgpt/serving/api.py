@@ -42,6 +42,8 @@ from nextgpt.serving.api_schema import ChatRequest, RequestSettings, request_set
 from nextgpt.serving.media_out import FILES_ROUTE, MediaWriter
 from nextgpt.serving.media_parts import read_messages
 from nextgpt.serving.scheduler import Admission, QueuedDecoders, TextBatcher
+from nextgpt.serving.tool_calls import tool_call_of
+from nextgpt.tools.library import load_tool_library
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ class ServerState:
         self.scratch = Path(tempfile.mkdtemp(prefix="nextgpt-api-uploads-"))
         self.locks: dict = {}
         self.model_id = config.model_name or "nextgpt"
+        self.tool_library = None if config.tools is None else load_tool_library(config.tools)
         self.stopped = 0
         """Generations (text or media) stopped because their client went away."""
         self._stopped_lock = threading.Lock()
@@ -309,7 +312,7 @@ async def _chat(state: ServerState, body: ChatRequest, request: Request) -> Any:
         prepared = await _in_thread(state, _prepare, state, body, settings, folder)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = _stream(state, prepared, settings, cancel, cid, folder, include_usage)
+            events = _stream(state, body, prepared, settings, cancel, cid, folder, include_usage)
             streaming = True  # the stream releases the slot when it ends
             return StreamingResponse(events, media_type="text/event-stream")
         future = state.watch(state.batcher.submit(prepared.decode_row(None, cancel)))
@@ -317,6 +320,9 @@ async def _chat(state: ServerState, body: ChatRequest, request: Request) -> Any:
         work = state.watch(state.executor.submit(_finish, state, prepared, ids, settings, cancel, cid))
         text, parts = await _until_done(work, request, cancel)
         token_usage = responses.usage(prepared.prompt_tokens, int(ids.numel()))
+        call = tool_call_of(text, state.tool_library, body)
+        if call is not None:
+            return responses.completion(cid, state.model_id, None, "tool_calls", token_usage, tool_calls=[call])
         content = responses.message_content(text, parts)
         return responses.completion(cid, state.model_id, content, _finish_reason(state, ids, prepared), token_usage)
     except GenerationCancelled:
@@ -329,6 +335,7 @@ async def _chat(state: ServerState, body: ChatRequest, request: Request) -> Any:
 
 async def _stream(
     state: ServerState,
+    body: ChatRequest,
     prepared: PreparedRequest,
     settings: RequestSettings,
     cancel: threading.Event,
@@ -349,10 +356,14 @@ async def _stream(
             yield responses.chunk(cid, model, {"content": piece})
         ids = await asyncio.wrap_future(future)
         work = state.watch(state.executor.submit(_finish, state, prepared, ids, settings, cancel, cid))
-        _, parts = await asyncio.wrap_future(work)
+        text, parts = await asyncio.wrap_future(work)
         if parts:
             yield responses.chunk(cid, model, {"media": parts})
-        yield responses.chunk(cid, model, {}, _finish_reason(state, ids, prepared))
+        call = tool_call_of(text, state.tool_library, body)
+        if call is not None:  # the text streamed above is the call's source; the call itself comes last
+            yield responses.chunk(cid, model, {"tool_calls": [{"index": 0, **call}]}, "tool_calls")
+        else:
+            yield responses.chunk(cid, model, {}, _finish_reason(state, ids, prepared))
         if include_usage:
             yield responses.chunk(cid, model, {}, token_usage=responses.usage(prepared.prompt_tokens, ids.numel()))
         yield responses.DONE

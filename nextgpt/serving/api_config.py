@@ -64,6 +64,9 @@ class ServeConfig:
     """Upper bound of the per-request `num_frames` option."""
     max_audio_seconds: float = 30.0
     """Upper bound of the per-request `audio_seconds` option."""
+    tools: Path | None = None
+    """A tool library JSON (`nextgpt.tools.library`): a reply that chooses one of its tools (`{'api_name': <id>}`)
+    is returned as an OpenAI `tool_calls` entry for the client to run (see `nextgpt.serving.tool_calls`)."""
 
     def __post_init__(self) -> None:
         positive = ("max_upload_mb", "max_request_mb", "max_media_seconds", "max_audio_seconds")

@@ -33,15 +33,23 @@ def message_content(text: str, media_parts: list[dict[str, Any]]) -> str | list[
 
 
 def completion(
-    completion_id: str, model: str, content: Any, finish_reason: str, token_usage: dict[str, int]
+    completion_id: str,
+    model: str,
+    content: Any,
+    finish_reason: str,
+    token_usage: dict[str, int],
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A whole `chat.completion` object."""
+    """A whole `chat.completion` object (with `tool_calls` in the message when a reply calls a tool)."""
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     return {
         "id": completion_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
         "usage": token_usage,
     }
 

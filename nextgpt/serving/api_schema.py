@@ -3,7 +3,8 @@
 The body is OpenAI's (`model`, `messages`, `stream`, `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`,
 `seed`, `n`, `stream_options`) plus NExT-GPT's decoder options, sent as extra top-level fields (the `openai` client's
 `extra_body`): `guidance_scale`, `num_inference_steps`, `num_frames`, `audio_seconds`, and `modalities`, the outputs
-a reply may render (`["text", "image", "video", "audio"]`, OpenAI's field, widened). Unknown fields are refused, so a
+a reply may render (`["text", "image", "video", "audio"]`, OpenAI's field, widened). `tools` / `tool_choice` are
+OpenAI's (`nextgpt.serving.tool_calls`). Unknown fields are refused, so a
 typo never silently falls back to a default. A value out of range is refused with one line naming the field and the
 range.
 
@@ -58,6 +59,10 @@ class ChatRequest(BaseModel):
     num_inference_steps: int | None = Field(None, description="denoising steps, [1, --max-inference-steps]")
     num_frames: int | None = Field(None, description="video frames, [1, --max-frames]")
     audio_seconds: float | None = Field(None, description="audio clip length, (0, --max-audio-seconds]")
+    tools: list[dict[str, Any]] | None = Field(
+        None, description="OpenAI function tools: a reply choosing one of them comes back as tool_calls"
+    )
+    tool_choice: str | dict[str, Any] | None = Field(None, description='"none" turns tool calls off; else ignored')
 
 
 @dataclass

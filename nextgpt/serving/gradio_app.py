@@ -53,6 +53,8 @@ class DemoSettings:
         max_upload_mb: per-file upload limit.
         max_prompt_chars: longest message accepted (longer ones are refused at once instead of holding the queue).
         output_dir: where generated media are written; None uses a fresh temporary folder.
+        tools_path: a tool library JSON: the tool each reply chooses runs on the user's media and its output is shown
+            under the reply (`nextgpt.tools.registry`).
         title: page heading.
         examples: example prompts: a text, or (text, image, video, audio) with None for no file.
     """
@@ -63,6 +65,7 @@ class DemoSettings:
     max_upload_mb: float = 50.0
     max_prompt_chars: int = 4000
     output_dir: Path | None = None
+    tools_path: Path | None = None
     title: str = "NExT-GPT: any-to-any chat"
     examples: tuple[str | tuple[str, str | None, str | None, str | None], ...] = field(
         default_factory=lambda: DEFAULT_EXAMPLES
@@ -174,8 +177,14 @@ def build_demo(pipeline: NextGPTPipeline, settings: DemoSettings) -> ChatDemo:
     """
     output_dir = settings.output_dir or Path(tempfile.mkdtemp(prefix="nextgpt-demo-"))
     output_dir.mkdir(parents=True, exist_ok=True)
+    tools = None
+    if settings.tools_path is not None:
+        from nextgpt.tools.library import load_tool_library
+        from nextgpt.tools.registry import ToolRegistry
+
+        tools = ToolRegistry(load_tool_library(settings.tools_path), decoders=pipeline.decoders)
     handlers = ChatHandlers(
-        pipeline, output_dir, int(settings.max_upload_mb * _BYTES_PER_MB), settings.max_prompt_chars
+        pipeline, output_dir, int(settings.max_upload_mb * _BYTES_PER_MB), settings.max_prompt_chars, tools
     )
 
     submit, retry, stop = _session_events(handlers)

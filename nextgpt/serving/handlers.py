@@ -76,10 +76,19 @@ class ChatHandlers:
         output_dir: where generated media go.
         max_upload_bytes: per-file limit for uploads.
         max_prompt_chars: longest message accepted.
+        tools: a `ToolRegistry`: the tool a reply chooses runs on the user's media, its output joins the reply.
     """
 
-    def __init__(self, pipeline: NextGPTPipeline, output_dir: Path, max_upload_bytes: int, max_prompt_chars: int):
+    def __init__(
+        self,
+        pipeline: NextGPTPipeline,
+        output_dir: Path,
+        max_upload_bytes: int,
+        max_prompt_chars: int,
+        tools: Any = None,
+    ):
         self.pipeline = pipeline
+        self.tools = tools
         self.output_dir = Path(output_dir)
         self.max_upload_bytes = max_upload_bytes
         self.max_prompt_chars = max_prompt_chars
@@ -253,6 +262,22 @@ class ChatHandlers:
                     del self._running[session]
         yield from self._finish(history, messages, outcome)
 
+    def _with_tool_output(self, user: Message, answer: Message) -> Message:
+        """The reply with the chosen tool's outcome appended: its text output, or the files it wrote, or why it did not
+        run (an id outside the library is shown, never run)."""
+        from nextgpt.inference.media_io import modality_of_file
+        from nextgpt.tools.answers import parse_tool_answer
+
+        inputs = [(m, Path(p)) for m, paths in user.media.items() for p in paths]
+        run = self.tools.run(
+            parse_tool_answer(answer.text).first, user.text, inputs, self.output_dir, uuid.uuid4().hex[:10]
+        )
+        media = {m: list(paths) for m, paths in answer.media.items()}
+        for path in run.files:
+            media.setdefault(modality_of_file(path), []).append(path)
+        shown = run.text if run.text is not None else run.message
+        return Message("assistant", f"{answer.text}\n\nTool {run.tool or '-'} ({run.status}): {shown}", media)
+
     def _finish(self, history: list[Message], messages: list[Message], outcome: dict[str, Any]) -> Iterator[tuple]:
         error = outcome.get("error")
         if isinstance(error, GenerationCancelled):
@@ -268,5 +293,6 @@ class ChatHandlers:
         reply = outcome["reply"]
         for problem in reply.result.problems:
             gr.Warning(problem)
-        new_history = [*messages, reply.message]
+        message = reply.message if self.tools is None else self._with_tool_output(messages[-1], reply.message)
+        new_history = [*messages, message]
         yield render_chat(new_history), new_history

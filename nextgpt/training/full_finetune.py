@@ -31,6 +31,12 @@ SHARD_SIZE = "5GB"
 """Largest safetensors file of a saved backbone (transformers' own default): a 7B backbone in bf16 is 3 files."""
 
 
+_LORA_PART = ".lora_"
+"""Module names of PEFT's LoRA parts (lora_A, lora_B, lora_dropout, lora_embedding_*), left out of the backbone."""
+_WRAPPED = ".base_layer."
+"""PEFT's name for the original layer inside a LoRA-wrapped one."""
+
+
 def trains_backbone(trainable: tuple[str, ...]) -> bool:
     """Whether a stage's trainable groups change the base LLM, so its checkpoints carry `llm/`."""
     return bool(set(BACKBONE_GROUPS) & set(trainable))
@@ -54,21 +60,25 @@ def write_backbone(model: nn.Module, out_dir: Path, zero_stage: int, write: bool
     """Write the LLM of `model` (a NextGPT) as a standalone HF folder; a collective under ZeRO-3.
 
     Args:
-        model: the NextGPT being trained (its `llm` is a transformers model, no LoRA: the config refuses `llm` with it).
+        model: the NextGPT being trained (its `llm` a transformers model, or a PEFT model when `embeddings` trains with
+            `lora`: the config refuses `llm` with LoRA).
         out_dir: the folder to create (`<staging checkpoint>/llm`).
         zero_stage: the engine's ZeRO stage (3: gather each module's weights on every rank in turn).
         write: this rank writes (rank 0); the others only join the gathers.
     """
-    llm = model.llm
+    # With LoRA on top (a stage training `embeddings` and `lora`), the folder holds the backbone under the adapter:
+    # the adapter itself is saved apart (lora/), so its weights are left out and wrapped layers keep their HF names.
+    llm = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
     state: dict[str, torch.Tensor] = {}
     for module_name, module in llm.named_modules():
         params = list(module.named_parameters(recurse=False))
-        if not params:
+        if not params or _LORA_PART in module_name:
             continue
         with gathered([p for _, p in params], zero_stage):
             if write:
                 for name, param in params:
-                    state[f"{module_name}.{name}" if module_name else name] = param.detach().to("cpu", copy=True)
+                    full = f"{module_name}.{name}" if module_name else name
+                    state[full.replace(_WRAPPED, ".")] = param.detach().to("cpu", copy=True)
     if not write:
         return
     embed_name = next(name for name, m in llm.named_modules() if m is llm.get_input_embeddings())

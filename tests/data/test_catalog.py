@@ -17,11 +17,12 @@ OFFICIAL_NAMES = {
     "alpaca_instruction", "videochat_instruction", "image_instruction", "video_instruction", "audio_instruction",
     "mosit_instruction",
 }  # fmt: skip
+TOOL_NAMES = {"tool_image", "tool_video", "tool_audio", "tool_text", "tool_combined"}
 
 
 def test_shipped_catalog_has_every_official_dataset_with_its_own_folders():
     catalog = load_catalog(REPO_ROOT / "configs" / "datasets.yaml")
-    assert set(catalog) == OFFICIAL_NAMES
+    assert set(catalog) == OFFICIAL_NAMES | TOOL_NAMES
     assert catalog["cc3m_enc"].annotation_path == REPO_ROOT / "data/T_X_pair_data/cc3m/cc3m_comprehension.json"
     assert catalog["llava_instruction"].image_dir == REPO_ROOT / "data/IT_data/T+X-T_data/llava/images"
     assert catalog["mosit_instruction"].image_dir == REPO_ROOT / "data/IT_data/MosIT_data/images"
@@ -30,6 +31,10 @@ def test_shipped_catalog_has_every_official_dataset_with_its_own_folders():
     assert {catalog[n].kind for n in ("cc3m_enc", "cc3m_dec", "mosit_instruction")} == {
         "x_to_text", "text_to_x", "instruction",
     }  # fmt: skip
+    # MLLM-Tool's layout: video paths start with "video/" and are read from mm_dataset/ itself.
+    assert {catalog[n].kind for n in TOOL_NAMES} == {"tool"}
+    assert catalog["tool_video"].video_dir == REPO_ROOT / "data/IT_data_ins/T+X-T_data/mm_dataset"
+    assert catalog["tool_audio"].audio_dir == REPO_ROOT / "data/IT_data_ins/T+X-T_data/mm_dataset/audio"
 
 
 def _write_catalog(tmp_path: Path, datasets: dict) -> Path:

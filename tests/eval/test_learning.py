@@ -129,3 +129,47 @@ def test_evaluate_refuses_a_folder_without_a_checkpoint(tmp_path: Path, capsys: 
     assert evaluate.main(["--checkpoint-dir", str(tmp_path), "--output", str(tmp_path / "eval.json")]) == 2
     assert "no config.yaml" in capsys.readouterr().err
     assert not (tmp_path / "eval.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.numerics
+def test_tool_stage_chooses_tools_for_heldout_requests_far_above_untrained(tool_checkpoint: Path, tmp_path: Path):
+    """Held-out requests (new media, wordings never trained on) of the tiny tool world, through the evaluate command."""
+    from nextgpt.cli import evaluate
+
+    report_path = tmp_path / "eval.json"
+    argv = ["--checkpoint-dir", str(tool_checkpoint), "--baseline", "--max-items", "6", "--output", str(report_path)]
+    assert evaluate.main(argv) == 0
+    (run,) = json.loads(report_path.read_text())["runs"]
+    trained, untrained = run["metrics"]["tools"], run["untrained"]["tools"]
+    assert trained["overall"]["num_examples"] == untrained["overall"]["num_examples"] == 24
+    assert set(trained["by_modality"]) == {"text", "image", "video", "audio"}
+    assert set(trained["by_ambiguity"]) == {"none", "type_1"}
+    chance = trained["overall"]["chance"]
+    assert trained["overall"]["accuracy"] >= max(chance, untrained["overall"]["accuracy"]) + 0.4
+    assert trained["overall"]["hallucination_rate"] <= 0.125 < untrained["overall"]["hallucination_rate"]
+    assert trained["overall"]["format_accuracy"] >= 0.9 > untrained["overall"]["format_accuracy"]
+    table = report_path.with_suffix(".md").read_text()
+    assert "| trained | overall | 24 |" in table and "| untrained | input: audio | 6 |" in table
+
+
+@pytest.mark.slow
+@pytest.mark.numerics
+def test_predict_runs_the_chosen_tool_on_the_users_media(tool_checkpoint: Path, tool_world: Path, tmp_path: Path):
+    """A request of the training set: the model chooses the shape counter, which counts the shapes of the image."""
+    from nextgpt.cli import predict
+    from nextgpt.data.catalog import load_catalog
+    from nextgpt.data.records import load_records
+    from nextgpt.data.tool_records import group_tool_records
+    from nextgpt.tiny.tools import count_shapes
+
+    entry = load_catalog(tool_world)["tool_image"]
+    examples, _ = group_tool_records(load_records(entry.annotation_path), entry)
+    example = next(e for e in examples if e.right_tools == ["tiny/shape-counter"])
+    argv = ["--checkpoint-dir", str(tool_checkpoint), "--tools", str(tool_world.parent / "tools.json")]
+    argv += ["--image", str(example.media), "--prompt", example.request, "--output-dir", str(tmp_path)]
+    assert predict.main([*argv, "--run-name", "tool", "--temperature", "0", "--no-stream"]) == 0
+    (result,) = json.loads((tmp_path / "tool" / "summary.json").read_text())["results"]
+    assert result["text"] == "{'api_name': tiny/shape-counter}"
+    assert result["tool"]["tool"] == "tiny/shape-counter" and result["tool"]["status"] == "ran"
+    assert result["tool"]["text"] == count_shapes("", [example.media])

@@ -197,3 +197,29 @@ def test_demo_is_local_unless_told_otherwise():
 
     assert DemoSettings().host == "127.0.0.1"
     assert demo_script._build_parser().parse_args(["--checkpoint-dir", "x"]).host == "127.0.0.1"
+
+
+@pytest.mark.slow
+@pytest.mark.numerics
+def test_the_demo_runs_the_tool_a_reply_chooses_and_shows_its_output(tool_checkpoint, tool_world, tmp_path):
+    """A training request of the tool world: the reply chooses the shape counter; its count joins the reply."""
+    from nextgpt.data.catalog import load_catalog
+    from nextgpt.data.records import load_records
+    from nextgpt.data.tool_records import group_tool_records
+    from nextgpt.inference.pipeline import NextGPTPipeline
+    from nextgpt.tiny.tools import count_shapes
+
+    entry = load_catalog(tool_world)["tool_image"]
+    examples, _ = group_tool_records(load_records(entry.annotation_path), entry)
+    example = next(e for e in examples if e.right_tools == ["tiny/shape-counter"])
+    pipeline = NextGPTPipeline.from_pretrained(tool_checkpoint, overrides=["generation.temperature=0"])
+    settings = DemoSettings(output_dir=tmp_path, tools_path=tool_world.parent / "tools.json")
+    handlers = build_demo(pipeline, settings).handlers
+    cfg = pipeline.cfg
+    values = [cfg.generation.temperature, cfg.generation.top_p, cfg.generation.max_new_tokens, cfg.generation.seed]
+    values += [1.0, 2, 1.0, 2, 4, 1.0, 2, 1.0]
+    chat, history, *_ = _last(handlers.submit(example.request, str(example.media), None, None, [], *values))
+    reply = history[-1].text
+    expected = f"Tool tiny/shape-counter (ran): {count_shapes('', [example.media])}"
+    assert reply.startswith("{'api_name': tiny/shape-counter}") and reply.endswith(expected)
+    assert any(message["content"] == reply for message in chat)
