@@ -148,6 +148,8 @@ def _run_tasks(args: argparse.Namespace) -> int:
     print(card_markdown(card))
     print(f"eval card: {args.output_dir / 'eval_card.json'}, {args.output_dir / 'eval_card.md'}")
     return 0
+
+
 def _write_tool_tables(report: dict, output: Path) -> None:
     """The tool-use runs' Markdown table (trained and untrained rows) next to the JSON report."""
     from nextgpt.eval.tools import tool_report_markdown
