@@ -3,7 +3,7 @@
 `FastDecoder` decodes one prompt; a server answering many users at once would run its whole LLM once per user per
 token. `BatchDecoder` keeps a static KV cache of `max_batch_size` rows: the prompts of a batch are left-padded into
 one (B, L, D) tensor and prefilled in one call, then every step decodes one token for every row through one step of
-fixed shapes, compiled on CUDA and replayed as a CUDA graph (`CUDA_COMPILE_OPTIONS`, as `FastDecoder`'s): a 7B step
+fixed shapes, compiled on CUDA and replayed as a CUDA graph (`CUDA_GRAPH_OPTIONS`): a 7B step
 for 32 rows costs little more than for one, since both read every weight once. Rows share the cache's write
 position; each row's own positions (`position_ids`) and its padding (the attention mask) make it see what it sees
 alone. A row that ends (stop id, length limit, cancel) keeps its slot until the batch ends; its tokens are dropped.
@@ -32,7 +32,7 @@ from transformers import StaticCache
 from nextgpt.decoders.cancel import GenerationCancelled
 from nextgpt.inference.fast_decode import (
     CACHE_LEN_MULTIPLE,
-    CUDA_COMPILE_OPTIONS,
+    CUDA_GRAPH_OPTIONS,
     _causal_lm,
     build_logits_warpers,
     compiles_on,
@@ -115,7 +115,7 @@ class BatchDecoder:
         self._cuda_graphs = self.compile and self.device.type == "cuda"
         self._step = self._decode_step
         if self.compile:
-            options = CUDA_COMPILE_OPTIONS if self._cuda_graphs else None
+            options = CUDA_GRAPH_OPTIONS if self._cuda_graphs else None
             self._step = torch.compile(self._decode_step, options=options, fullgraph=True)
 
     def reserve(self, num_tokens: int) -> None:

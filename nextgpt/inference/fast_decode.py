@@ -15,6 +15,7 @@ the same ones.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -24,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import LogitsProcessorList, StaticCache, TemperatureLogitsWarper, TopPLogitsWarper
 
 from nextgpt.decoders.cancel import raise_if_cancelled
@@ -40,11 +42,25 @@ checking every 8 tokens cost 4% of the speed). At most this many - 1 steps past 
 On the CPU nothing runs ahead of the host, so it checks (and streams) every token."""
 
 
-CUDA_COMPILE_OPTIONS = {"triton.cudagraphs": True, "coordinate_descent_tuning": True}
-"""Inductor options of the decode step on CUDA: what `mode="reduce-overhead"` sets (replay as a CUDA graph) plus
-coordinate-descent tuning of the block sizes of the kernels inductor generates (norms, rotary, the cache write,
-the fused pointwise work between the matmuls). On an H200 it took a 7B model from 196 to 210 tokens/s (64-token
-prompt, 128 new tokens, both in one process) for about 30 s more compilation on first use."""
+CUDA_GRAPH_OPTIONS = {"triton.cudagraphs": True, "coordinate_descent_tuning": True}
+"""Inductor options of a compiled decode step on CUDA: what `mode="reduce-overhead"` sets (replay as a CUDA graph)
+plus coordinate-descent tuning of the block sizes of the kernels inductor generates (norms, rotary, the cache write,
+the fused pointwise work between the matmuls). `BatchDecoder`'s step uses these."""
+
+CUDA_COMPILE_OPTIONS = {**CUDA_GRAPH_OPTIONS, "max_autotune": True, "max_autotune_gemm_backends": "TRITON,ATEN"}
+"""Inductor options of `FastDecoder`'s batch-1 step on CUDA: `CUDA_GRAPH_OPTIONS` plus autotuned matrix-vector
+products (Triton templates timed against cuBLAS, the faster kept). `bench/decode_probe.py` on an H200 (7B shape,
+64-token prompt, 256 new tokens, cache of 512; one variant per process): 200 tokens/s with `CUDA_GRAPH_OPTIONS`, 214
+with autotuning, 221-223 with autotuning and `DECODE_ATTENTION` (`bench/decode_probe.json`); the first request
+(compilation, CUDA-graph capture) takes about 100-130 s instead of about 70-100."""
+
+DECODE_ATTENTION = (SDPBackend.MATH,)
+"""sdpa backends of the compiled decode step on CUDA. One query against the static cache: the memory-efficient
+kernel (sdpa's pick under a mask) runs one block per head, 32 blocks on a 132-SM GPU, and takes 25 us a layer for a
+512-token cache on an H200 (0.8 ms of a 5 ms 7B step); the math form, which inductor fuses into its own reductions
+spread over the cache, takes 9 us (`bench/decode_probe.json`, `attention_us`). The same attention up to bf16
+rounding: where two logits nearly tie (as with random weights) greedy tokens can part from HF `generate`'s, which
+runs the memory-efficient kernel; the CPU tests compare tokens exactly."""
 
 
 def prepare_cuda_graph_thread() -> None:
@@ -182,7 +198,11 @@ class FastDecoder:
     def _decode_step(self, token_ids: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One cached step of fixed shapes: (1, 1) token at (1, 1) position -> greedy next token (1,) and its (1, V)
         float32 logits (which sampling draws from)."""
-        out = self.causal_lm(input_ids=token_ids, position_ids=position_ids, past_key_values=self.cache, use_cache=True)
+        attention = sdpa_kernel(list(DECODE_ATTENTION)) if self._cuda_graphs else contextlib.nullcontext()
+        with attention:
+            out = self.causal_lm(
+                input_ids=token_ids, position_ids=position_ids, past_key_values=self.cache, use_cache=True
+            )
         scores = out.logits[:, -1].float()  # (1, 1, V) -> (1, V)
         return select_next_token(scores), scores
 
