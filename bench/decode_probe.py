@@ -24,6 +24,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.components import VICUNA_7B  # noqa: E402
+
 
 def graph_us(fn, reps: int = 100) -> float:
     """Microseconds per call of `fn`, ten calls captured in one CUDA graph and replayed `reps` times."""
@@ -153,15 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "command": " ".join(sys.argv)}
     report["attention_us"] = attention_microbench(args.attention_cache_lens)
-    config = LlamaConfig(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        vocab_size=32064,
-        max_position_embeddings=4096,
-    )
+    config = LlamaConfig(**{**VICUNA_7B, "vocab_size": 32064})  # 32,000 + the signal tokens, padded
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
