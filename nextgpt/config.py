@@ -279,8 +279,9 @@ class GenerationConfig:
     """At most this many media items of one modality per reply (extra spans are reported and skipped)."""
     compile_decode: bool | None = None
     """Compile the text decode step (`nextgpt.inference.fast_decode`; every reply decodes with its static KV cache).
-    None: compile on CUDA (replayed as a CUDA graph), eager on CPU. Compiling costs a 30-60 s first reply on a 7B model
-    (and again when a longer request grows the cache) for about 5x faster decoding after it; the tokens are the same."""
+    None: compile on CUDA (replayed as a CUDA graph), eager on CPU. Compiling (with autotuning) costs a first reply of
+    about 100-130 s on a 7B model on an H200 (and again when a longer request grows the cache) for about 7x faster
+    decoding after it (`docs/benchmarks.md`); the tokens are the same up to bf16 rounding."""
 
     RETIRED_KEYS: ClassVar[dict[str, tuple[object, str]]] = {
         "fast_decode": (

@@ -101,8 +101,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--compile-decode",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="compile the text decode step: a 30-60 s first reply on a 7B model, then about 5x faster decoding, same "
-        "tokens (generation.compile_decode; default: on CUDA only)",
+        help="compile the text decode step: a first reply of about 100-130 s on a 7B model, then about 7x faster "
+        "decoding, the same tokens up to bf16 rounding (generation.compile_decode; default: on CUDA only)",
     )
     text.add_argument("--fast-decode", action=_RemovedFlag, nargs=0, help=argparse.SUPPRESS)
     media = parser.add_argument_group(f"media generation ({CHECKPOINT_DEFAULT}: model.decoders.<modality>.*)")
