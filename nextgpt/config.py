@@ -277,6 +277,9 @@ class GenerationConfig:
     """Seeds text sampling and the decoders' initial noise (the k-th item of a modality uses seed + k)."""
     max_outputs_per_modality: int = 5
     """At most this many media items of one modality per reply (extra spans are reported and skipped)."""
+    ignore_eos: bool = False
+    """Decode `max_new_tokens` tokens whatever the model says (an end-of-reply token does not stop it): replies of a
+    known length for load tests and benchmarks, as vLLM's `ignore_eos`. Off for answers people read."""
     compile_decode: bool | None = None
     """Compile the text decode step (`nextgpt.inference.fast_decode`; every reply decodes with its static KV cache).
     None: compile on CUDA (replayed as a CUDA graph), eager on CPU. Compiling (with autotuning) costs a first reply of

@@ -55,6 +55,7 @@ class DecodeRow:
         seed: seeds this row's sampling RNG.
         streamer: an HF streamer receiving this row's tokens as they are decoded.
         cancel: when set, the row leaves the batch and its result is `GenerationCancelled`.
+        ignore_eos: decode `max_new_tokens` tokens; the batch's stop ids do not end this row.
     """
 
     inputs_embeds: torch.Tensor
@@ -64,6 +65,7 @@ class DecodeRow:
     seed: int = 0
     streamer: Any | None = None
     cancel: threading.Event | None = None
+    ignore_eos: bool = False
 
 
 def _check_rows(rows: Sequence[DecodeRow], device: torch.device) -> None:
@@ -84,15 +86,18 @@ def tokens_needed(rows: Sequence[DecodeRow]) -> int:
 class BatchDecoder:
     """Decodes up to `max_batch_size` prompts at once with a reusable static KV cache and a (compiled) step.
 
-    Compiled, the cache and the step have `max_batch_size` rows whatever the batch: a smaller batch fills the other
-    rows with a one-token dummy prompt, so one compiled step (and its CUDA graph) serves every batch size. Eager (the
-    CPU), the step has the batch's rows and no more, and each batch gets a fresh cache of its size. Keep one decoder
-    per loaded model and batch size: a new one compiles again (about a minute for a 7B model).
+    Compiled, the cache and the step have `max_batch_size` rows and `max_cache_len` positions whatever the batch: a
+    smaller batch fills the other rows with a one-token dummy prompt, so one compiled step (and its CUDA graph) serves
+    every batch size. Eager (the CPU), nothing is compiled to keep: each batch gets a fresh cache of exactly its rows
+    and its `tokens_needed`, since zeroing and attending over unused positions would cost more than the model (64 rows
+    of the tiny model: 4x the whole decode at 600 positions). Keep one decoder per loaded model and batch size: a new
+    one compiles again (about a minute for a 7B model).
 
     Args:
         llm: a transformers LLaMA-family causal LM (peft-wrapped or merged), in eval mode.
         max_batch_size: most prompts per batch.
-        max_cache_len: longest prompt + reply of a batch (grown by `reserve`, which recompiles).
+        max_cache_len: longest prompt + reply of a batch when compiled (grown by `reserve`, which recompiles);
+            eager, each batch's cache has the length it needs.
         compile: compile the step; None compiles on CUDA (CUDA graphs) and not on CPU.
 
     Raises:
@@ -120,7 +125,7 @@ class BatchDecoder:
 
     def reserve(self, num_tokens: int) -> None:
         """Make room for batches of `num_tokens` (padded prompt + reply), growing the cache (then recompiling)."""
-        if num_tokens <= self.max_cache_len:
+        if num_tokens <= self.max_cache_len or not self.compile:  # eager: every batch gets a cache of its own length
             return
         grown = -(-num_tokens // CACHE_LEN_MULTIPLE) * CACHE_LEN_MULTIPLE
         logger.warning("batched decoding: growing the static KV cache from %d to %d tokens", self.max_cache_len, grown)
@@ -140,14 +145,14 @@ class BatchDecoder:
         scores = out.logits[:, -1].float()  # (B, V)
         return torch.argmax(scores, dim=-1), scores
 
-    def _layout(self, rows: Sequence[DecodeRow], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _layout(self, rows: Sequence[DecodeRow], width: int, cache_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L, D) prompts left-padded with zeros (B = `width` >= rows; dummy rows: one zero token) and the (B, C)
-        padding mask: 0 at a row's padding, 1 from its first token to the end of the cache (the causal mask hides
-        what is not written yet)."""
+        padding mask, C = `cache_len`: 0 at a row's padding, 1 from its first token to the end of the cache (the
+        causal mask hides what is not written yet)."""
         longest = max(r.inputs_embeds.shape[1] for r in rows)
         first = rows[0].inputs_embeds
         embeds = first.new_zeros((width, longest, first.shape[2]))  # (B, L, D)
-        mask = torch.zeros((width, self.max_cache_len), dtype=torch.long, device=self.device)  # (B, C)
+        mask = torch.zeros((width, cache_len), dtype=torch.long, device=self.device)  # (B, C)
         mask[:, longest - 1 :] = 1  # dummy rows attend to their last (zero) position only
         for index, row in enumerate(rows):
             length = row.inputs_embeds.shape[1]
@@ -208,10 +213,11 @@ class BatchDecoder:
             generators.append(generator)
             if row.streamer is not None:
                 row.streamer.put(torch.zeros((1, 0), dtype=torch.long))  # the (empty) prompt, which streamers skip
-        width = self.max_batch_size if self.compile else len(rows)
-        if not self.compile:  # nothing compiled to keep: a cache of this batch's rows (sized by the prefill)
-            self.cache = StaticCache(config=self.causal_lm.config, max_cache_len=self.max_cache_len)
-        embeds, mask = self._layout(rows, width)  # (B, L, D), (B, C)
+        width, cache_len = self.max_batch_size, self.max_cache_len
+        if not self.compile:  # nothing compiled to keep: a cache of this batch's rows (sized by the prefill) and length
+            width, cache_len = len(rows), tokens_needed(rows)
+            self.cache = StaticCache(config=self.causal_lm.config, max_cache_len=cache_len)
+        embeds, mask = self._layout(rows, width, cache_len)  # (B, L, D), (B, C)
         greedy, scores, positions = self._prefill(embeds, mask)  # (B,), (B, V), (B, 1)
         active = set(range(len(rows)))
         while active:
@@ -236,7 +242,7 @@ class BatchDecoder:
                 tokens[index] = token
                 if row.streamer is not None:
                     row.streamer.put(torch.tensor([token]))
-                if token in stops or len(generated[index]) == row.max_new_tokens:
+                if (token in stops and not row.ignore_eos) or len(generated[index]) == row.max_new_tokens:
                     results[index] = torch.tensor(generated[index], dtype=torch.long, device=self.device)
                     active.discard(index)
                     _end_stream(row)

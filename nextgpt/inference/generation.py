@@ -74,6 +74,11 @@ def _build_prompt_batch(model: NextGPT, turns: list, media: Mapping[Modality, to
     )
 
 
+def reply_stop_ids(model: NextGPT, cfg: GenerationConfig) -> list[int]:
+    """Ids that end this reply: the model's stop ids, or none when `cfg.ignore_eos`."""
+    return [] if cfg.ignore_eos else stop_token_ids(model)
+
+
 def stop_token_ids(model: NextGPT) -> list[int]:
     """Ids that end a reply: EOS, plus each template stop string that is one token (legacy `###`, id 835 for
     Vicuna, the legacy demo's only stop). A stop string of several tokens is cut from the text (`_reply_text`)."""
@@ -112,7 +117,7 @@ def decode_text(
         cfg.max_new_tokens,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
-        eos_token_ids=stop_token_ids(model),
+        eos_token_ids=reply_stop_ids(model, cfg),
         streamer=streamer,
         cancel=cancel,
     )

@@ -80,7 +80,14 @@ class PreparedRequest:
         """This request as one row of `decode_batch`."""
         cfg = self.generation
         return DecodeRow(
-            self.spliced.inputs_embeds, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed, streamer, cancel
+            self.spliced.inputs_embeds,
+            cfg.max_new_tokens,
+            cfg.temperature,
+            cfg.top_p,
+            cfg.seed,
+            streamer,
+            cancel,
+            ignore_eos=cfg.ignore_eos,
         )
 
 

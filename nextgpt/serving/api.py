@@ -291,7 +291,7 @@ def _finish(
 
 
 def _finish_reason(state: ServerState, ids: Any, prepared: PreparedRequest) -> str:
-    stops = set(state.batcher.stop_ids) if state.batcher else set()
+    stops = set(state.batcher.stop_ids) if state.batcher and not prepared.generation.ignore_eos else set()
     ended = ids.numel() and int(ids[-1]) in stops
     return "stop" if ended or ids.numel() < prepared.generation.max_new_tokens else "length"
 

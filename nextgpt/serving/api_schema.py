@@ -2,8 +2,9 @@
 
 The body is OpenAI's (`model`, `messages`, `stream`, `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`,
 `seed`, `n`, `stream_options`) plus NExT-GPT's decoder options, sent as extra top-level fields (the `openai` client's
-`extra_body`): `guidance_scale`, `num_inference_steps`, `num_frames`, `audio_seconds`, and `modalities`, the outputs
-a reply may render (`["text", "image", "video", "audio"]`, OpenAI's field, widened). `tools` / `tool_choice` are
+`extra_body`): `guidance_scale`, `num_inference_steps`, `num_frames`, `audio_seconds`, `modalities`, the outputs
+a reply may render (`["text", "image", "video", "audio"]`, OpenAI's field, widened), and `ignore_eos` (vLLM's:
+replies of exactly `max_tokens` tokens, for load tests). `tools` / `tool_choice` are
 OpenAI's (`nextgpt.serving.tool_calls`). Unknown fields are refused, so a
 typo never silently falls back to a default. A value out of range is refused with one line naming the field and the
 range.
@@ -59,6 +60,7 @@ class ChatRequest(BaseModel):
     num_inference_steps: int | None = Field(None, description="denoising steps, [1, --max-inference-steps]")
     num_frames: int | None = Field(None, description="video frames, [1, --max-frames]")
     audio_seconds: float | None = Field(None, description="audio clip length, (0, --max-audio-seconds]")
+    ignore_eos: bool | None = Field(None, description="decode max_tokens tokens even past the end of the reply")
     tools: list[dict[str, Any]] | None = Field(
         None, description="OpenAI function tools: a reply choosing one of them comes back as tool_calls"
     )
@@ -110,7 +112,11 @@ def request_settings(request: ChatRequest, pipeline: NextGPTPipeline, config: Se
     if unknown:
         raise ApiError(400, f"modalities holds {unknown}; choose from {list(OUTPUT_NAMES)}", "modalities")
     generation = pipeline.generation_config(
-        max_new_tokens=max_tokens, temperature=request.temperature, top_p=request.top_p, seed=request.seed
+        max_new_tokens=max_tokens,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        seed=request.seed,
+        ignore_eos=request.ignore_eos,
     )
     shared = {"num_inference_steps": request.num_inference_steps, "guidance_scale": request.guidance_scale}
     options = {

@@ -75,12 +75,23 @@ def test_a_kept_decoder_answers_batches_of_any_size_as_each_prompt_alone():
     llm, prompts = _random_llama_and_prompts()
     single = FastDecoder(llm, max_cache_len=64, compile=False)
     alone = [single.generate(p, 10).tolist() for p in prompts]
-    decoder = BatchDecoder(llm, max_batch_size=3, max_cache_len=16, compile=False)  # too short: grows
+    decoder = BatchDecoder(llm, max_batch_size=3, max_cache_len=16, compile=False)  # too short: eager needs no room
     assert [r.tolist() for r in decoder.decode([DecodeRow(p, 10) for p in prompts])] == alone
-    assert decoder.max_cache_len >= 22
+    assert decoder.cache.get_max_length() == 12 + 10  # eager: this batch's longest prompt + reply, not max_cache_len
     assert [r.tolist() for r in decoder.decode([DecodeRow(prompts[1], 10)])] == [alone[1]]
     with pytest.raises(ValueError, match="exceed the decoder's max_batch_size of 3"):
         decoder.decode([DecodeRow(prompts[0], 4)] * 4)
+
+
+def test_ignore_eos_rows_run_to_their_length_while_the_others_stop():
+    llm, prompts = _random_llama_and_prompts()
+    alone = [FastDecoder(llm, max_cache_len=64, compile=False).generate(p, 6).tolist() for p in prompts[:2]]
+    stop = alone[0][1]  # the first row's second token ends its reply
+    rows = [DecodeRow(prompts[0], 6), DecodeRow(prompts[0], 6, ignore_eos=True), DecodeRow(prompts[1], 6)]
+    decoded = [r.tolist() for r in decode_batch(llm, rows, eos_token_ids=[stop])]
+    assert decoded[0] == alone[0][:2] and decoded[1] == alone[0]
+    cut = alone[1].index(stop) + 1 if stop in alone[1] else 6
+    assert decoded[2] == alone[1][:cut]
 
 
 @pytest.mark.slow  # compiling the step on the CPU takes one to three minutes

@@ -132,3 +132,12 @@ def test_a_set_cancel_event_stops_the_reply_and_writes_nothing(pipeline, tmp_pat
         pipeline.reply([Message("user", "Please generate an image of a red circle on the left.")], tmp_path,
                        cancel=cancel)  # fmt: skip
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ignore_eos_decodes_max_new_tokens_past_the_end_of_the_reply(pipeline):
+    messages = [Message("user", "Tell me about a red circle on the left.")]
+    ended = pipeline.generate(messages, generation=pipeline.generation_config(max_new_tokens=60))
+    assert 0 < len(ended.token_ids) < 60  # the taught model ends this reply itself
+    longer = len(ended.token_ids) + 8
+    forced = pipeline.generate(messages, generation=pipeline.generation_config(max_new_tokens=longer, ignore_eos=True))
+    assert len(forced.token_ids) == longer and forced.token_ids[: len(ended.token_ids)] == ended.token_ids

@@ -87,6 +87,15 @@ def test_models_health_and_plain_text_match_the_pipeline(server, client, demo_pi
     )
 
 
+def test_ignore_eos_replies_have_exactly_max_tokens_tokens(server, client, demo_pipeline):
+    ended = _chat(client, "What can you do?", max_tokens=60)
+    assert ended.choices[0].finish_reason == "stop" and ended.usage.completion_tokens < 60
+    length = ended.usage.completion_tokens + 5
+    forced = _chat(client, "What can you do?", max_tokens=length, extra_body={"ignore_eos": True})
+    assert forced.usage.completion_tokens == length and forced.choices[0].finish_reason == "length"
+    assert forced.choices[0].message.content.startswith(ended.choices[0].message.content)
+
+
 def test_streamed_text_arrives_in_chunks_then_finish_reason_usage_and_done(server, client, demo_pipeline):
     prompt = "What can you do?"
     stream = _chat(client, prompt, stream=True, stream_options={"include_usage": True})

@@ -71,13 +71,20 @@ async def _round(url: str, make_request, num: int = NUM_REQUESTS) -> tuple[list,
         return results, time.perf_counter() - start
 
 
+TEXT_REPLY_TOKENS = 48
+"""Length of every reply of the text-only comparison (`ignore_eos`, as vLLM's load tests): the taught model ends its
+replies after about 16 tokens, so short that the HTTP, client and splicing work of each request (the same in both
+modes, about 9 ms a request on a 2-core CPU) outweighs the decoding that batching speeds up."""
+
+
 async def _text_only(client: openai.AsyncOpenAI, index: int) -> str:
     reply = await client.chat.completions.create(
         model="final",
         messages=[{"role": "user", "content": _text_prompt(index)}],
-        max_tokens=24,
-        extra_body={"modalities": ["text"]},
+        max_tokens=TEXT_REPLY_TOKENS,
+        extra_body={"modalities": ["text"], "ignore_eos": True},
     )
+    assert reply.usage.completion_tokens == TEXT_REPLY_TOKENS
     return reply.choices[0].message.content
 
 
