@@ -33,7 +33,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from nextgpt.config import ConfigError
 from nextgpt.decoders.cancel import GenerationCancelled
-from nextgpt.inference.generation import stop_token_ids
+from nextgpt.inference.generation import reply_stop_ids, stop_token_ids
 from nextgpt.inference.pipeline import NextGPTPipeline, PreparedRequest
 from nextgpt.serving import api_responses as responses
 from nextgpt.serving.api_config import ServeConfig
@@ -291,7 +291,7 @@ def _finish(
 
 
 def _finish_reason(state: ServerState, ids: Any, prepared: PreparedRequest) -> str:
-    stops = set(state.batcher.stop_ids) if state.batcher and not prepared.generation.ignore_eos else set()
+    stops = reply_stop_ids(state.ready().model, prepared.generation)
     ended = ids.numel() and int(ids[-1]) in stops
     return "stop" if ended or ids.numel() < prepared.generation.max_new_tokens else "length"
 
