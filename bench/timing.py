@@ -123,9 +123,12 @@ def measure_matmul_peak(size: int = 8192, repeat: int = 50) -> float | None:
     return 2 * size**3 * repeat / (time.perf_counter() - start)
 
 
-def profile_top_kernels(fn: Callable[[], Any], steps: int = 2, rows: int = 12, sort_by_host: bool = False) -> str:
+def profile_top_kernels(
+    fn: Callable[[], Any], steps: int = 2, rows: int = 12, sort_by_host: bool = False, inclusive: bool = False
+) -> str:
     """torch.profiler table of the most expensive device kernels over `steps` calls of `fn` (CPU ops on CPU; with
-    `sort_by_host`, the ops that cost the host the most time, for steps the host bounds)."""
+    `sort_by_host`, the ops that cost the host the most time, for steps the host bounds; with `inclusive` too, by
+    host time including callees, so compiled regions and autograd nodes show what they cost as a whole)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
@@ -133,6 +136,8 @@ def profile_top_kernels(fn: Callable[[], Any], steps: int = 2, rows: int = 12, s
     if torch.cuda.is_available():
         activities.append(ProfilerActivity.CUDA)
         sort_by = "self_cpu_time_total" if sort_by_host else "self_cuda_time_total"
+    if sort_by_host and inclusive:
+        sort_by = "cpu_time_total"
     sync()
     with profile(activities=activities) as prof:
         for _ in range(steps):

@@ -318,7 +318,8 @@ def _ours_results(
     if profile:
         step = lambda m=model, o=optimizer, b=batches[-1]: _step(ours_forward, m, o, b, device)  # noqa: E731
         out["profile_ours"] = profile_top_kernels(step)
-        out["profile_ours_host"] = profile_top_kernels(step, sort_by_host=True)
+        out["profile_ours_host"] = profile_top_kernels(step, rows=30, sort_by_host=True)
+        out["profile_ours_host_inclusive"] = profile_top_kernels(step, rows=40, sort_by_host=True, inclusive=True)
     del model, optimizer, batches
     free_memory()
     return out, items, llm_dir

@@ -15,7 +15,10 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from nextgpt.llm.backbone import (
+    CAPTURE_HOOK_NAME,
     NUM_BASE_TOKENS_KEY,
+    compile_decoder_layers,
+    decoder_layers,
     fold_token_rows,
     get_num_base_tokens,
     load_llm,
@@ -107,6 +110,27 @@ def test_gradient_checkpointing_gives_the_same_gradients(llm_cfg, tokenizer) -> 
         model(input_ids=IDS, labels=IDS).loss.backward()
         grads.append(model.get_input_embeddings().new_rows.grad.clone())
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def _capture_hooks(module: nn.Module) -> list:
+    return [h for h in module._forward_hooks.values() if getattr(h, "__name__", "") == CAPTURE_HOOK_NAME]
+
+
+def test_compiled_layers_keep_only_the_hidden_state_hooks(llm_cfg, tokenizer) -> None:
+    """Compiled layers lose the attention-capture hooks inside them (a graph break on some PyTorch versions) and
+    keep the layer hooks, so `output_hidden_states` still returns every layer's output, as the eager model does."""
+    eager, compiled = load_llm(llm_cfg, tokenizer), load_llm(llm_cfg, tokenizer)
+    layers = decoder_layers(compiled)
+    compile_decoder_layers(compiled)  # as the training build does: before any forward
+    with torch.no_grad():
+        want = eager(IDS, output_hidden_states=True)  # transformers installs its capture hooks in this forward
+        got = compiled(IDS, output_hidden_states=True)
+    assert all(_capture_hooks(layer.self_attn) for layer in decoder_layers(eager))
+    assert not any(_capture_hooks(m) for layer in layers for m in layer.modules() if m is not layer)
+    assert all(_capture_hooks(layer) for layer in layers)
+    assert len(got.hidden_states) == len(want.hidden_states) == len(layers) + 1
+    for a, b in zip(want.hidden_states, got.hidden_states, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)  # float32, inductor may reorder sums
 
 
 def test_bfloat16_loading(llm_cfg, tokenizer) -> None:
