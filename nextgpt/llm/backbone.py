@@ -167,10 +167,10 @@ def drop_inner_capture_hooks(layer: nn.Module) -> int:
     """Remove transformers' output-capturing forward hooks from the modules inside a decoder layer (its attention).
 
     Such a hook reads a ContextVar, which some PyTorch versions (2.11) cannot trace: inside a compiled layer forward
-    it splits every layer into three graphs (three guard checks, three autograd nodes and no fusion across them),
-    which costs a host-bound training step about a fifth of its time. The hooks on the layers themselves (the
-    hidden states) stay and run eagerly around the compiled forward. What the dropped hooks collect, attention
-    weights, no route here produces (varlen and sdpa return none).
+    it splits every layer into three graphs (three guard checks and three autograd nodes per layer each way, and no
+    fusion across the attention), host work that a host-bound training step pays in full. The hooks on the layers
+    themselves (the hidden states) stay and run eagerly around the compiled forward. What the dropped hooks collect,
+    attention weights, no route here produces (varlen and sdpa return none).
 
     Returns:
         The number of hooks removed.
