@@ -199,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--serve-json", type=Path, help='bench/serve_check.py\'s report: its "Serving" section goes in the doc'
     )
+    parser.add_argument(
+        "--multi-gpu-json",
+        type=Path,
+        help='bench/multi_gpu_check.py\'s report: its "Multi-GPU" section goes in the doc',
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.from_json:
@@ -261,7 +266,9 @@ def _command(argv: list[str], script: str = "bench/run.py") -> str:
     shown, after_out = [], False
     for arg in argv:
         shown.append(Path(arg).name if after_out else arg)
-        after_out = arg in ("--out", "--doc", "--work", "--bench-json", "--scale-json", "--serve-json")
+        after_out = arg in (
+            "--out", "--doc", "--work", "--bench-json", "--scale-json", "--serve-json", "--multi-gpu-json"
+        )  # fmt: skip
     return f"python {script} " + " ".join(shlex.quote(a) for a in shown)
 
 
@@ -284,6 +291,10 @@ def _finish(results: dict[str, Any], args: argparse.Namespace) -> int:
             from bench import serve_check
 
             sections.append(serve_check.doc_section(json.loads(args.serve_json.read_text())))
+        if args.multi_gpu_json is not None:
+            from bench import multi_gpu_check
+
+            sections.append(multi_gpu_check.format_markdown(json.loads(args.multi_gpu_json.read_text())))
         write_doc(results, args.doc, loop, earlier, sections)
     print(f"GPU: {results.get('gpu')}")
     print(format_table(build_rows(results)))
