@@ -40,7 +40,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench.loop_check import STAGES, precompute_features, prepare, summarize  # noqa: E402
-from bench.run import _command  # noqa: E402
+from bench.run import _command, _save  # noqa: E402
 
 SCRIPTS = {"stage1": "scripts/pretrain_enc.sh", "stage3": "scripts/finetune.sh"}
 """The shipped launch script of each stage."""
@@ -279,8 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                 report["resume"] = run_resume(pair, args.gpus, args, paths, half)
             pair.pop("_records")
             report["pairs"].append(pair)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(report, indent=2))
+            _save(report, args.out)  # after every pair: a later failure keeps what was measured
     print(format_markdown(report), flush=True)
     return 0
 
