@@ -77,6 +77,8 @@ def launch(
     else:
         cmd = ["bash", SCRIPTS[key], *overrides]
         env = {**os.environ, "GPUS": ",".join(gpus), "PORT": port, "OUTPUT_DIR": str(out_dir)}
+        # the `deepspeed` launcher of this interpreter's environment, activated or not
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as handle:
         done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, check=False)
