@@ -12,7 +12,7 @@ and only workload and path overrides, so the number says how fast the shipped co
 3. Train stage 1 (CC3M-like captions, micro-batch 32) and stage 3 (LLaVA/MosIT-like instructions, micro-batch 8).
 4. Time the isolated bench step of the same stage (`bench.training.run_ours`: the shipped YAML's model, collator and
    optimizer stepped directly, as `bench/run.py` measures "ours") in the same process, so both numbers come from one
-   GPU and one host (lent machines differ by about 30% in host speed, and these steps are partly host-bound).
+   GPU and one host (machines differ by about 30% in host speed, and these steps are partly host-bound).
 5. Report per stage from metrics.jsonl, after --warmup steps: tokens/s (median, mean), samples/s, the mean of every
    `ms_*` / `host_ms_*` key, peak GPU memory, wall time, final loss, and the fraction of the isolated step's tokens/s
    (target >= 0.80); with --bench-json, also the fraction of that file's `ours` tokens/s.

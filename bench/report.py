@@ -217,13 +217,13 @@ LIMITS: dict[str, str] = {
         "work (128 ms a step with the profiler on) is mostly the 32 compiled layers: 1.26 ms of host time per layer "
         "forward and 1.02 ms per layer backward, about 73 ms a step, most of it launching the ~40 matmuls of each "
         "layer (base projections, LoRA A and B, their gradients). MFU against the measured matmul peak is 0.66. The "
-        "naive baseline and ours move with the lent machine: this code measured 2.56x on another H200, the code before "
+        "naive baseline and ours move with the machine: this code measured 2.56x on another H200, the code before "
         "the single-graph layers 2.79x and 3.00x on two more. Next: fewer host calls per step (CUDA graphs over length buckets)."
     ),
     "stage 1": "The step is host-bound: about 54 ms of kernels per 75 ms step (profile below). Next: as for stage 3.",
     "decode": (
         "A whole call takes 624 ms: 25.9 ms for a one-token call (the eager prefill of the 60-token prompt and the "
-        "first token), then 127 steps of 4.71 ms (212 tokens/s for the step alone). Another lent H200 ran the same "
+        "first token), then 127 steps of 4.71 ms (212 tokens/s for the step alone). Another H200 ran the same "
         "code at 600 ms a call (27.5 ms + 127 x 4.51 ms: 213 tokens/s, the step alone 222). 220 tokens/s over a "
         "whole call needs 582 ms: a compiled prefill (about 20 ms less) would not reach it on this machine, so the "
         "step itself has to get faster; it runs at 0.66 of the weight-reading bound (3.1 ms). Next: a compiled "
@@ -252,7 +252,7 @@ FINDINGS = """## Notes from these runs
   no loss scale, so the scan is off (`bf16.check_grad_overflow: false` in the resolved DeepSpeed config; the loop stops
   on a non-finite loss at its next flush, before any save), and one process runs ZeRO-1/2 without `overlap_comm` and
   `contiguous_gradients`, which only serve a reduction across ranks. ZeRO stage 0 was slower still (144 ms).
-- Stage 3 again, with the isolated step timed in the same process on the same machine (second report below; lent
+- Stage 3 again, with the isolated step timed in the same process on the same machine (second report below;
   machines differ by about 30% in host speed and this step is partly host-bound, so a fraction against another
   machine's bench means little): 8,957 tokens/s through the loop against 11,795 isolated, 0.76 (0.80 is the target).
   Per step, 234 ms: forward 92 (LLM 80, output projectors 7), backward 102, DeepSpeed's optimizer step 36. The isolated

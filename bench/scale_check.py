@@ -11,7 +11,7 @@ overrides, and reports tokens/s, peak GPU memory and every step's loss:
   memory cap (a 24 GB card); `7b_lora_ckpt` and `7b_qlora_24g` differ only in the 4-bit LLM, so their losses compare.
 - `7b_full_zero3`, `7b_full_zero3_offload`: the whole 7B backbone and vocabulary matrices trained (no LoRA) under
   ZeRO-3, on the GPU alone and with parameters and optimizer offloaded to the CPU (the final save is skipped: its
-  DeepSpeed state, 81 GB, exceeds the lent machine's disk).
+  DeepSpeed state, 81 GB, exceeds the test machine's disk).
 - `7b_4bit_inference_16g`: inference, not training: the 7B model built from the same config with
   `model.llm.quantization=4bit` (ImageBind-Huge, projectors), under a 16 GiB cap: encode an image, decode 16 tokens,
   then render an image, a video and an audio clip with SD-1.5 / ZeroScope / AudioLDM-shaped decoders through the
@@ -81,7 +81,7 @@ def variants(llm_13b: Path) -> dict[str, dict[str, Any]]:
         },
         "7b_full_zero3_offload": {
             "overrides": [*FULL_FINETUNE, f"train.deepspeed_config={DEEPSPEED / 'zero3_offload.json'}"],
-            "skip_final_save": True,  # fp32 masters + Adam moments of 7B (84 GB) exceed the lent machine's disk
+            "skip_final_save": True,  # fp32 masters + Adam moments of 7B (84 GB) exceed the test machine's disk
             "steps": 3,  # CPU Adam over 7B parameters takes seconds a step
             "warmup": 1,
         },
@@ -193,7 +193,7 @@ DOC_WHAT = {
 
 DOC_INTRO = """Stage 3 through the real loop (`nextgpt.training.loop.run`, `configs/stage_3.yaml` + each variant's overrides, the
 feature cache, the loop world's instruction mix; random weights at the real shapes), one process per variant, on
-lent NVIDIA H200s (several runs; `bench/scale_check.json` holds each variant's command and every step's loss).
+NVIDIA H200s (several runs; `bench/scale_check.json` holds each variant's command and every step's loss).
 Tokens/s are the median after the warm-up steps; peak is `torch.cuda.max_memory_allocated`."""
 
 DOC_FINDINGS = """- **QLoRA on a 24 GB card** fits at the shipped micro-batch of 4 with 10 GiB to spare under a 24 GiB cap (the 4-bit
@@ -214,11 +214,11 @@ DOC_FINDINGS = """- **QLoRA on a 24 GB card** fits at the shipped micro-batch of
 - **7B full fine-tune on one H200** (`7b_full_zero3`: all 6.74B parameters trained, ZeRO-3 without offload, gradient
   checkpointing, micro-batch 8): 1.05 s a step (forward 403 ms, backward 447 ms, optimizer 200 ms), 1,978 tokens/s,
   peak 118.2 GiB of the 139 GiB: the 108 GB of bf16 weights and gradients, fp32 masters and both Adam moments, plus
-  activations. Its final save was skipped: the DeepSpeed state (81 GB of fp32 masters and moments) exceeds the lent
+  activations. Its final save was skipped: the DeepSpeed state (81 GB of fp32 masters and moments) exceeds the test
   machine's 64 GB disk; the tiny full fine-tune's save, merge and predict run in CI
   (`tests/training/test_full_finetune.py`). With CPU offload (`7b_full_zero3_offload`) the process was killed when
   the machine's 128 GB of host RAM ran out (those 81 GB on the CPU beside the loaded model and DeepSpeed's pinned
-  buffers): offload needs a host with more memory. Not measured: N GPUs (no multi-GPU machine was lent)."""
+  buffers): offload needs a host with more memory. Not measured: N GPUs (no multi-GPU machine was available)."""
 """The analysis of `bench/scale_check.json` (the run on record), written by hand from its numbers."""
 
 
