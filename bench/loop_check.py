@@ -190,6 +190,15 @@ def _speed_settings(cfg) -> dict[str, Any]:
     return found
 
 
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """A run's metrics.jsonl, one record per step in step order (a step logged twice keeps its last record)."""
+    by_step: dict[int, dict[str, Any]] = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        by_step[record["step"]] = record
+    return [by_step[s] for s in sorted(by_step)]
+
+
 def run_stage(
     key: str, paths: list[str], work: Path, steps: int, micro_batch: int, num_workers: int, extra: list[str] = ()
 ) -> dict:
@@ -218,10 +227,6 @@ def run_stage(
     start = time.perf_counter()
     result = run(cfg)
     wall = time.perf_counter() - start
-    by_step: dict[int, dict[str, Any]] = {}
-    for line in (out_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        by_step[record["step"]] = record  # a step appears once; the last record would win
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     _free_memory()
     return {
@@ -231,7 +236,7 @@ def run_stage(
         "grad_accum_steps": cfg.train.grad_accum_steps,
         "overrides": overrides,
         "speed_settings": _speed_settings(cfg),
-        "records": [by_step[s] for s in sorted(by_step)],
+        "records": read_metrics(out_dir),
         "wall_s": wall,
         "peak_memory_gib": peak,
         "num_skipped": result.num_skipped,

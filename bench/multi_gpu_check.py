@@ -39,7 +39,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.loop_check import STAGES, precompute_features, prepare, summarize  # noqa: E402
+from bench.loop_check import STAGES, precompute_features, prepare, read_metrics, summarize  # noqa: E402
 from bench.run import _command, _save  # noqa: E402
 
 SCRIPTS = {"stage1": "scripts/pretrain_enc.sh", "stage3": "scripts/finetune.sh"}
@@ -84,11 +84,7 @@ def launch(
         done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:3])} ... exited with {done.returncode}; see {log}")
-    by_step: dict[int, dict[str, Any]] = {}
-    for line in (out_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        by_step[record["step"]] = record
-    return [by_step[s] for s in sorted(by_step)]
+    return read_metrics(out_dir)
 
 
 def _overrides(paths: list[str], key: str, micro: int, accum: int, steps: int, zero: int, workers: int) -> list[str]:
@@ -106,11 +102,14 @@ def _overrides(paths: list[str], key: str, micro: int, accum: int, steps: int, z
     ]
 
 
-def _summary(records: list[dict[str, Any]], micro: int, accum: int, warmup: int, overrides: list[str], wall: float):
+def _summary(
+    key: str, records: list[dict[str, Any]], micro: int, accum: int, warmup: int, overrides: list[str], wall: float
+) -> dict[str, Any]:
+    """`bench.loop_check.summarize`'s step time, losses and wall time of one run (the same steady-state definition)."""
     run = {
         "records": records,
-        "config": str(STAGES["stage1"][0].relative_to(REPO_ROOT)),
-        "dataset": "",
+        "config": str(STAGES[key][0].relative_to(REPO_ROOT)),
+        "dataset": STAGES[key][1],
         "micro_batch_size": micro,
         "grad_accum_steps": accum,
         "speed_settings": {},
@@ -148,7 +147,7 @@ def run_pair(
         ]
         start = time.perf_counter()
         runs[label] = launch(key, where, out_dir, overrides, args.smoke, out_dir.with_suffix(".log"))
-        result[label] = _summary(runs[label], micro, accum, args.warmup, overrides, time.perf_counter() - start)
+        result[label] = _summary(key, runs[label], micro, accum, args.warmup, overrides, time.perf_counter() - start)
         result[label]["run_dir"] = out_dir.name
         print(f"[multi-gpu] {key} zero{zero} {label}: {json.dumps(result[label])}", flush=True)
     diff, steps = max_loss_difference(runs["many"], runs["one"])

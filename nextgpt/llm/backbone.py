@@ -144,18 +144,18 @@ def compile_decoder_layers(model: nn.Module) -> int:
     return len(layers)
 
 
-_INNER_MODULES = "_nextgpt_inner_modules"
-"""Layer `__dict__` key of the modules inside a compiled layer (listed at its first call, after LoRA injection)."""
+_CAPTURE_DROPPED = "_nextgpt_capture_hooks_dropped"
+"""Layer `__dict__` key set once the capture hooks inside the layer were found and dropped."""
 
 
 def _call_without_inner_capture(compiled, layer: nn.Module, *args, **kwargs):
-    """The compiled layer forward, after dropping any output-capturing hooks transformers has put inside the layer
-    since the last call (it installs them lazily, at the first forward that asks for hidden states)."""
-    inner = layer.__dict__.get(_INNER_MODULES)
-    if inner is None:
-        inner = layer.__dict__[_INNER_MODULES] = [m for m in layer.modules() if m is not layer]
-    if any(m._forward_hooks for m in inner):
-        drop_inner_capture_hooks(layer)
+    """The compiled layer forward, after dropping the output-capturing hooks transformers puts inside the layer.
+
+    Transformers installs them once per model, lazily, at the first forward that asks for hidden states; until a call
+    finds (and drops) them each call looks, afterwards none does.
+    """
+    if not layer.__dict__.get(_CAPTURE_DROPPED) and drop_inner_capture_hooks(layer):
+        layer.__dict__[_CAPTURE_DROPPED] = True
     return compiled(layer, *args, **kwargs)
 
 
@@ -193,7 +193,7 @@ def uncompile_decoder_layers(model: nn.Module) -> None:
     cached for them, so a later compile starts afresh."""
     for layer in decoder_layers(model):
         layer.__dict__.pop("forward", None)
-        layer.__dict__.pop(_INNER_MODULES, None)
+        layer.__dict__.pop(_CAPTURE_DROPPED, None)
     torch._dynamo.reset()
 
 
