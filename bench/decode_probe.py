@@ -7,7 +7,9 @@
 Variants (each compiles its own step in this process; 64-token prompt, 256 greedy tokens, cache of `--cache-len`):
 `graphs` = CUDA graphs + coordinate-descent tuning (`CUDA_GRAPH_OPTIONS`) with sdpa's own backend choice,
 `autotune` adds autotuned matrix-vector products, `+math` runs the step's attention through sdpa's math backend
-(`DECODE_ATTENTION`), `+eager` through transformers' eager attention. Each variant also decodes 16 tokens and counts
+(`DECODE_ATTENTION`), `+eager` through transformers' eager attention, `+freeze` compiles with the weights as constants
+(inductor's freezing: parallel projections folded into one product), `+eagerprefill` turns the prefill's CUDA graphs
+off. Each variant reports the whole call, a one-token call (the prefill) and the step, and also decodes 16 tokens and counts
 how many equal HF `generate`'s greedy tokens.
 """
 
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.components import VICUNA_7B  # noqa: E402
+from bench.run import _command  # noqa: E402
 
 
 def graph_us(fn, reps: int = 100) -> float:
@@ -103,6 +106,8 @@ def decode_variant(model, embeds: torch.Tensor, variant: str, cache_len: int, ne
     fast_decode.CUDA_COMPILE_OPTIONS = dict(fast_decode.CUDA_GRAPH_OPTIONS)
     if "autotune" in parts:
         fast_decode.CUDA_COMPILE_OPTIONS.update(max_autotune=True, max_autotune_gemm_backends="TRITON,ATEN")
+    if "freeze" in parts:  # weights as constants: inductor folds q/k/v and gate/up into one matrix-vector product each
+        fast_decode.CUDA_COMPILE_OPTIONS["freezing"] = True
     # sdpa's own choice (no restriction) unless `math`; `eager` swaps the attention function itself.
     fast_decode.DECODE_ATTENTION = (
         (SDPBackend.MATH,)
@@ -113,7 +118,7 @@ def decode_variant(model, embeds: torch.Tensor, variant: str, cache_len: int, ne
     )
     model.config._attn_implementation = "eager" if "eager" in parts else "sdpa"
     start = time.perf_counter()
-    decoder = fast_decode.FastDecoder(model, cache_len)
+    decoder = fast_decode.FastDecoder(model, cache_len, prefill_graphs="eagerprefill" not in parts)
     for _ in range(2):  # compile, record the CUDA graph
         decoder.generate(embeds, new_tokens)
     first_s = time.perf_counter() - start
@@ -124,6 +129,13 @@ def decode_variant(model, embeds: torch.Tensor, variant: str, cache_len: int, ne
         decoder.generate(embeds, new_tokens)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+    one = []
+    for _ in range(5):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        decoder.generate(embeds, 1)
+        torch.cuda.synchronize()
+        one.append(time.perf_counter() - start)
     ids = decoder.generate(embeds, 16).cpu()
     with torch.no_grad():
         reference = model.generate(
@@ -136,6 +148,10 @@ def decode_variant(model, embeds: torch.Tensor, variant: str, cache_len: int, ne
         )[0, -16:].cpu()
     return {
         "tokens_per_s": new_tokens / sorted(times)[1],
+        "call_ms": sorted(times)[1] * 1e3,
+        "one_token_call_ms": sorted(one)[2] * 1e3,
+        "step_ms": (sorted(times)[1] - sorted(one)[2]) * 1e3 / (new_tokens - 1),
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
         "first_requests_s": first_s,
         "tokens_equal_to_hf_of_16": int((ids == reference).sum()),
     }
@@ -153,7 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("this probe needs a CUDA GPU")
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    report: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "command": " ".join(sys.argv)}
+    report: dict = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "command": _command(sys.argv[1:], "bench/decode_probe.py"),
+    }
     report["attention_us"] = attention_microbench(args.attention_cache_lens)
     config = LlamaConfig(**{**VICUNA_7B, "vocab_size": 32064})  # 32,000 + the signal tokens, padded
     torch.manual_seed(0)

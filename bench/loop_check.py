@@ -126,7 +126,8 @@ def prepare(work: Path, smoke: bool, num_captions: int, num_instructions: int) -
     template = cfg.model.llm.template
     catalog = write_loop_world(world, tokenizer, signal_ids, num_captions, num_instructions, shape, template)
     stats = token_length_stats(catalog, tokenizer, signal_ids, cfg.model.llm.max_length, template)
-    prepared = {"s": time.perf_counter() - start, "llm": str(llm_dir), "imagebind": str(imagebind), "world": stats}
+    shown = {"llm": shown_path(str(llm_dir), work), "imagebind": shown_path(str(imagebind), work)}
+    prepared = {"s": time.perf_counter() - start, **shown, "world": stats}
     return paths, prepared
 
 
@@ -190,6 +191,11 @@ def _speed_settings(cfg) -> dict[str, Any]:
     return found
 
 
+def shown_path(text: str, work: Path) -> str:
+    """`text` with the --work folder named as the command shows it (its name, not the machine's path)."""
+    return text.replace(str(work), work.name)
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """A run's metrics.jsonl, one record per step in step order (a step logged twice keeps its last record)."""
     by_step: dict[int, dict[str, Any]] = {}
@@ -234,7 +240,7 @@ def run_stage(
         "dataset": dataset,
         "micro_batch_size": micro_batch,
         "grad_accum_steps": cfg.train.grad_accum_steps,
-        "overrides": overrides,
+        "overrides": [shown_path(o, work) for o in overrides],
         "speed_settings": _speed_settings(cfg),
         "records": read_metrics(out_dir),
         "wall_s": wall,

@@ -213,21 +213,21 @@ def memory_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 LIMITS: dict[str, str] = {
     "stage 3": (
-        "The profiled step holds about 100 ms of kernels (200.6 ms over two steps) against a 165 ms step, and its host "
-        "work (128 ms a step with the profiler on) is mostly the 32 compiled layers: 1.26 ms of host time per layer "
-        "forward and 1.02 ms per layer backward, about 73 ms a step, most of it launching the ~40 matmuls of each "
-        "layer (base projections, LoRA A and B, their gradients). MFU against the measured matmul peak is 0.66. The "
-        "naive baseline and ours move with the machine: this code measured 2.56x on another H200, the code before "
-        "the single-graph layers 2.79x and 3.00x on two more. Next: fewer host calls per step (CUDA graphs over length buckets)."
+        "The step is host-bound: the profiled step holds about 100 ms of kernels against a 140 ms step, and the host "
+        "spends about 1.2 ms per compiled layer forward and 1.0 ms per layer backward launching the ~40 matmuls of "
+        "each layer (base projections, LoRA A and B, their gradients). The naive baseline and ours move with the "
+        "machine (machines differ by about 30% in host speed). Next: fewer host calls per step (CUDA graphs over "
+        "length buckets)."
     ),
     "stage 1": "The step is host-bound: about 54 ms of kernels per 75 ms step (profile below). Next: as for stage 3.",
     "decode": (
-        "A whole call takes 624 ms: 25.9 ms for a one-token call (the eager prefill of the 60-token prompt and the "
-        "first token), then 127 steps of 4.71 ms (212 tokens/s for the step alone). Another H200 ran the same "
-        "code at 600 ms a call (27.5 ms + 127 x 4.51 ms: 213 tokens/s, the step alone 222). 220 tokens/s over a "
-        "whole call needs 582 ms: a compiled prefill (about 20 ms less) would not reach it on this machine, so the "
-        "step itself has to get faster; it runs at 0.66 of the weight-reading bound (3.1 ms). Next: a compiled "
-        "prefill and faster matrix-vector kernels."
+        "A whole call takes 588.8 ms: 9.5 ms for a one-token call (the prefill of the 60-token prompt, now replayed "
+        "as a CUDA graph, and the first token; 25.9 ms when it ran eagerly) and 127 steps of 4.56 ms (219 tokens/s "
+        "for the step alone). 220 tokens/s over a whole call needs 582 ms, so the step has to reach 4.51 ms; it runs "
+        "at 0.68 of the weight-reading bound (3.1 ms). On another H200 the same decoder ran a 128-token call of a "
+        "plain LLaMA-7B in 552.6 ms (9.1 ms + 127 x 4.28 ms, 231.6 tokens/s; `bench/decode_probe_prefill.json`). "
+        "Folding q/k/v and gate/up into single matrix-vector products through inductor's freezing made the step "
+        "slower (5.31 ms). Next: fewer kernels between the matrix-vector products of a layer."
     ),
 }
 """Why a missed target was missed, per section (written from the profiles of the run)."""
@@ -252,14 +252,25 @@ FINDINGS = """## Notes from these runs
   no loss scale, so the scan is off (`bf16.check_grad_overflow: false` in the resolved DeepSpeed config; the loop stops
   on a non-finite loss at its next flush, before any save), and one process runs ZeRO-1/2 without `overlap_comm` and
   `contiguous_gradients`, which only serve a reduction across ranks. ZeRO stage 0 was slower still (144 ms).
-- Stage 3 again, with the isolated step timed in the same process on the same machine (second report below;
-  machines differ by about 30% in host speed and this step is partly host-bound, so a fraction against another
-  machine's bench means little): 8,957 tokens/s through the loop against 11,795 isolated, 0.76 (0.80 is the target).
-  Per step, 234 ms: forward 92 (LLM 80, output projectors 7), backward 102, DeepSpeed's optimizer step 36. The isolated
-  step applies torch's fused AdamW to the bf16 weights in place; DeepSpeed's bf16 mode keeps fp32 master weights, so it
-  also copies every gradient into fp32 partitions, takes their norms and copies the weights back (per tensor, on the
-  host), and hooks every gradient during the backward. Those are the remaining gap. (Both loop reports predate
-  the single-graph compiled layers below; the loop was not re-run since.)
+- Stage 3 through the loop now (second report below, on the machine of the table above): 10,596 tokens/s against the
+  isolated step's 14,712, 0.72 (0.80 is the target; 8,957 against 11,795, 0.76, before the changes below, which made
+  the isolated step faster than the loop). Per step, 194 ms: forward 77 (LLM 68, output projectors 4), backward 83
+  (79 of host time), DeepSpeed's optimizer step 32 (42 of host time). The same model and batches stepped directly
+  and through the engine the loop builds (`bench/deepspeed_probe.py`, on another H200): 158 against 179 ms a step, the
+  optimizer step 5.7 against 42.6 ms and the backward's host time 41 against 83 ms. A cProfile of the engine's
+  backward and step: per-tensor work on the host, for the ~350 trainable tensors: a gradient hook each
+  (`grad_handling_hook`, with `count_used_parameters_in_backward`), the gradient norm one tensor at a time
+  (`get_grad_norm_direct`: 648 `vector_norm` and 1,296 dtype copies a step), and the weights re-pointed into the flat
+  buffer (`_update_model_bit16_weights`). That per-tensor host work is the remaining gap.
+- Stage 3 went from 2.83x to 3.65x the naive step (12,490 to 14,712 tokens/s; the two runs were on different
+  machines): the forward no longer waits for the GPU. PyTorch's sync debug mode found 25 host reads of GPU values in
+  every step, all in splicing the media and in finding the signal spans (`nonzero`, the longest row, `tolist` on the
+  GPU copies of the ids), the first of which waited for the whole previous step to finish, so the host could not
+  queue the next forward's layers while the GPU ran the backward. Both now read the CPU batch the step's batch was
+  copied from (`NextGPTBatch.host`) and send their index tensors through page-locked memory. Transformers' check
+  for packed rows (one more host read, and a (T, T) mask the sample boundaries make unnecessary) is skipped by an
+  empty 4-D mask (`nextgpt.llm.varlen.boundaries_mask`). The bench now also hands ours its batches page-locked, as
+  train.py's loader does (the naive side keeps pageable batches, as a plain DataLoader gives them).
 - Compiled decoder layers no longer split in three: transformers 5.17 hooks each attention module to collect
   attention weights, and the hook reads a ContextVar that PyTorch 2.11 cannot trace, so every layer ran as three
   graphs with a break around its attention (three guard checks and three autograd nodes per layer each way). The
@@ -271,6 +282,9 @@ FINDINGS = """## Notes from these runs
   static cache through sdpa's math form, which inductor fuses into reductions spread over the whole cache, instead of
   the memory-efficient kernel, which runs one block per head (32 blocks on 132 SMs): 9 against 25 us a layer for a
   512-token cache, 0.5 ms a step.
+- Batch-1 decode call: the prefill of a prompt length that comes again is replayed as a CUDA graph
+  (`nextgpt.inference.fast_decode.PrefillGraphs`), the same kernels as the eager prefill without their launches from
+  Python: a one-token call went from 25.9 ms to 9.5 ms, a 128-token call from 624 ms to 589 ms.
 """
 
 

@@ -2,7 +2,8 @@
 
 A step is `forward` -> `loss.backward()` -> AdamW step on the trainable parameters (the DeepSpeed wrapper of
 `train.py` is left out here; `bench/loop_check.py` measures the whole loop). Batches are collated before timing, as
-a data loader's workers would; the host-to-device copy of each batch is timed.
+a data loader's workers would; the host-to-device copy of each batch is timed (ours from pinned memory, as train.py's
+loader pins its batches; naive from pageable memory, as a plain DataLoader hands them over).
 
 - naive: what a plain HF + peft script does: raw media through ImageBind-Huge every step, one padded row per sample
   (padded to the batch's longest, the system prompt recomputed in every sample), HF LLaMA with sdpa and its padding
@@ -91,7 +92,7 @@ def use_naive_attention_kernels() -> None:
 
 
 def _step(forward, model, optimizer, batch, device: str) -> tuple[torch.Tensor, int]:
-    loss, num_prefix = forward(model, batch.to(device))
+    loss, num_prefix = forward(model, batch.to(device, non_blocking=True))  # asynchronous for pinned batches only
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -311,6 +312,8 @@ def _ours_results(
     cfg, model, collator, optimizer = build_ours(stage, llm_dir, shapes, work, device)
     items = fit_to_config(make_items(model), stage)
     batches, groups = _collate(items, micro_batch, collator)
+    if device == "cuda":  # as train.py's data loader hands them over (pin_memory=True), copied without a wait
+        batches = [batch.pin_memory() for batch in batches]
     out = {
         "ours_config": _switches(cfg),
         "ours": measure_steps(ours_forward, model, optimizer, batches, groups, device, warmup, shapes),

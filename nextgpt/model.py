@@ -216,12 +216,16 @@ class NextGPT(nn.Module):
             NextGPTOutput with the total loss and its terms.
         """
         idle: list[torch.Tensor] | None = [] if self.training and self.data_parallel else None
-        # 1. Media → LLM tokens, spliced at the placeholders; the signal spans are found now, while little GPU work is
-        #    queued (finding them reads positions on the host, which waits for everything queued before).
+        # 1. Media → LLM tokens, spliced at the placeholders, and the signal spans: both read positions, which they do
+        #    on the ids of the host batch (a read on the GPU would wait for everything queued before it).
         with phase("encode"):
             media_tokens = self.encode_media(batch, idle)
-            spliced = splice_media(batch.input_ids, batch.attention_mask, batch.labels, self.embed_tokens, media_tokens)
-            scan = find_signal_spans(spliced.token_ids, self.signal_ids)
+            host = batch.host_view
+            spliced = splice_media(
+                host.input_ids, host.attention_mask, host.labels, self.embed_tokens, media_tokens, device=self.device
+            )
+            token_ids = spliced.token_ids if spliced.host_token_ids is None else spliced.host_token_ids
+            scan = find_signal_spans(token_ids, self.signal_ids)
         # 2. LLM pass; the last hidden layer feeds the output projectors.
         with phase("llm"):
             logits, hidden = self._run_llm(spliced.inputs_embeds, self._layout(batch, spliced))

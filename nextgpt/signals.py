@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from nextgpt.constants import Modality
+from nextgpt.utils.devices import copy_to_device
 
 
 @dataclass(frozen=True)
@@ -90,9 +91,7 @@ def gather_span_rows(values: torch.Tensor, spans: list[SignalSpan]) -> torch.Ten
     length = spans[0].length
     # Built on the host and copied from pinned memory without waiting: a plain copy to the GPU would first wait for
     # all the work queued before it (the whole LLM forward).
-    coords = torch.tensor([[s.row, s.start] for s in spans])  # (N, 2)
-    if values.is_cuda:
-        coords = coords.pin_memory().to(values.device, non_blocking=True)
+    coords = copy_to_device(torch.tensor([[s.row, s.start] for s in spans]), values.device)  # (N, 2)
     rows, starts = coords[:, 0], coords[:, 1]
     positions = starts[:, None] + torch.arange(length, device=values.device)  # (N, T)
     return values[rows[:, None], positions]  # (N, T, D)

@@ -35,6 +35,8 @@ class NextGPTBatch:
             sums several inputs of one modality into one token); None: one item per sentinel.
         layout: where every sample sits in the LLM's flattened row (`nextgpt.data.layout`), computed on the host by
             the collator; None: the model computes it from the ids (inference, hand-built batches).
+        host: the CPU batch this one was copied from by `to` (None for a batch that was not): the model reads the
+            ids there, so finding where media and signal tokens go never waits for the GPU.
     """
 
     input_ids: torch.Tensor
@@ -47,6 +49,7 @@ class NextGPTBatch:
     position_ids: torch.Tensor | None = None
     media_group_sizes: dict[Modality, list[int]] | None = None
     layout: BatchLayout | None = None
+    host: NextGPTBatch | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_tokens(self) -> int:
@@ -84,7 +87,17 @@ class NextGPTBatch:
                 other tensors are copied as usual (an asynchronous copy into pageable host memory could be read
                 before it lands).
         """
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking and t.is_pinned()))
+        moved = self._map(lambda t: t.to(device, non_blocking=non_blocking and t.is_pinned()))
+        if moved.input_ids.device.type == "cpu":
+            moved.host = None
+        else:
+            moved.host = self if self.input_ids.device.type == "cpu" else self.host
+        return moved
+
+    @property
+    def host_view(self) -> NextGPTBatch:
+        """The batch whose ids are read on the host: `host` when this batch was copied from the CPU, else itself."""
+        return self if self.host is None else self.host
 
     def pin_memory(self) -> NextGPTBatch:
         """Copy every tensor into page-locked memory (the DataLoader's pin thread calls this with `pin_memory=True`)."""

@@ -2,9 +2,10 @@
 
 HF `generate` with a dynamic cache spends most of a 7B decode step launching kernels from Python (about 25 tokens/s
 on an H100, a tenth of the memory-bandwidth limit). Here the cache is a `transformers.StaticCache` allocated once,
-the prompt is prefilled eagerly, and every later token goes through one step of fixed shapes (as litgpt's
-`next_token`): forward, float32 logits and the greedy token, compiled on CUDA with
-`torch.compile(fullgraph=True)` as a CUDA graph (`CUDA_COMPILE_OPTIONS`; eager on CPU). Sampling
+the prompt is prefilled eagerly (on CUDA, replayed as a CUDA graph per prompt length once that length was seen,
+`PrefillGraphs`), and every later token goes through one step of fixed shapes (as litgpt's `next_token`): forward,
+float32 logits and the greedy token, compiled on CUDA with `torch.compile(fullgraph=True)` as a CUDA graph
+(`CUDA_COMPILE_OPTIONS`; eager on CPU). Sampling
 draws outside it with HF's logits warpers, so greedy decoding gives HF `generate`'s tokens and seeded sampling draws
 the same ones.
 
@@ -61,6 +62,75 @@ kernel (sdpa's pick under a mask) runs one block per head, 32 blocks on a 132-SM
 spread over the cache, takes 9 us (`bench/decode_probe.json`, `attention_us`). The same attention up to bf16
 rounding: where two logits nearly tie (as with random weights) greedy tokens can part from HF `generate`'s, which
 runs the memory-efficient kernel; the CPU tests compare tokens exactly."""
+
+
+PREFILL_GRAPHS = 16
+"""Prompt lengths whose prefill `FastDecoder` keeps as a CUDA graph on CUDA (the least recently used beyond are
+dropped). A 7B prefill launches about a thousand kernels from Python: eagerly, a one-token call (prefill + first token)
+of a 60-token prompt took 25.9 ms on an H200, replayed as a graph 9.5 ms (`docs/benchmarks.md`, decode). Capturing
+costs about one eager prefill plus a synchronisation and a release of cached GPU blocks (what entering
+`torch.cuda.graph` does), so a length is captured when it comes a second time: prompts of lengths never seen again
+(a chat server's) prefill eagerly at no extra cost, lengths that repeat (a fixed system prompt and template, an
+evaluation of same-length items, a benchmark) replay."""
+
+
+class PrefillGraphs:
+    """The eager prefill of each recent prompt length that repeats, captured once as a CUDA graph and replayed.
+
+    A graph reads its prompt from a static (1, L, D) buffer and writes the static KV cache exactly as the eager
+    prefill does (the same kernels, so the same numbers); its outputs are overwritten by its next replay, so they are
+    consumed before the next prefill. All graphs share one memory pool: they never run concurrently. Any failure to
+    capture (a model whose forward reads values on the host) turns the graphs off for good, with a warning, and the
+    prefill stays eager.
+
+    Args:
+        prefill: the eager prefill, (1, L, D) embeddings -> greedy (1,) and scores (1, V); it writes the cache.
+        capacity: lengths kept (`PREFILL_GRAPHS`).
+    """
+
+    def __init__(self, prefill, capacity: int = PREFILL_GRAPHS):
+        self.prefill = prefill
+        self.capacity = capacity
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.seen: dict[int, None] = {}  # lengths prefilled eagerly once, oldest first
+        self.pool = None
+        self.enabled = capacity > 0
+
+    def __call__(self, inputs_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefill `inputs_embeds` (1, L, D): eagerly the first time L comes, then through L's graph (captured at
+        its second time)."""
+        length = inputs_embeds.shape[1]
+        entry = self.graphs.pop(length, None)
+        if entry is None and self.enabled and self.seen.pop(length, False) is None:
+            entry = self._capture(inputs_embeds)
+        if entry is None:
+            self.seen[length] = None
+            while len(self.seen) > 4 * self.capacity:
+                self.seen.pop(next(iter(self.seen)))
+            return self.prefill(inputs_embeds)
+        self.graphs[length] = entry  # most recently used last
+        graph, static_embeds, outputs = entry
+        static_embeds.copy_(inputs_embeds)
+        graph.replay()
+        return outputs
+
+    def _capture(self, inputs_embeds: torch.Tensor):
+        if len(self.graphs) >= self.capacity:
+            self.graphs.pop(next(iter(self.graphs)))
+        static_embeds = inputs_embeds.clone()  # (1, L, D)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()
+            # thread_local: CUDA work of other threads (a server's other requests) does not break the capture
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+                outputs = self.prefill(static_embeds)
+        except Exception as err:  # noqa: BLE001 - any capture failure means: prefill eagerly
+            self.enabled = False
+            self.graphs.clear()
+            logger.warning("text decoding: the prefill cannot run as a CUDA graph (%s); it stays eager", err)
+            return None
+        return graph, static_embeds, outputs
 
 
 def prepare_cuda_graph_thread() -> None:
@@ -150,9 +220,11 @@ class FastDecoder:
         compile: compile the decode step; None compiles on CUDA (CUDA graphs) and not on CPU.
         stop_check_interval: tokens between end-of-sequence checks and streamer updates; None for
             `STOP_CHECK_INTERVAL` off the CPU and 1 on it.
+        prefill_graphs: replay the prefill of recent prompt lengths as CUDA graphs (`PrefillGraphs`); None does
+            so when the step runs as a CUDA graph (compiled on CUDA).
 
     Raises:
-        ValueError: max_cache_len or stop_check_interval below 1.
+        ValueError: max_cache_len or stop_check_interval below 1, or prefill_graphs off CUDA.
     """
 
     def __init__(
@@ -161,6 +233,7 @@ class FastDecoder:
         max_cache_len: int,
         compile: bool | None = None,
         stop_check_interval: int | None = None,
+        prefill_graphs: bool | None = None,
     ):
         if max_cache_len < 1:
             raise ValueError(f"max_cache_len must be >= 1, got {max_cache_len}")
@@ -170,6 +243,9 @@ class FastDecoder:
         self.causal_lm = _causal_lm(llm)
         self.device = next(self.causal_lm.parameters()).device
         self.compile = compiles_on(self.device, compile)
+        if prefill_graphs and self.device.type != "cuda":
+            raise ValueError(f"prefill_graphs needs the LLM on CUDA, it is on {self.device}")
+        self.prefill_graphs = self.compile and self.device.type == "cuda" if prefill_graphs is None else prefill_graphs
         self.stop_check_interval = stop_check_interval
         self._allocate(max_cache_len)
 
@@ -178,6 +254,9 @@ class FastDecoder:
         self.cache = StaticCache(config=self.causal_lm.config, max_cache_len=max_cache_len)
         self._step = self._decode_step
         self._cuda_graphs = self.compile and self.device.type == "cuda"
+        # A length's first prefill runs eagerly (the very first allocates the cache and initialises the kernels that
+        # a capture then records).
+        self._prefill_graphs = PrefillGraphs(self._prefill_forward) if self.prefill_graphs else None
         if self.compile:
             # CUDA graphs only exist on CUDA; on CPU the default mode still fuses the step.
             options = CUDA_COMPILE_OPTIONS if self._cuda_graphs else None
@@ -209,6 +288,12 @@ class FastDecoder:
     def _prefill(self, inputs_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the prompt into the (reset) cache; returns what a step returns for its last position."""
         self.cache.reset()
+        if self._prefill_graphs is not None:
+            return self._prefill_graphs(inputs_embeds)
+        return self._prefill_forward(inputs_embeds)
+
+    def _prefill_forward(self, inputs_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The eager prefill into the cache (reset by the caller): (1, L, D) -> greedy (1,), scores (1, V)."""
         positions = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)[None]  # (1, L)
         out = self.causal_lm(
             inputs_embeds=inputs_embeds,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from nextgpt.constants import IGNORE_INDEX, MODALITIES, SENTINEL_IDS, Modality
+from nextgpt.utils.devices import copy_to_device
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +35,15 @@ class SplicedInputs:
         labels: (B, L') text labels, `IGNORE_INDEX` on media rows and padding; None when no labels were given.
         token_ids: (B, L') the original ids on text rows, `SENTINEL_IDS[m]` on every row of a modality-m item,
             `SPLICE_PAD_ID` on padding; lets later code find signal-token positions in the spliced sequence.
+        host_token_ids: `token_ids` on the CPU when the splice worked out the rows there for outputs on another
+            device (find signal spans from these: no wait for the GPU); None otherwise.
     """
 
     inputs_embeds: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor | None
     token_ids: torch.Tensor
+    host_token_ids: torch.Tensor | None = None
 
 
 def _check_shapes(
@@ -104,20 +108,27 @@ def splice_media(
     embed_tokens: Callable[[torch.Tensor], torch.Tensor],
     media_tokens: Mapping[Modality, torch.Tensor],
     max_length: int | None = None,
+    device: torch.device | str | None = None,
 ) -> SplicedInputs:
     """Replace every media sentinel by its item's token rows and embed the text ids.
 
     Items of one modality are consumed in order of appearance (batch row-major, left to right). Only rows
     with `attention_mask == 1` are kept, so left or right padding both work; the output is right-padded.
 
+    Where each row goes is worked out where the ids are. Ids on the CPU with outputs on CUDA (`device`) keep that
+    work on the host: it reads positions (`nonzero`, the longest row), which on the GPU would wait for everything
+    queued before; only the embedding and the scatter run on the device, and the index tensors follow through
+    page-locked memory, so the host never waits for the GPU here.
+
     Args:
         input_ids: (B, L) token ids with `SENTINEL_IDS[m]` where modality-m items go.
         attention_mask: (B, L) 1 on real tokens, 0 on padding.
         labels: (B, L) LM targets or None.
-        embed_tokens: maps (1, T) vocabulary ids to (1, T, D) embeddings (the LLM's input embedding);
+        embed_tokens: maps (1, T) vocabulary ids to (1, T, D) embeddings (the LLM's input embedding, on `device`);
             it is only ever called on ids >= 0.
-        media_tokens: per modality, (N_m, k_m, D) projected items; modalities without items may be absent.
+        media_tokens: per modality, (N_m, k_m, D) projected items on `device`; modalities without items may be absent.
         max_length: cut spliced rows longer than this (with a warning); None keeps everything.
+        device: where the outputs live; None: where `input_ids` are.
 
     Returns:
         The spliced batch (see `SplicedInputs`); gradients flow into `media_tokens` and the text embeddings.
@@ -127,6 +138,7 @@ def splice_media(
             a negative id that is no sentinel, or media rows whose width differs from the text embeddings.
     """
     _check_shapes(input_ids, attention_mask, labels, media_tokens)
+    device = input_ids.device if device is None else torch.device(device)
     valid = attention_mask.bool()
     sentinel_masks = _find_media(input_ids, valid, media_tokens)
 
@@ -140,44 +152,52 @@ def splice_media(
     new_lengths = widths.sum(dim=1)  # (B,)
     batch_size, out_len = input_ids.shape[0], int(new_lengths.max()) if input_ids.numel() else 0
 
-    # 2. Embed text ids only (never a sentinel or a padding id).
+    # 2. Output coordinates of every text row and media row (where the ids are).
     text_ids = input_ids[text_mask]  # (T,) row-major
-    text_embeds = embed_tokens(text_ids.unsqueeze(0))[0]  # (1, T) -> (T, D)
-    embed_dim = text_embeds.shape[-1]
     text_rows, text_pos = text_mask.nonzero(as_tuple=True)
     text_cols = starts[text_rows, text_pos]
-
-    # 3. Output coordinates of every media row.
-    rows, cols, values = [text_rows], [text_cols], [text_embeds]
+    rows, cols = [text_rows], [text_cols]
     token_ids = input_ids.new_full((batch_size, out_len), SPLICE_PAD_ID)
     token_ids[text_rows, text_cols] = text_ids
     for modality, mask in sentinel_masks.items():
+        width = media_tokens[modality].shape[1]
+        item_rows, item_pos = mask.nonzero(as_tuple=True)  # (N_m,) row-major = order of appearance
+        offsets = torch.arange(width, device=input_ids.device)
+        media_cols = (starts[item_rows, item_pos].unsqueeze(1) + offsets).reshape(-1)  # (N_m, k) -> (N_m * k,)
+        media_rows = item_rows.repeat_interleave(width)  # (N_m,) -> (N_m * k,)
+        rows.append(media_rows)
+        cols.append(media_cols)
+        token_ids[media_rows, media_cols] = SENTINEL_IDS[modality]
+    out_mask = (torch.arange(out_len, device=input_ids.device) < new_lengths.unsqueeze(1)).to(attention_mask.dtype)
+    out_labels = None
+    if labels is not None:
+        out_labels = labels.new_full((batch_size, out_len), IGNORE_INDEX)
+        out_labels[text_rows, text_cols] = labels[text_mask]
+
+    # 3. Embed the text ids (never a sentinel or a padding id) and scatter all rows at once on the device;
+    #    out-of-place index_put keeps the graph into media_tokens.
+    text_embeds = embed_tokens(copy_to_device(text_ids, device).unsqueeze(0))[0]  # (1, T) -> (T, D)
+    embed_dim = text_embeds.shape[-1]
+    values = [text_embeds]
+    for modality in sentinel_masks:
         items = media_tokens[modality]
         if items.shape[-1] != embed_dim:
             raise ValueError(
                 f"{modality.value} media tokens have width {items.shape[-1]} but the LLM embeddings have {embed_dim}; "
                 "build the input projector with llm_dim equal to the LLM hidden size"
             )
-        item_rows, item_pos = mask.nonzero(as_tuple=True)  # (N_m,) row-major = order of appearance
-        offsets = torch.arange(items.shape[1], device=input_ids.device)
-        media_cols = (starts[item_rows, item_pos].unsqueeze(1) + offsets).reshape(-1)  # (N_m, k) -> (N_m * k,)
-        media_rows = item_rows.repeat_interleave(items.shape[1])  # (N_m,) -> (N_m * k,)
-        rows.append(media_rows)
-        cols.append(media_cols)
         values.append(items.to(text_embeds.dtype).reshape(-1, embed_dim))  # (N_m, k, D) -> (N_m * k, D)
-        token_ids[media_rows, media_cols] = SENTINEL_IDS[modality]
-
-    # 4. Scatter all rows at once; out-of-place index_put keeps the graph into media_tokens.
-    all_rows, all_cols = torch.cat(rows), torch.cat(cols)
+    coords = copy_to_device(torch.stack([torch.cat(rows), torch.cat(cols)]), device)  # (2, N)
     inputs_embeds = text_embeds.new_zeros(batch_size, out_len, embed_dim).index_put(
-        (all_rows, all_cols), torch.cat(values)
+        (coords[0], coords[1]), torch.cat(values)
     )
-    out_mask = (torch.arange(out_len, device=input_ids.device) < new_lengths.unsqueeze(1)).to(attention_mask.dtype)
-    out_labels = None
-    if labels is not None:
-        out_labels = labels.new_full((batch_size, out_len), IGNORE_INDEX)
-        out_labels[text_rows, text_cols] = labels[text_mask]
-    spliced = SplicedInputs(inputs_embeds, out_mask, out_labels, token_ids)
+    spliced = SplicedInputs(
+        inputs_embeds,
+        copy_to_device(out_mask, device),
+        None if out_labels is None else copy_to_device(out_labels, device),
+        copy_to_device(token_ids, device),
+        host_token_ids=None if token_ids.device == device else token_ids,
+    )
     return _truncate(spliced, max_length)
 
 
@@ -186,7 +206,8 @@ def _truncate(spliced: SplicedInputs, max_length: int | None) -> SplicedInputs:
     out_len = spliced.token_ids.shape[1]
     if max_length is None or out_len <= max_length:
         return spliced
-    num_cut = int((spliced.attention_mask.sum(dim=1) > max_length).sum())
+    lengths = (spliced.token_ids if spliced.host_token_ids is None else spliced.host_token_ids) != SPLICE_PAD_ID
+    num_cut = int((lengths.sum(dim=1) > max_length).sum())
     logger.warning(
         "%d sequence(s) are longer than max_length=%d after splicing media (longest %d); cutting them, which may "
         "split a media item or signal span; raise model.llm.max_length or shorten the samples",
@@ -199,4 +220,5 @@ def _truncate(spliced: SplicedInputs, max_length: int | None) -> SplicedInputs:
         attention_mask=spliced.attention_mask[:, :max_length],
         labels=None if spliced.labels is None else spliced.labels[:, :max_length],
         token_ids=spliced.token_ids[:, :max_length],
+        host_token_ids=None if spliced.host_token_ids is None else spliced.host_token_ids[:, :max_length],
     )

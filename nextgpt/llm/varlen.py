@@ -45,8 +45,21 @@ _CAUSAL: dict[str, Any] = (
 resolved once rather than on every attention call."""
 
 
+def boundaries_mask(device: torch.device) -> torch.Tensor:
+    """The `attention_mask` of a call with sample boundaries: an empty 4-D tensor, which transformers hands to the
+    attention as it is (4-D masks are taken as prepared) and `varlen_attention_forward` ignores.
+
+    With no mask, transformers derives one from the position ids: it finds where the packed samples start and builds a
+    (T, T) block mask that the boundaries make unnecessary, and first reads on the host whether the row is packed at
+    all. That read waits for the GPU in every training forward, so the host cannot queue a step's layers while the GPU
+    still runs the previous step's backward.
+    """
+    return torch.empty((1, 1, 0, 0), dtype=torch.bool, device=device)
+
+
 def varlen_kwargs(layout: BatchLayout) -> dict[str, Any]:
-    """What the LLM call passes down to `varlen_attention_forward` for a batch's flattened row.
+    """What the LLM call passes down to `varlen_attention_forward` for a batch's flattened row (and the mask
+    placeholder that keeps transformers from building a mask, `boundaries_mask`).
 
     The same keys with or without a prefix: compiled layers guard on them, and a key missing from one call would
     make torch.compile's recompilation check fail on the other.
@@ -55,6 +68,7 @@ def varlen_kwargs(layout: BatchLayout) -> dict[str, Any]:
         layout: the batch's layout (`nextgpt.data.layout`), its tensors on the LLM's device.
     """
     return {
+        "attention_mask": boundaries_mask(layout.position_ids.device),
         "position_ids": layout.position_ids,
         "cu_seq_lens_q": layout.cu_seqlens_q,
         "cu_seq_lens_k": layout.cu_seqlens_k,
@@ -147,7 +161,8 @@ def varlen_attention_forward(
     Args:
         module: the attention layer (for `num_key_value_groups`).
         query: (1, H, T, D); key, value: (1, H_kv, T, D).
-        attention_mask: ignored when `cu_seq_lens_q` is given (the boundaries say everything).
+        attention_mask: ignored when `cu_seq_lens_q` is given (the boundaries say everything; `varlen_kwargs` passes
+            the empty `boundaries_mask`).
         dropout: attention dropout (must be 0 with boundaries: training here never uses it).
         scaling: softmax scale.
         kwargs: `cu_seq_lens_q`, `cu_seq_lens_k`, ... from `varlen_kwargs`, or nothing.

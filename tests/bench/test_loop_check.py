@@ -65,6 +65,8 @@ def test_both_stages_train_through_the_loop(smoke_report) -> None:
             "gradient_checkpointing",
         )
         assert not [o for o in stage["overrides"] if any(s in o.split("=")[0] for s in switches)]
+        assert not [o for o in stage["overrides"] if "=/" in o]  # paths under --work as the command names it
+    assert report["prepare"]["llm"].startswith("work/") and report["prepare"]["imagebind"].startswith("work/")
 
 
 def test_world_follows_the_mix_and_the_cache_is_precomputed(smoke_report) -> None:

@@ -290,3 +290,29 @@ def test_compile_decode_switch_flag_and_the_removed_fast_decode_key(tiny_cfg_pat
     with caplog.at_level(logging.WARNING, logger="nextgpt"):
         load_config(tiny_cfg_path, overrides=["model.llm.attn_implementation=varlen"])
     assert "'model.llm.attn_implementation' is no longer used" in caplog.text
+
+
+@pytest.mark.gpu
+def test_prefill_graphs_give_the_tokens_and_cache_of_the_eager_prefill_on_cuda():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=97
+    )
+    torch.manual_seed(0)
+    llm = LlamaForCausalLM(config).cuda().eval()
+    eager = FastDecoder(llm, max_cache_len=64, compile=False)
+    graphed = FastDecoder(llm, max_cache_len=64, compile=False, prefill_graphs=True)
+    assert eager._prefill_graphs is None
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    for length in (5, 9, 5, 9, 12, 5, 12):
+        embeds = torch.randn(1, length, 64, device="cuda", generator=generator)  # (1, L, D)
+        expected = eager.generate(embeds, 8)
+        assert graphed.generate(embeds, 8).tolist() == expected.tolist()
+        for ours, reference in zip(graphed.cache.layers, eager.cache.layers, strict=True):
+            assert torch.allclose(ours.keys, reference.keys, atol=1e-5)
+            assert torch.allclose(ours.values, reference.values, atol=1e-5)
+    assert graphed._prefill_graphs.enabled
+    assert sorted(graphed._prefill_graphs.graphs) == [5, 9, 12]  # each captured when its length came again
+    with pytest.raises(ValueError, match="prefill_graphs needs the LLM on CUDA"):
+        FastDecoder(llm.cpu(), max_cache_len=8, prefill_graphs=True)

@@ -176,3 +176,21 @@ def test_max_length_cuts_with_warning(caplog: pytest.LogCaptureFixture) -> None:
         )
     assert out.inputs_embeds.shape == (1, 4, DIM) and out.token_ids.tolist() == [[1, IMG, IMG, IMG]]
     assert "longer than max_length=4" in caplog.text
+
+
+@pytest.mark.gpu
+def test_ids_on_the_host_splice_for_cuda_as_on_the_gpu_without_waiting_for_it() -> None:
+    embed = torch.nn.Embedding(50, DIM).cuda()
+    input_ids, attention_mask, labels = make_batch()
+    media = {m: t.detach().cuda() for m, t in make_media().items()}
+    expected = splice_media(input_ids.cuda(), attention_mask.cuda(), labels.cuda(), embed, media)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any wait for the GPU raises
+    try:
+        out = splice_media(input_ids, attention_mask, labels, embed, media, device="cuda")
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    for name in ("inputs_embeds", "attention_mask", "labels", "token_ids"):
+        assert getattr(out, name).device.type == "cuda"
+        assert torch.equal(getattr(out, name), getattr(expected, name)), name
+    assert expected.host_token_ids is None and torch.equal(out.host_token_ids, expected.token_ids.cpu())

@@ -170,7 +170,11 @@ def test_multi_turn_with_a_generated_image_in_the_history(client, demo_pipeline)
         Message("assistant", first[0]["text"], {Modality.IMAGE: [Path("generated.png")]}),
         Message("user", follow_up),
     ]
-    assert reply.choices[0].message.content == demo_pipeline.generate(history).text
+    expected = demo_pipeline.generate(history)
+    content = reply.choices[0].message.content  # a string, or text and media parts when the reply made media
+    parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+    assert "".join(part["text"] for part in parts if part["type"] == "text") == expected.text
+    assert sum(part["type"] == "image_url" for part in parts) == len(expected.images)
 
 
 def test_modalities_limit_what_the_reply_renders(client):

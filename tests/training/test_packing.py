@@ -187,3 +187,23 @@ def test_flash_varlen_kernel_with_a_shared_prefix_matches_the_reference_on_cuda(
     expected = _reference(q, keys, values, cu, cu_k, 0.125)
     out = _flash(*(x.to(torch.bfloat16) for x in (q, keys, values)), cu, cu_k, 300, 300 + num_prefix, 0.125)
     assert torch.allclose(out.float(), expected, atol=2e-2)
+
+
+def test_packed_forward_leaves_mask_building_to_the_boundaries(group_model, monkeypatch):
+    """Transformers never derives a mask from the packed positions (a (T, T) block mask, and on CUDA a host read that
+    waits for the GPU in every training forward): the boundaries replace it."""
+    import transformers.masking_utils as masking_utils
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("transformers built a mask for a call with sample boundaries")
+
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", refuse)
+    model = group_model
+    first = [Turn("user", "<image>\nDescribe the picture."), Turn("assistant", "A red circle on the left.")]
+    second = [Turn("user", "Make a sound of rain."), Turn("assistant", "Sure <audio>")]
+    collated = collate(model, make_items(model, [first, second]), packing=True)
+    with torch.no_grad():
+        out = model(collated.batch)
+    assert torch.isfinite(out.loss)
+    mask = varlen_kwargs(collated.batch.layout)["attention_mask"]
+    assert mask.ndim == 4 and mask.numel() == 0
