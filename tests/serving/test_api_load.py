@@ -40,6 +40,12 @@ def _text_prompt(index: int) -> str:
     return f"Tell me about a {SUBJECTS[index % 4]} {PLACES[(index // 4) % 4]}."
 
 
+def _reply_text(content: str | list[dict]) -> str:
+    """The text of a reply's content: the string, or its text parts when the reply also made media (which a tiny
+    checkpoint may do for any prompt, depending on the machine it was taught on)."""
+    return content if isinstance(content, str) else "".join(p["text"] for p in content if p["type"] == "text")
+
+
 async def _one(client: openai.AsyncOpenAI, index: int, image_uri: str) -> str:
     """Request `index` of a round: text, streamed text, image->text or text->image, in turn."""
     kind = index % 4
@@ -47,7 +53,7 @@ async def _one(client: openai.AsyncOpenAI, index: int, image_uri: str) -> str:
         reply = await client.chat.completions.create(
             model="final", messages=[{"role": "user", "content": _text_prompt(index)}], max_tokens=24
         )
-        return reply.choices[0].message.content
+        return _reply_text(reply.choices[0].message.content)
     if kind == 1:
         stream = await client.chat.completions.create(
             model="final", messages=[{"role": "user", "content": _text_prompt(index)}], max_tokens=24, stream=True
@@ -56,7 +62,7 @@ async def _one(client: openai.AsyncOpenAI, index: int, image_uri: str) -> str:
     if kind == 2:
         content = [{"type": "image_url", "image_url": {"url": image_uri}}, {"type": "text", "text": "What is this?"}]
         reply = await client.chat.completions.create(model="final", messages=[{"role": "user", "content": content}])
-        return reply.choices[0].message.content
+        return _reply_text(reply.choices[0].message.content)
     prompt = "Please generate an image of a red circle on the left."  # one the tiny checkpoint answers with a span
     reply = await client.chat.completions.create(model="final", messages=[{"role": "user", "content": prompt}])
     content = reply.choices[0].message.content
