@@ -224,8 +224,7 @@ class NextGPT(nn.Module):
             spliced = splice_media(
                 host.input_ids, host.attention_mask, host.labels, self.embed_tokens, media_tokens, device=self.device
             )
-            token_ids = spliced.token_ids if spliced.host_token_ids is None else spliced.host_token_ids
-            scan = find_signal_spans(token_ids, self.signal_ids)
+            scan = find_signal_spans(spliced.readable_token_ids, self.signal_ids)
         # 2. LLM pass; the last hidden layer feeds the output projectors.
         with phase("llm"):
             logits, hidden = self._run_llm(spliced.inputs_embeds, self._layout(batch, spliced))

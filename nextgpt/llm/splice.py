@@ -45,6 +45,11 @@ class SplicedInputs:
     token_ids: torch.Tensor
     host_token_ids: torch.Tensor | None = None
 
+    @property
+    def readable_token_ids(self) -> torch.Tensor:
+        """`token_ids` where reading them does not wait for the GPU: `host_token_ids` when there are any."""
+        return self.token_ids if self.host_token_ids is None else self.host_token_ids
+
 
 def _check_shapes(
     input_ids: torch.Tensor,
@@ -206,7 +211,7 @@ def _truncate(spliced: SplicedInputs, max_length: int | None) -> SplicedInputs:
     out_len = spliced.token_ids.shape[1]
     if max_length is None or out_len <= max_length:
         return spliced
-    lengths = (spliced.token_ids if spliced.host_token_ids is None else spliced.host_token_ids) != SPLICE_PAD_ID
+    lengths = spliced.readable_token_ids != SPLICE_PAD_ID
     num_cut = int((lengths.sum(dim=1) > max_length).sum())
     logger.warning(
         "%d sequence(s) are longer than max_length=%d after splicing media (longest %d); cutting them, which may "
