@@ -40,6 +40,31 @@ def _sync() -> None:
     torch.cuda.synchronize()
 
 
+def _with_zero_stage(cfg, stage: int, out: Path):
+    """`cfg` with its DeepSpeed JSON's ZeRO stage replaced (written next to the reports)."""
+    import dataclasses
+
+    from nextgpt.config_loader import find_config_file
+
+    ds = json.loads(find_config_file(cfg.train.deepspeed_config, "DeepSpeed config").read_text())
+    ds.setdefault("zero_optimization", {})["stage"] = stage
+    path = out / f"zero{stage}.json"
+    path.write_text(json.dumps(ds, indent=1))
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, deepspeed_config=path.resolve()))
+
+
+def _foreach_norm_patch() -> None:
+    """Replace ZeRO-1/2's tensor-by-tensor gradient norm by one foreach norm (measurement only; one process)."""
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+    def norm(self, gradients, params, norm_type=2):
+        grads = [g for g in gradients if not getattr(g, "_zero_padding", False)]
+        norms = torch._foreach_norm(grads, norm_type, dtype=torch.float64)
+        return torch.linalg.vector_norm(torch.stack(norms), norm_type).float()
+
+    DeepSpeedZeroOptimizer.get_grad_norm_direct = norm
+
+
 def _stepper(mode: str, cfg, model, optimizer):
     """(forward, backward, optimizer step) of the mode."""
     if mode == "engine":
@@ -48,6 +73,7 @@ def _stepper(mode: str, cfg, model, optimizer):
 
         init_distributed()
         engine = build_engine(cfg, model, lambda step: 1.0)
+        print(f"DeepSpeed optimizer: {type(engine.optimizer).__name__}", flush=True)
         return (lambda b: engine(b).loss), engine.backward, engine.step
 
     def step() -> None:
@@ -84,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--zero-stage", type=int, default=None, help="engine mode: replace the config's ZeRO stage")
+    parser.add_argument("--foreach-norm", action="store_true", help="engine mode: one foreach gradient norm")
     parser.add_argument("--sync-debug", action="store_true", help="list where one step waits for the GPU")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -96,10 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     batches, groups = _collate(fit_to_config(items, 3), args.micro_batch, collator)
     tokens = [sum(len(item["input_ids"]) for item in group) for group in groups]
     batches = [batch.to("cuda") for batch in batches]  # no copy inside the timed steps
+    if args.zero_stage is not None:
+        cfg = _with_zero_stage(cfg, args.zero_stage, args.out)
     forward, backward, step = _stepper(args.mode, cfg, model, optimizer)
+    name = args.mode if args.zero_stage is None else f"{args.mode}_zero{args.zero_stage}"
+    if args.foreach_norm:
+        _foreach_norm_patch()
+        name += "_foreachnorm"
     report: dict = {
         "gpu": torch.cuda.get_device_name(),
-        "mode": args.mode,
+        "mode": name,
         "command": _command(sys.argv[1:], "bench/deepspeed_probe.py"),
     }
     for batch in batches[: args.warmup]:
@@ -109,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sync_debug:
         seen = _syncs(forward, backward, step, batches[args.warmup])
         report["syncs_per_step"] = len(seen)
-        (args.out / f"{args.mode}_syncs.txt").write_text(f"{len(seen)} waits\n\n" + "\n=====\n".join(seen))
+        (args.out / f"{name}_syncs.txt").write_text(f"{len(seen)} waits\n\n" + "\n=====\n".join(seen))
     _sync()
     timed = batches[args.warmup :]
     start = time.perf_counter()
@@ -151,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     stats = pstats.Stats(profile, stream=text)
     stats.sort_stats("tottime").print_stats(35)
     stats.sort_stats("cumulative").print_stats(45)
-    (args.out / f"{args.mode}_cprofile.txt").write_text(text.getvalue())
-    (args.out / f"{args.mode}.json").write_text(json.dumps(report, indent=1))
+    (args.out / f"{name}_cprofile.txt").write_text(text.getvalue())
+    (args.out / f"{name}.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report), flush=True)
     return 0
 

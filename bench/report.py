@@ -252,16 +252,21 @@ FINDINGS = """## Notes from these runs
   no loss scale, so the scan is off (`bf16.check_grad_overflow: false` in the resolved DeepSpeed config; the loop stops
   on a non-finite loss at its next flush, before any save), and one process runs ZeRO-1/2 without `overlap_comm` and
   `contiguous_gradients`, which only serve a reduction across ranks. ZeRO stage 0 was slower still (144 ms).
-- Stage 3 through the loop now (second report below, on the machine of the table above): 10,596 tokens/s against the
-  isolated step's 14,712, 0.72 (0.80 is the target; 8,957 against 11,795, 0.76, before the changes below, which made
-  the isolated step faster than the loop). Per step, 194 ms: forward 77 (LLM 68, output projectors 4), backward 83
-  (79 of host time), DeepSpeed's optimizer step 32 (42 of host time). The same model and batches stepped directly
-  and through the engine the loop builds (`bench/deepspeed_probe.py`, on another H200): 158 against 179 ms a step, the
-  optimizer step 5.7 against 42.6 ms and the backward's host time 41 against 83 ms. A cProfile of the engine's
-  backward and step: per-tensor work on the host, for the ~350 trainable tensors: a gradient hook each
-  (`grad_handling_hook`, with `count_used_parameters_in_backward`), the gradient norm one tensor at a time
-  (`get_grad_norm_direct`: 648 `vector_norm` and 1,296 dtype copies a step), and the weights re-pointed into the flat
-  buffer (`_update_model_bit16_weights`). That per-tensor host work is the remaining gap.
+- Stage 3 through the loop now (second report below; the isolated step timed in the same run, on the same machine):
+  9,764 tokens/s against the isolated step's 12,300, 0.79 (0.80 is the target; the last report had 0.72 against the
+  table's run). That machine's host was slower than the table's: the isolated step took 172 ms there against 140 ms in
+  the table. Per loop step, 225 ms: forward 96 (LLM 81, output projectors 10), backward 105 (101 of host time),
+  DeepSpeed's optimizer step 22 (25 of host time; 32 and 42 before). The optimizer step changed: ZeRO-1/2 computed the
+  gradient norm for clipping one tensor at a time (for ~650 tensors: 648 `vector_norm` and 1,296 dtype copies a step)
+  and then waited for the GPU to check that the norm is finite. `nextgpt.training.zero_step` replaces both on the
+  engine's optimizer: one foreach norm, still accumulated in float64, and the finite check as a tensor, so the host
+  does not wait (the same numbers, tests/training/test_zero_step.py). `bench/deepspeed_probe.py` stepped the same
+  model and batches directly and through the engine, on one H200 in one call (`bench/deepspeed_probe/`): 164.6 ms a
+  step directly, 199.7 through the engine before the change and 171.3 after it. ZeRO-1 instead of ZeRO-2 (no gradient
+  hooks in the backward) gave 172.1: no gain, so one process keeps the configured stage. What remains is host time:
+  every phase of the loop's step is bound by the host (its GPU time equals its host time), and the forward and
+  backward spend more host time in the loop (96 and 101 ms) than the probe's isolated step on the same model (about 65
+  each, on the probe's machine).
 - Stage 3 went from 2.83x to 3.65x the naive step (12,490 to 14,712 tokens/s; the two runs were on different
   machines): the forward no longer waits for the GPU. PyTorch's sync debug mode found 25 host reads of GPU values in
   every step, all in splicing the media and in finding the signal spans (`nonzero`, the longest row, `tolist` on the

@@ -69,6 +69,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return env_dir
 
 
+@pytest.mark.slow  # the module fixture builds the wheel and installs it into a fresh venv (~1 min)
 def test_installed_package_imports_from_its_own_folder_with_configs(installed: Path, tmp_path: Path):
     python = installed / "bin" / "python"
     code = (
@@ -89,6 +90,7 @@ def test_installed_package_imports_from_its_own_folder_with_configs(installed: P
         assert help_run.returncode == 0 and "usage:" in help_run.stdout, (command, help_run.stderr[-2000:])
 
 
+@pytest.mark.slow  # three stages and a merge through the installed commands (~1 min)
 def test_installed_commands_train_merge_and_predict_from_another_folder(
     installed: Path, tiny_root: Path, tiny_world: Path, tmp_path: Path
 ):

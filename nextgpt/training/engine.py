@@ -18,6 +18,7 @@ import torch
 from nextgpt.config import Config, ConfigError, TrainConfig
 from nextgpt.config_loader import find_config_file
 from nextgpt.training.distributed import world_size
+from nextgpt.training.zero_step import speed_up_zero_step
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,8 @@ def build_optimizer(train: TrainConfig, model: torch.nn.Module) -> torch.optim.A
 
 
 def build_engine(cfg: Config, model: torch.nn.Module, lr_lambda: Callable[[int], float], load_universal: bool = False):
-    """Wrap the model in a DeepSpeed engine that optimises only the trainable parameters.
+    """Wrap the model in a DeepSpeed engine that optimises only the trainable parameters (ZeRO-1/2 with the foreach
+    gradient norm and the sync-free clip of `nextgpt.training.zero_step`).
 
     `load_universal`: the engine will resume from a universal checkpoint (`resolve_deepspeed_config`).
 
@@ -148,4 +150,5 @@ def build_engine(cfg: Config, model: torch.nn.Module, lr_lambda: Callable[[int],
         lr_scheduler=scheduler,
         config=resolve_deepspeed_config(cfg, load_universal=load_universal),
     )
+    speed_up_zero_step(engine)
     return engine

@@ -43,6 +43,7 @@ def smoke_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     return report, format_markdown(report)
 
 
+@pytest.mark.slow  # the module's smoke run trains both stages through the loop (~40 s on 2 cores)
 def test_both_stages_train_through_the_loop(smoke_report) -> None:
     report, _ = smoke_report
     assert set(report["stages"]) == {"stage1", "stage3"}
@@ -69,6 +70,7 @@ def test_both_stages_train_through_the_loop(smoke_report) -> None:
     assert report["prepare"]["llm"].startswith("work/") and report["prepare"]["imagebind"].startswith("work/")
 
 
+@pytest.mark.slow  # the module's smoke run trains both stages through the loop (~40 s on 2 cores)
 def test_world_follows_the_mix_and_the_cache_is_precomputed(smoke_report) -> None:
     report, _ = smoke_report
     world = report["prepare"]["world"]
@@ -82,6 +84,7 @@ def test_world_follows_the_mix_and_the_cache_is_precomputed(smoke_report) -> Non
     assert precompute["encoded"] == files and precompute["images_per_s"] > 0
 
 
+@pytest.mark.slow  # the module's smoke run trains both stages through the loop (~40 s on 2 cores)
 def test_bench_comparison_and_markdown(smoke_report) -> None:
     """The fraction is taken against the isolated step timed in the same run, and also against --bench-json."""
     report, markdown = smoke_report

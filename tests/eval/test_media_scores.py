@@ -31,6 +31,7 @@ def images() -> list[np.ndarray]:
     return [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(6)]
 
 
+@pytest.mark.slow  # pytorch-fid takes the square root of a 2048 x 2048 matrix per FID: ~25 s each on 2 cores
 def test_fid_is_zero_for_a_set_against_itself_and_rises_with_noise(tiny_root: Path, images: list[np.ndarray]):
     inception = load_inception(tiny_root / "metrics" / "inception.pth")
     reference = media_scores.inception_features(inception, images)  # (6, 2048); each forward is at 299x299

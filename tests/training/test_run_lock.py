@@ -103,6 +103,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow  # two DeepSpeed launches of the trainer, ~25 s each on 2 cores
 @pytest.mark.parametrize("victim", ["runner", "launch"])
 def test_killing_the_deepspeed_launcher_stops_the_trainer_and_the_run_resumes(
     tiny_root: Path, tiny_world: Path, tmp_path: Path, victim: str
