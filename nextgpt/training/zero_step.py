@@ -9,7 +9,8 @@ the host cannot queue the optimizer and the next forward while the GPU finishes 
 `speed_up_zero_step(engine)` replaces both methods on the engine's optimizer instance (not on the class), with:
 - one `torch._foreach_norm` over the gradients, still accumulated in DeepSpeed's norm dtype (float64 where the device
   has it), summed over the data-parallel group and turned into DeepSpeed's -1 sentinel when not finite, as before;
-- the finite check as a tensor (`torch.where`), so the clip factor is the same and the host does not wait.
+- the finite checks as tensors (`torch.where`, `masked_fill_`), so the clip factor is the same and the host does not
+  wait.
 
 Only the data-parallel case is replaced; under CPU offload, pipeline or model parallelism or MoE layers the optimizer
 keeps DeepSpeed's methods (those paths norm differently).
@@ -34,7 +35,6 @@ def foreach_grad_norm(self, gradients: list[torch.Tensor], params: list[torch.Te
         where it is not finite (DeepSpeed's sentinel).
     """
     import deepspeed.comm as dist
-    from deepspeed.runtime.utils import mask_nan_or_inf_with_val_inplace
     from deepspeed.runtime.zero.utils import get_norm_dtype
 
     if float(norm_type) != 2.0:
@@ -49,8 +49,8 @@ def foreach_grad_norm(self, gradients: list[torch.Tensor], params: list[torch.Te
     dist.all_reduce(total, op=dist.ReduceOp.SUM, group=self.dp_process_group)
     self._model_parallel_all_reduce(tensor=total, op=dist.ReduceOp.SUM)
     total = total.pow(0.5)
-    mask_nan_or_inf_with_val_inplace(total, device=self.device)
-    return total
+    # DeepSpeed's own masking builds its -1 from a host scalar (a copy that waits for the GPU); a fill does not.
+    return total.masked_fill_(~torch.isfinite(total), -1.0)
 
 
 def clip_without_sync(self, grad_groups_flat: list[Any], total_norm: Any) -> None:

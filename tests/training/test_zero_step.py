@@ -121,3 +121,35 @@ def test_steps_train_the_same_weights_as_deepspeeds_own_methods(stage, precision
 def test_other_optimizers_keep_deepspeeds_methods():
     engine = _engine(0, "fp32", clip=1.0, replace=False)
     assert not speed_up_zero_step(engine)
+
+
+@pytest.mark.gpu
+def test_the_norm_and_clip_do_not_wait_for_the_gpu():
+    """Under sync debug mode "error", any host read of a GPU value in the two replaced methods raises."""
+    import deepspeed
+
+    init_distributed()
+    torch.manual_seed(0)
+    model = _TwoBranches().cuda()
+    config = {
+        "train_micro_batch_size_per_gpu": 2,
+        "gradient_clipping": 0.5,
+        "zero_optimization": {"stage": 2, "overlap_comm": False, "contiguous_gradients": False},
+        "bf16": {"enabled": True, "check_grad_overflow": False},
+        "steps_per_print": 10**9,
+    }
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    assert speed_up_zero_step(engine)
+    grads = [torch.randn(64, 64, device="cuda", dtype=torch.bfloat16) for _ in range(5)]
+    params = [torch.empty(64, 64, device="cuda") for _ in range(5)]
+    flat = torch.randn(1000, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        norm = engine.optimizer.get_grad_norm_direct(grads, params)
+        engine.optimizer.unscale_and_clip_grads([flat], norm)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    expected = torch.linalg.vector_norm(torch.cat([g.double().flatten() for g in grads])).float()
+    torch.testing.assert_close(norm, expected, rtol=2**-23, atol=0)
