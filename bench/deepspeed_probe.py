@@ -53,26 +53,18 @@ def _with_zero_stage(cfg, stage: int, out: Path):
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, deepspeed_config=path.resolve()))
 
 
-def _foreach_norm_patch() -> None:
-    """Replace ZeRO-1/2's tensor-by-tensor gradient norm by one foreach norm (measurement only; one process)."""
-    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
-
-    def norm(self, gradients, params, norm_type=2):
-        grads = [g for g in gradients if not getattr(g, "_zero_padding", False)]
-        norms = torch._foreach_norm(grads, norm_type, dtype=torch.float64)
-        return torch.linalg.vector_norm(torch.stack(norms), norm_type).float()
-
-    DeepSpeedZeroOptimizer.get_grad_norm_direct = norm
-
-
-def _stepper(mode: str, cfg, model, optimizer):
-    """(forward, backward, optimizer step) of the mode."""
+def _stepper(mode: str, cfg, model, optimizer, deepspeed_step: bool = False):
+    """(forward, backward, optimizer step) of the mode; `deepspeed_step`: the engine keeps DeepSpeed's own gradient
+    norm and clip (`nextgpt.training.zero_step` undone)."""
     if mode == "engine":
         from nextgpt.training.distributed import init_distributed
         from nextgpt.training.engine import build_engine
 
         init_distributed()
         engine = build_engine(cfg, model, lambda step: 1.0)
+        if deepspeed_step:
+            for name in ("get_grad_norm_direct", "unscale_and_clip_grads"):
+                vars(engine.optimizer).pop(name, None)  # the class's methods again
         print(f"DeepSpeed optimizer: {type(engine.optimizer).__name__}", flush=True)
         return (lambda b: engine(b).loss), engine.backward, engine.step
 
@@ -111,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--zero-stage", type=int, default=None, help="engine mode: replace the config's ZeRO stage")
-    parser.add_argument("--foreach-norm", action="store_true", help="engine mode: one foreach gradient norm")
+    parser.add_argument(
+        "--deepspeed-step", action="store_true", help="engine mode: DeepSpeed's own per-tensor gradient norm and clip"
+    )
     parser.add_argument("--sync-debug", action="store_true", help="list where one step waits for the GPU")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -126,11 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     batches = [batch.to("cuda") for batch in batches]  # no copy inside the timed steps
     if args.zero_stage is not None:
         cfg = _with_zero_stage(cfg, args.zero_stage, args.out)
-    forward, backward, step = _stepper(args.mode, cfg, model, optimizer)
+    forward, backward, step = _stepper(args.mode, cfg, model, optimizer, args.deepspeed_step)
     name = args.mode if args.zero_stage is None else f"{args.mode}_zero{args.zero_stage}"
-    if args.foreach_norm:
-        _foreach_norm_patch()
-        name += "_foreachnorm"
+    if args.deepspeed_step:
+        name += "_deepspeed_step"
     report: dict = {
         "gpu": torch.cuda.get_device_name(),
         "mode": name,

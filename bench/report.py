@@ -262,7 +262,8 @@ FINDINGS = """## Notes from these runs
   engine's optimizer: one foreach norm, still accumulated in float64, and the finite check as a tensor, so the host
   does not wait (the same numbers, tests/training/test_zero_step.py). `bench/deepspeed_probe.py` stepped the same
   model and batches directly and through the engine, on one H200 in one call (`bench/deepspeed_probe/`): 164.6 ms a
-  step directly, 199.7 through the engine before the change and 171.3 after it. ZeRO-1 instead of ZeRO-2 (no gradient
+  step directly, 199.7 through the engine before the change and 171.3 with the foreach norm alone (the probe's switch
+  then was `--foreach-norm`; `--deepspeed-step` now undoes both replacements). ZeRO-1 instead of ZeRO-2 (no gradient
   hooks in the backward) gave 172.1: no gain, so one process keeps the configured stage. What remains is host time:
   every phase of the loop's step is bound by the host (its GPU time equals its host time), and the forward and
   backward spend more host time in the loop (96 and 101 ms) than the probe's isolated step on the same model (about 65
