@@ -256,8 +256,9 @@ class NextGPT(nn.Module):
         """
         layout = batch.layout
         if layout is None:
+            host = batch.host_view  # the CPU batch it was copied from, if any: no wait for the GPU's ids
             layout = build_layout(
-                batch.input_ids, batch.attention_mask, batch.position_ids, self.input_projector.num_tokens
+                host.input_ids, host.attention_mask, host.position_ids, self.input_projector.num_tokens
             )
             layout = layout.to(spliced.inputs_embeds.device)
         if (layout.rows, layout.width) != tuple(spliced.token_ids.shape):
