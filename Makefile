@@ -23,10 +23,11 @@ test: lint browser java
 # The tests whose outcome depends on floating-point paths (learning and equivalence tests, marker `numerics`), once
 # with PyTorch's CPU kernels forced to the baseline instruction set and once to AVX2 (unset, a machine uses its best:
 # AVX-512 on many), so a tolerance or learning rate that only holds on one machine fails here first. -m replaces
-# addopts' -m, hence the explicit "not slow and not gpu". Each run compiles into a fresh TorchInductor cache: the
-# shared one (/tmp/torchinductor_$USER) hands kernels generated for one instruction set to a run under another, which
-# then fails to compile them ("at::vec has not been declared").
-NUMERICS_MARK := numerics and not slow and not gpu and not multiprocess
+# addopts' -m, hence the explicit exclusions: slow tests stay out, except the held-out learning tests (marker
+# `learning`), which `make test` leaves to `make test-slow` for their minutes of training. Each run compiles into a
+# fresh TorchInductor cache: the shared one (/tmp/torchinductor_$USER) hands kernels generated for one instruction set
+# to a run under another, which then fails to compile them ("at::vec has not been declared").
+NUMERICS_MARK := numerics and not gpu and not multiprocess and (learning or not slow)
 test-numerics: install browser
 	@for cap in default avx2; do \
 		cache=$$(mktemp -d); \

@@ -81,6 +81,8 @@ def stage_3_checkpoint(
     return _train(3, out_dir, tiny_root, tiny_world, init, datasets, "train.max_steps=300", "train.lr=1e-2")
 
 
+@pytest.mark.slow
+@pytest.mark.learning
 @pytest.mark.numerics
 def test_stage_1_training_names_the_heldout_attributes_better_than_chance(stage_1_checkpoint: Path):
     from nextgpt.eval.report import evaluate_checkpoint
@@ -92,6 +94,8 @@ def test_stage_1_training_names_the_heldout_attributes_better_than_chance(stage_
     assert trained["accuracy"] > trained["chance"] + 0.2
 
 
+@pytest.mark.slow
+@pytest.mark.learning
 @pytest.mark.numerics
 def test_stage_2_training_brings_projections_closer_to_the_caption_embeddings(stage_2_checkpoint: Path):
     from nextgpt.eval.report import evaluate_checkpoint
@@ -107,6 +111,8 @@ def test_stage_2_training_brings_projections_closer_to_the_caption_embeddings(st
     assert trained["retrieval_accuracy"] > untrained["retrieval_accuracy"] + 0.3
 
 
+@pytest.mark.slow
+@pytest.mark.learning
 @pytest.mark.numerics
 def test_instruction_tuning_beats_untrained_on_modality_switching(stage_3_checkpoint: Path, tmp_path: Path):
     from nextgpt.cli import evaluate
