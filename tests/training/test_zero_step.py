@@ -25,12 +25,12 @@ def _dtype(engine) -> torch.dtype:
     return torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
 
 
-def _engine(stage: int, precision: str, clip: float, seed: int = 0, replace: bool = True):
+def _engine(stage: int, precision: str, clip: float, seed: int = 0, replace: bool = True, device: str = "cpu"):
     import deepspeed
 
     init_distributed()
     torch.manual_seed(seed)
-    model = _TwoBranches()
+    model = _TwoBranches().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     config = {
         "train_micro_batch_size_per_gpu": 2,
@@ -126,21 +126,7 @@ def test_other_optimizers_keep_deepspeeds_methods():
 @pytest.mark.gpu
 def test_the_norm_and_clip_do_not_wait_for_the_gpu():
     """Under sync debug mode "error", any host read of a GPU value in the two replaced methods raises."""
-    import deepspeed
-
-    init_distributed()
-    torch.manual_seed(0)
-    model = _TwoBranches().cuda()
-    config = {
-        "train_micro_batch_size_per_gpu": 2,
-        "gradient_clipping": 0.5,
-        "zero_optimization": {"stage": 2, "overlap_comm": False, "contiguous_gradients": False},
-        "bf16": {"enabled": True, "check_grad_overflow": False},
-        "steps_per_print": 10**9,
-    }
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
-    assert speed_up_zero_step(engine)
+    engine = _engine(2, "bf16", clip=0.5, device="cuda")
     grads = [torch.randn(64, 64, device="cuda", dtype=torch.bfloat16) for _ in range(5)]
     params = [torch.empty(64, 64, device="cuda") for _ in range(5)]
     flat = torch.randn(1000, device="cuda")
