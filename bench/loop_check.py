@@ -43,7 +43,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.components import FULL, SMOKE, VICUNA_7B, write_vicuna_shaped_llm  # noqa: E402
+from bench.components import FULL, SMOKE, VICUNA_7B, Shapes, write_vicuna_shaped_llm  # noqa: E402
 from bench.loop_world import CAPTIONS_NAME, INSTRUCTIONS_NAME, token_length_stats, write_loop_world  # noqa: E402
 from bench.run import _command  # noqa: E402
 
@@ -83,7 +83,46 @@ ENCODER_SIZES = (
 )
 
 
-def prepare(work: Path, smoke: bool, num_captions: int, num_instructions: int) -> tuple[list[str], dict[str, Any]]:
+def smoke_shapes(layers: int) -> Shapes:
+    """The smoke shapes with `layers` decoder layers (host work per step grows with the layer count, so a 32-layer
+    smoke run shows the 7B loop's host-side costs, such as garbage collection, on a CPU)."""
+    return dataclasses.replace(SMOKE, llm={**SMOKE.llm, "num_hidden_layers": layers})
+
+
+def llm_folder(work: Path, smoke: bool, smoke_layers: int) -> Path:
+    if not smoke:
+        return work / "vicuna-7b-shaped"
+    return work / ("llm-smoke" if smoke_layers == SMOKE.llm["num_hidden_layers"] else f"llm-smoke-{smoke_layers}l")
+
+
+class DefaultCollector:
+    """Stands in for the loop's `StepGC` under --default-collector: Python's collector left as it is (enabled, with
+    its thresholds), so it pauses wherever its counts say, mid-forward included."""
+
+    def __enter__(self) -> DefaultCollector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def end_step(self, step: int) -> None:
+        return None
+
+
+def use_default_collector() -> None:
+    """Run the loop with `DefaultCollector` instead of `StepGC` (the comparison for the loop's collector policy)."""
+    import nextgpt.training.loop as loop
+
+    loop.StepGC = DefaultCollector
+
+
+def prepare(
+    work: Path,
+    smoke: bool,
+    num_captions: int,
+    num_instructions: int,
+    smoke_layers: int = SMOKE.llm["num_hidden_layers"],
+) -> tuple[list[str], dict[str, Any]]:
     """Write the LLM folder, the ImageBind file and the world (each kept when present).
 
     Returns:
@@ -97,8 +136,8 @@ def prepare(work: Path, smoke: bool, num_captions: int, num_instructions: int) -
 
     start = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() and not smoke else "cpu"
-    llm_dir = work / ("llm-smoke" if smoke else "vicuna-7b-shaped")
-    write_vicuna_shaped_llm(llm_dir, SMOKE.llm if smoke else VICUNA_7B, device)
+    llm_dir = llm_folder(work, smoke, smoke_layers)
+    write_vicuna_shaped_llm(llm_dir, smoke_shapes(smoke_layers).llm if smoke else VICUNA_7B, device)
     imagebind = work / ("imagebind_smoke.pth" if smoke else "imagebind_huge_random.pth")
     tiny = load_config(REPO_ROOT / "configs" / "tiny.yaml").model
     encoder_cfg = tiny.encoder if smoke else ImageBindConfig()
@@ -289,14 +328,22 @@ def summarize(run: dict[str, Any], warmup: int) -> dict[str, Any]:
     return summary
 
 
-def run_isolated(key: str, work: Path, steps: int, warmup: int, micro_batch: int, smoke: bool) -> dict[str, Any]:
+def run_isolated(
+    key: str,
+    work: Path,
+    steps: int,
+    warmup: int,
+    micro_batch: int,
+    smoke: bool,
+    smoke_layers: int = SMOKE.llm["num_hidden_layers"],
+) -> dict[str, Any]:
     """The isolated bench step of the stage (`bench.training.run_ours`) on the loop's LLM folder, in this process."""
     from bench.training import run_ours
 
     device = "cuda" if torch.cuda.is_available() and not smoke else "cpu"
     stage = {"stage1": 1, "stage3": 3}[key]
-    llm_dir = work / ("llm-smoke" if smoke else "vicuna-7b-shaped")
-    shapes = SMOKE if smoke else FULL
+    llm_dir = llm_folder(work, smoke, smoke_layers)
+    shapes = smoke_shapes(smoke_layers) if smoke else FULL
     result = run_ours(stage, shapes, device, micro_batch, steps, warmup, work=work / "isolated", llm_dir=llm_dir)
     _free_memory()
     return result
@@ -416,6 +463,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--prepare-only", action="store_true", help="write the inputs and the feature cache, then stop")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU: checks the script, measures nothing")
+    parser.add_argument(
+        "--smoke-layers",
+        type=int,
+        default=SMOKE.llm["num_hidden_layers"],
+        help="decoder layers of the smoke LLM (32: the 7B depth, for host-side costs on a CPU)",
+    )
+    parser.add_argument(
+        "--default-collector",
+        action="store_true",
+        help="train with Python's default garbage collector instead of the loop's StepGC (the comparison)",
+    )
     args = parser.parse_args(argv)
     args.steps = args.steps if args.steps is not None else (3 if args.smoke else 20)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 5)
@@ -444,12 +502,16 @@ def main(argv: list[str] | None = None) -> int:
     total_steps = args.steps + args.warmup
     # Enough samples for every step in one epoch (2 spare micro-batches), so no epoch boundary falls in the timing.
     sizes = {k: micro[k] * (total_steps + 2) for k in STAGES}
-    paths, prepared = prepare(args.work, args.smoke, sizes["stage1"], sizes["stage3"])
+    paths, prepared = prepare(args.work, args.smoke, sizes["stage1"], sizes["stage3"], args.smoke_layers)
+    if args.default_collector:
+        use_default_collector()
     report: dict[str, Any] = {
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (smoke: numbers mean nothing)",
         "torch": torch.__version__,
         "command": _command(argv if argv is not None else sys.argv[1:], "bench/loop_check.py"),
         "smoke": args.smoke,
+        "smoke_layers": args.smoke_layers if args.smoke else None,
+        "collector": "default (--default-collector)" if args.default_collector else "StepGC",
         "warmup": args.warmup,
         "prepare": prepared,
         "precompute": precompute_features(paths, args.stages, args.precompute_batch, args.num_workers),
@@ -463,7 +525,9 @@ def main(argv: list[str] | None = None) -> int:
         run = run_stage(key, paths, args.work, total_steps, micro[key], args.num_workers, args.override)
         report["stages"][key] = summarize(run, args.warmup)
         if not args.no_isolated:
-            isolated[key] = run_isolated(key, args.work, args.steps, args.warmup, micro[key], args.smoke)
+            isolated[key] = run_isolated(
+                key, args.work, args.steps, args.warmup, micro[key], args.smoke, args.smoke_layers
+            )
     if isolated:
         report["isolated"] = isolated
         report["bench"] = compare_with_bench(report["stages"], isolated=isolated, gpu=report["gpu"])

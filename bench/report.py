@@ -268,6 +268,19 @@ FINDINGS = """## Notes from these runs
   every phase of the loop's step is bound by the host (its GPU time equals its host time), and the forward and
   backward spend more host time in the loop (96 and 101 ms) than the probe's isolated step on the same model (about 65
   each, on the probe's machine).
+- Garbage collection in the loop: a compiled layer's forward leaves Python objects alive until its backward (the
+  autograd contexts and the dynamic-shape marks put on saved tensors: thousands per forward at 32 layers), so
+  Python's default collector ran young collections in the middle of forwards and, while the first steps compile, full
+  collections over every object of the process. The loop now freezes what exists when training
+  starts and collects only at the end of each step (`nextgpt.training.step_gc.StepGC`, the same objects freed), and
+  `metrics.jsonl` has every step's collector pauses as `ms_gc`. Measured on a 2-core CPU with the smoke shapes at the
+  7B depth (`python bench/loop_check.py --smoke --smoke-layers 32 --stages stage3 --steps 40 --warmup 4
+  --num-workers 2 --no-isolated`, and the same with `--default-collector`; `bench/loop_gc_cpu/`): 1.68 ms of
+  collector pauses per timed step with the default collector, 0.04 ms with the loop's. That is well under 1% of the
+  7B loop step, so the collector does not explain the loop's gap to the isolated step; the CPU steps themselves
+  (about 1 s of compute) differ between the two runs by more than that (1,064 and 1,008 ms), which is noise. The gap
+  stays where `bench/deepspeed_probe.py` put it (above): DeepSpeed's per-parameter gradient hooks in the backward and
+  its optimizer step, measured against the same model stepped directly.
 - Stage 3 went from 2.83x to 3.65x the naive step (12,490 to 14,712 tokens/s; the two runs were on different
   machines): the forward no longer waits for the GPU. PyTorch's sync debug mode found 25 host reads of GPU values in
   every step, all in splicing the media and in finding the signal spans (`nonzero`, the longest row, `tolist` on the

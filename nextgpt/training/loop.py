@@ -62,6 +62,7 @@ from nextgpt.training.resume import (
 from nextgpt.training.run_lock import RunLock
 from nextgpt.training.safe_load import check_pickles, load_weights_only, weights_only_loads
 from nextgpt.training.stages import apply_trainable_groups
+from nextgpt.training.step_gc import StepGC
 from nextgpt.training.step_loss import StepLossPlan, count_group, step_means
 from nextgpt.training.universal import (
     convert_to_universal,
@@ -325,8 +326,9 @@ def _log_timing_keys(cuda: bool) -> None:
         else "host time"
     )
     logger.info(
-        "metrics.jsonl times every step in ms: %s, ms_step (the step's host wall time), and ms_<phase> for each phase "
-        "the model marks in forward (ms_encode, ms_llm, ms_projectors, ms_loss); ms_<phase> is %s",
+        "metrics.jsonl times every step in ms: %s, ms_gc (garbage collection pauses, at the step's end), ms_step (the "
+        "step's host wall time), and ms_<phase> for each phase the model marks in forward (ms_encode, ms_llm, "
+        "ms_projectors, ms_loss); ms_<phase> is %s",
         ", ".join(f"ms_{p}" for p in LOOP_PHASES),
         clock,
     )
@@ -452,7 +454,8 @@ def _train(
 
     Loss values stay on the device until the metrics are flushed: every `train.log_every` steps, before each save, at
     the end and after an error. A due flush opens the next step (as its `log` phase), so its wait for the GPU counts in
-    a step's wall time instead of vanishing between steps; checkpoint saves are not part of any step.
+    a step's wall time instead of vanishing between steps; checkpoint saves are not part of any step. Python's garbage
+    collector runs only at the end of each step (`StepGC`; its pauses are the step's `ms_gc`), never inside a forward.
     """
     health = EpochHealth(data.datasets, cfg.data.catalog_path)
     progress = tqdm(
@@ -464,21 +467,23 @@ def _train(
     batches = _micro_batches(data, pos, health, result)
     counts_over = count_group()  # every rank creates it, at the same point
     try:
-        while pos.step < layout.total_steps:
-            with timer.step() as timing:
-                if len(pending) and pos.step % cfg.train.log_every == 0:
+        with StepGC() as collector:
+            while pos.step < layout.total_steps:
+                with timer.step() as timing:
+                    if len(pending) and pos.step % cfg.train.log_every == 0:
+                        with phase("log", device=False):
+                            _flush(pending, result, progress)
+                    values, num_tokens = _accumulate(
+                        engine, model, encoder, batches, data.decoders, cfg.train.grad_accum_steps, counts_over
+                    )
+                    pos.step += 1
                     with phase("log", device=False):
-                        _flush(pending, result, progress)
-                values, num_tokens = _accumulate(
-                    engine, model, encoder, batches, data.decoders, cfg.train.grad_accum_steps, counts_over
-                )
-                pos.step += 1
-                with phase("log", device=False):
-                    pending.add(pos.step, values, engine.get_lr()[0], num_tokens, timing)
-                    progress.update(1)
-            if pos.step % cfg.train.save_every == 0 and pos.step < layout.total_steps:
-                _flush(pending, result, progress)  # a resume from this checkpoint keeps every record up to it
-                _save(engine, model, cfg, pos, layout, f"step-{pos.step:06d}")
+                        pending.add(pos.step, values, engine.get_lr()[0], num_tokens, timing)
+                        progress.update(1)
+                    collector.end_step(pos.step)
+                if pos.step % cfg.train.save_every == 0 and pos.step < layout.total_steps:
+                    _flush(pending, result, progress)  # a resume from this checkpoint keeps every record up to it
+                    _save(engine, model, cfg, pos, layout, f"step-{pos.step:06d}")
         _flush(pending, result, progress)
     except BaseException:
         num_pending = len(pending)

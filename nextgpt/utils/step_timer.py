@@ -9,11 +9,15 @@ step open, `phase` returns a shared no-op context, so library code can mark phas
     with timer.step() as timing:
         with phase("forward"):
             out = model(batch)
-    timing.resolve()  # {"ms_forward": ..., "host_ms_forward": ..., "ms_step": ...}
+    timing.resolve()  # {"ms_forward": ..., "host_ms_forward": ..., "ms_gc": ..., "ms_step": ...}
+
+Pauses of Python's garbage collector inside a step are summed as `ms_gc`, whichever phase they interrupt: on a
+host-bound step they are time the GPU waits.
 """
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -52,12 +56,22 @@ class StepTiming:
         self._events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
         self._open: set[str] = set()
         self._resolved: dict[str, float] | None = None
+        self._gc_s = 0.0
+        self._gc_start = 0.0
+
+    def _on_gc(self, stage: str, info: dict[str, int]) -> None:
+        """A `gc.callbacks` hook: adds each collection's pause to the step."""
+        if stage == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self._gc_s += time.perf_counter() - self._gc_start
 
     def resolve(self) -> dict[str, float]:
         """The step's times in milliseconds, as flat metric keys.
 
         `ms_<phase>` is the GPU time between the phase's events where they were recorded, else the host time;
-        `host_ms_<phase>` the host time of the GPU-timed phases; `ms_step` the step's host wall time. Waits for the
+        `host_ms_<phase>` the host time of the GPU-timed phases; `ms_gc` the garbage collector's pauses; `ms_step` the
+        step's host wall time. Waits for the
         step's events (a no-op once the GPU is past them, as after the loss values' transfer); cached.
 
         Raises:
@@ -78,6 +92,7 @@ class StepTiming:
                     times[f"host_ms_{name}"] = host_s * 1e3
                 else:
                     times[f"ms_{name}"] = host_s * 1e3
+            times["ms_gc"] = self._gc_s * 1e3
             times["ms_step"] = self.wall_s * 1e3
             self._resolved, self._events = times, []  # the events are no longer needed
         return dict(self._resolved)
@@ -89,8 +104,10 @@ class _Phase:
     __slots__ = ("_timing", "_name", "_device", "_skip", "_start", "_t0")
 
     def __init__(self, timing: StepTiming, name: str, device: bool) -> None:
-        if name == "step":
-            raise ValueError('phase name "step" is reserved for the whole step (ms_step); choose another name')
+        if name in ("step", "gc"):
+            raise ValueError(
+                f'phase name "{name}" is reserved (ms_step: the whole step, ms_gc: collector pauses); choose another'
+            )
         self._timing, self._name, self._device = timing, name, device
 
     def __enter__(self) -> None:
@@ -142,9 +159,11 @@ class StepTimer:
             raise RuntimeError("a step is already being timed; steps do not nest (use phase() inside it)")
         timing = StepTiming(self.cuda)
         _active = timing
+        gc.callbacks.append(timing._on_gc)
         start = time.perf_counter()
         try:
             yield timing
         finally:
             timing.wall_s = time.perf_counter() - start
+            gc.callbacks.remove(timing._on_gc)
             _active = None

@@ -15,7 +15,18 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.loop_check import TARGET_FRACTION, _num, format_markdown, main, summarize  # noqa: E402
+from bench.components import SMOKE  # noqa: E402
+from bench.loop_check import (  # noqa: E402
+    TARGET_FRACTION,
+    DefaultCollector,
+    _num,
+    format_markdown,
+    llm_folder,
+    main,
+    smoke_shapes,
+    summarize,
+    use_default_collector,
+)
 from bench.loop_world import CAPTIONS_NAME, INSTRUCTIONS_NAME  # noqa: E402
 
 STEPS, WARMUP, MICRO = 3, 1, {"stage1": 8, "stage3": 4}
@@ -54,7 +65,7 @@ def test_both_stages_train_through_the_loop(smoke_report) -> None:
         assert math.isfinite(stage["final_loss"]) and stage["losses_finite"]
         assert stage["tokens_per_s_median"] > 0 and stage["tokens_per_s_mean"] > 0
         assert stage["samples_per_s"] > 0 and stage["steps_per_s"] > 0 and stage["step_ms"] > 0
-        assert isinstance(stage["breakdown_ms"], dict)
+        assert isinstance(stage["breakdown_ms"], dict) and "ms_gc" in stage["breakdown_ms"]
         assert stage["peak_memory_gib"] is None  # CPU
         # Only workload and path overrides: no speed switch is set by the script.
         switches = (
@@ -68,6 +79,7 @@ def test_both_stages_train_through_the_loop(smoke_report) -> None:
         assert not [o for o in stage["overrides"] if any(s in o.split("=")[0] for s in switches)]
         assert not [o for o in stage["overrides"] if "=/" in o]  # paths under --work as the command names it
     assert report["prepare"]["llm"].startswith("work/") and report["prepare"]["imagebind"].startswith("work/")
+    assert report["collector"] == "StepGC" and report["smoke_layers"] == SMOKE.llm["num_hidden_layers"]
 
 
 @pytest.mark.slow  # the module's smoke run trains both stages through the loop (~40 s on 2 cores)
@@ -131,3 +143,26 @@ def test_summary_takes_the_breakdown_keys_the_records_carry() -> None:
     without = summarize({**run, "records": [{k: r[k] for k in ("step", "loss", "tokens_per_s")} for r in records]}, 9)
     assert without["breakdown_ms"] == {} and without["timed_steps"] == 4 and without["warmup_steps"] == 0
     assert without["step_ms"] is None and without["samples_per_s"] is None
+
+
+def test_smoke_depth_and_its_own_llm_folder(tmp_path: Path) -> None:
+    deep = smoke_shapes(32)
+    assert deep.llm["num_hidden_layers"] == 32 and SMOKE.llm["num_hidden_layers"] == 2, "SMOKE itself is unchanged"
+    assert {k: v for k, v in deep.llm.items() if k != "num_hidden_layers"} == {
+        k: v for k, v in SMOKE.llm.items() if k != "num_hidden_layers"
+    }
+    folders = {llm_folder(tmp_path, True, 2), llm_folder(tmp_path, True, 32), llm_folder(tmp_path, False, 2)}
+    assert len(folders) == 3, "an LLM kept under --work is never reused at another depth"
+
+
+def test_default_collector_leaves_pythons_collector_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    import nextgpt.training.loop as loop
+
+    monkeypatch.setattr(loop, "StepGC", loop.StepGC)  # restored after the test
+    use_default_collector()
+    assert loop.StepGC is DefaultCollector
+    with loop.StepGC() as collector:
+        assert gc.isenabled() and gc.get_freeze_count() == 0
+        collector.end_step(1)

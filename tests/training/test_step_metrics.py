@@ -28,7 +28,7 @@ def test_deferred_records_hold_every_step_with_its_timings(
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
     assert [r["loss"] for r in records] == result.losses
-    timing_keys = {f"ms_{p}" for p in LOOP_PHASES} | {"ms_step"}
+    timing_keys = {f"ms_{p}" for p in LOOP_PHASES} | {"ms_gc", "ms_step"}
     for record in records:
         assert {"loss", "ce", "lr", "tokens_per_s"} <= set(record) and record["tokens_per_s"] > 0
         assert timing_keys <= set(record), timing_keys - set(record)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 
 import pytest
@@ -67,8 +68,8 @@ def test_nested_and_repeated_phases_are_summed_per_name(clock: _Clock):
         clock.now += 0.004  # outside any phase: only in the step
     assert phase("encode") is phase("llm"), "the step is closed"
     times = timing.resolve()
-    assert list(times) == ["ms_data", "ms_forward", "ms_encode", "ms_step"]
-    assert times == pytest.approx({"ms_data": 2.0, "ms_forward": 10.0, "ms_encode": 4.0, "ms_step": 16.0})
+    assert list(times) == ["ms_data", "ms_forward", "ms_encode", "ms_gc", "ms_step"]
+    assert times == pytest.approx({"ms_data": 2.0, "ms_forward": 10.0, "ms_encode": 4.0, "ms_gc": 0.0, "ms_step": 16.0})
 
 
 def test_cuda_phases_record_events_and_read_them_only_when_resolved(clock: _Clock, monkeypatch):
@@ -83,7 +84,9 @@ def test_cuda_phases_record_events_and_read_them_only_when_resolved(clock: _Cloc
     assert _FakeEvent.synchronized == 0, "recording never waits for the GPU"
     times = timing.resolve()
     assert _FakeEvent.synchronized > 0
-    assert times == pytest.approx({"ms_data": 1.0, "ms_forward": 40.0, "host_ms_forward": 4.0, "ms_step": 5.0})
+    assert times == pytest.approx(
+        {"ms_data": 1.0, "ms_forward": 40.0, "host_ms_forward": 4.0, "ms_gc": 0.0, "ms_step": 5.0}
+    )
     assert timing.resolve() == times  # cached: the events are released
 
 
@@ -93,8 +96,31 @@ def test_real_clock_times_are_plausible():
             with phase("llm"):
                 time.sleep(0.002)
     times = timing.resolve()
-    assert set(times) == {"ms_forward", "ms_llm", "ms_step"}
+    assert set(times) == {"ms_forward", "ms_llm", "ms_gc", "ms_step"}
     assert 0 < times["ms_llm"] <= times["ms_forward"] <= times["ms_step"]
+
+
+def test_garbage_collection_pauses_inside_a_step_are_summed(clock: _Clock):
+    def pause(stage: str, info: dict) -> None:  # runs after the timer's own hook: each collection "takes" 5 ms
+        if stage == "start":
+            clock.now += 0.005
+
+    enabled = gc.isenabled()
+    gc.disable()  # only the collections below
+    try:
+        with StepTimer(cuda=False).step() as timing:
+            gc.callbacks.append(pause)
+            gc.collect(0)
+            with phase("forward"):
+                gc.collect()
+        gc.collect()  # after the step: not counted
+    finally:
+        gc.callbacks.remove(pause)
+        if enabled:
+            gc.enable()
+    times = timing.resolve()
+    assert times == pytest.approx({"ms_forward": 5.0, "ms_gc": 10.0, "ms_step": 10.0})
+    assert timing._on_gc not in gc.callbacks, "the hook leaves with the step"
 
 
 def test_misuse_is_refused_and_an_error_closes_the_step():
@@ -106,10 +132,11 @@ def test_misuse_is_refused_and_an_error_closes_the_step():
             with pytest.raises(RuntimeError, match="do not nest"):
                 with timer.step():
                     pass
-            with pytest.raises(ValueError, match="reserved"):
-                phase("step")
+            for reserved in ("step", "gc"):
+                with pytest.raises(ValueError, match="reserved"):
+                    phase(reserved)
             with phase("forward"):
                 raise KeyError("boom")
-    assert set(timing.resolve()) == {"ms_forward", "ms_step"}
+    assert set(timing.resolve()) == {"ms_forward", "ms_gc", "ms_step"}
     with timer.step():  # the failed step no longer counts as open
         pass
