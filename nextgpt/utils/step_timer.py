@@ -71,8 +71,8 @@ class StepTiming:
 
         `ms_<phase>` is the GPU time between the phase's events where they were recorded, else the host time;
         `host_ms_<phase>` the host time of the GPU-timed phases; `ms_gc` the garbage collector's pauses; `ms_step` the
-        step's host wall time. Waits for the
-        step's events (a no-op once the GPU is past them, as after the loss values' transfer); cached.
+        step's host wall time. Waits for the step's events (a no-op once the GPU is past them, as after the loss
+        values' transfer); cached.
 
         Raises:
             RuntimeError: the step is still open.
