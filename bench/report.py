@@ -278,7 +278,7 @@ FINDINGS = """## Notes from these runs
   --num-workers 2 --no-isolated`, and the same with `--default-collector`; `bench/loop_gc_cpu/`): 1.68 ms of
   collector pauses per timed step with the default collector, 0.04 ms with the loop's. That is well under 1% of the
   7B loop step, so the collector does not explain the loop's gap to the isolated step; the CPU steps themselves
-  (about 1 s of compute) differ between the two runs by more than that (1,064 and 1,008 ms), which is noise. The gap
+  (about 1 s of compute) differ between the two runs by more than that (1,064 and 1,031 ms), which is noise. The gap
   stays where `bench/deepspeed_probe.py` put it (above): DeepSpeed's per-parameter gradient hooks in the backward and
   its optimizer step, measured against the same model stepped directly.
 - Stage 3 went from 2.83x to 3.65x the naive step (12,490 to 14,712 tokens/s; the two runs were on different

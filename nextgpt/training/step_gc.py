@@ -12,8 +12,9 @@ at the same, known point of every step and every rank, and that `ms_gc` shows th
 So while the loop trains (`StepGC` as a context manager around it):
 - everything that exists when training starts (model, optimizer, data) is frozen once: no collection walks it again;
 - automatic collection is off;
-- each step ends with a collection of the young generations (`end_step`): the step's own cyclic garbage is reclaimed
-  at the step's end, as promptly as before and at the same point on every rank;
+- each step ends with a collection of the youngest generation (`end_step`, `gc.collect(0)`: the same on every Python;
+  `gc.collect(1)` became "the young generation and an increment of the old one" with 3.14's incremental collector):
+  the step's own cyclic garbage is reclaimed at the step's end, at the same point on every rank;
 - every `full_every` steps a full collection also reclaims long-lived objects created during training (compiled
   graphs, metric records) that have since become garbage.
 Leaving restores the collector as it was (enabled or not) and unfreezes, so frozen objects that died in reference
@@ -53,9 +54,9 @@ class StepGC:
         return self
 
     def end_step(self, step: int) -> None:
-        """Collect after optimizer step `step` (1-based): the young generations, and everything unfrozen on every
+        """Collect after optimizer step `step` (1-based): the youngest generation, and everything unfrozen on every
         `full_every`-th step."""
-        gc.collect(2 if step % self.full_every == 0 else 1)
+        gc.collect(2 if step % self.full_every == 0 else 0)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -60,10 +60,10 @@ def test_end_step_collects_young_cycles_every_step_and_old_ones_on_full_steps():
 
         holder = [_Node()]
         old = weakref.ref(holder[0])
-        collector.end_step(2)  # still referenced: it survives the young collection and moves to the oldest generation
+        collector.end_step(2)  # still referenced: it survives the young collection and moves to an older generation
         holder.clear()
         assert old() is not None
-        collector.end_step(4)  # not a full step: the oldest generation is left alone
+        collector.end_step(4)  # not a full step: the older generations are left alone
         assert old() is not None
         collector.end_step(6)
         assert old() is None, "every full_every-th step collects the oldest generation too"
