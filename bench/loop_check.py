@@ -483,6 +483,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--stages: unknown {unknown}; choose from {list(STAGES)}")
     if args.steps < 1 or args.warmup < 0:
         parser.error(f"--steps must be >= 1 and --warmup >= 0, got {args.steps}, {args.warmup}")
+    if args.smoke_layers < 1:
+        parser.error(f"--smoke-layers must be >= 1, got {args.smoke_layers}")
     return args
 
 

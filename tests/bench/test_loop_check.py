@@ -23,6 +23,7 @@ from bench.loop_check import (  # noqa: E402
     format_markdown,
     llm_folder,
     main,
+    parse_args,
     smoke_shapes,
     summarize,
     use_default_collector,
@@ -151,6 +152,8 @@ def test_smoke_depth_and_its_own_llm_folder(tmp_path: Path) -> None:
     assert {k: v for k, v in deep.llm.items() if k != "num_hidden_layers"} == {
         k: v for k, v in SMOKE.llm.items() if k != "num_hidden_layers"
     }
+    with pytest.raises(SystemExit):
+        parse_args(["--smoke", "--smoke-layers", "0"])
     folders = {llm_folder(tmp_path, True, 2), llm_folder(tmp_path, True, 32), llm_folder(tmp_path, False, 2)}
     assert len(folders) == 3, "an LLM kept under --work is never reused at another depth"
 
