@@ -18,6 +18,7 @@ import torch
 from nextgpt.config import Config, ConfigError, TrainConfig
 from nextgpt.config_loader import find_config_file
 from nextgpt.training.distributed import world_size
+from nextgpt.training.zero_single import skip_single_rank_reduction
 from nextgpt.training.zero_step import speed_up_zero_step
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,8 @@ SINGLE_PROCESS_ZERO = {"overlap_comm": False, "contiguous_gradients": False}
 """ZeRO-1/2 settings forced when one process trains. Both only pay off when gradients are reduced across ranks
 (overlapping the reduction with the backward; one contiguous buffer to reduce from). Alone, each of stage 3's ~350
 gradient tensors is still copied into the bucket on a side stream inside the backward's hooks, host work the GPU waits
-for in a host-bound step. The numbers are the same either way."""
+for in a host-bound step. The numbers are the same either way. Without them, `build_engine` can also drop the
+reduction itself (`nextgpt.training.zero_single`)."""
 
 
 def resolve_deepspeed_config(
@@ -133,7 +135,8 @@ def build_optimizer(train: TrainConfig, model: torch.nn.Module) -> torch.optim.A
 
 def build_engine(cfg: Config, model: torch.nn.Module, lr_lambda: Callable[[int], float], load_universal: bool = False):
     """Wrap the model in a DeepSpeed engine that optimises only the trainable parameters (ZeRO-1/2 with the foreach
-    gradient norm and the sync-free clip of `nextgpt.training.zero_step`).
+    gradient norm and the sync-free clip of `nextgpt.training.zero_step`, and, with one process, without the gradient
+    reduction that one rank makes an identity: `nextgpt.training.zero_single`).
 
     `load_universal`: the engine will resume from a universal checkpoint (`resolve_deepspeed_config`).
 
@@ -151,4 +154,5 @@ def build_engine(cfg: Config, model: torch.nn.Module, lr_lambda: Callable[[int],
         config=resolve_deepspeed_config(cfg, load_universal=load_universal),
     )
     speed_up_zero_step(engine)
+    skip_single_rank_reduction(engine)
     return engine

@@ -4,51 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from zero_helpers import dtype_of, micro_backward, zero_engine
 
-from nextgpt.training.distributed import init_distributed
 from nextgpt.training.zero_step import speed_up_zero_step
 
 
-class _TwoBranches(torch.nn.Module):
-    """A used and an unused branch: ZeRO-1/2 fills the unused one's gradients with zeros."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.used = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 1))
-        self.unused = torch.nn.Linear(8, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.used(x)
-
-
-def _dtype(engine) -> torch.dtype:
-    return torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
-
-
 def _engine(stage: int, precision: str, clip: float, seed: int = 0, replace: bool = True, device: str = "cpu"):
-    import deepspeed
-
-    init_distributed()
-    torch.manual_seed(seed)
-    model = _TwoBranches().to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
-    config = {
-        "train_micro_batch_size_per_gpu": 2,
-        "gradient_accumulation_steps": 1,
-        "gradient_clipping": clip,
-        "zero_optimization": {"stage": stage, "overlap_comm": False, "contiguous_gradients": False},
-        "bf16": {"enabled": precision == "bf16", "check_grad_overflow": False},
-        "steps_per_print": 10**9,
-    }
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    engine = zero_engine(stage, precision, clip, seed=seed, device=device)
     if replace:
         assert speed_up_zero_step(engine)
     return engine
-
-
-def _backward(engine, scale: float) -> None:
-    x = torch.linspace(-1, 1, 16).reshape(2, 8).to(_dtype(engine))
-    engine.backward(engine(x).float().pow(2).sum() * scale)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -58,7 +23,7 @@ def test_the_foreach_norm_is_deepspeeds_norm(precision):
     engine = _engine(2, precision, clip=1.0, replace=False)
     optimizer = engine.optimizer
     torch.manual_seed(1)
-    grads = [(torch.randn(5, 3) * 3).to(_dtype(engine)), torch.zeros(4, dtype=_dtype(engine)), torch.randn(7)]
+    grads = [(torch.randn(5, 3) * 3).to(dtype_of(engine)), torch.zeros(4, dtype=dtype_of(engine)), torch.randn(7)]
     params = [torch.empty(5, 3), torch.empty(4), torch.empty(7)]
     theirs = DeepSpeedZeroOptimizer.get_grad_norm_direct(optimizer, grads, params)
     assert speed_up_zero_step(engine)
@@ -109,7 +74,7 @@ def test_steps_train_the_same_weights_as_deepspeeds_own_methods(stage, precision
     for replace in (False, True):
         engine = _engine(stage, precision, clip=0.5, seed=3, replace=replace)
         for step in range(4):
-            _backward(engine, scale=10.0 + step)
+            micro_backward(engine, scale=10.0 + step)
             engine.step()
         weights.append([p.detach().clone() for p in engine.module.parameters()])
         assert engine.get_global_grad_norm() > 0.5  # the clip was active
