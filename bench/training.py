@@ -18,6 +18,8 @@ loader pins its batches; naive from pageable memory, as a plain DataLoader hands
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import time
 from pathlib import Path
@@ -125,6 +127,7 @@ def measure_steps(
     device: str,
     warmup: int,
     shapes: Shapes,
+    step_gc: bool = False,
 ) -> dict[str, Any]:
     """Run `warmup` untimed steps, then time the rest; tokens, samples, padding, peak memory and MFU.
 
@@ -137,25 +140,38 @@ def measure_steps(
         device: where the model lives.
         warmup: untimed steps first.
         shapes: sizes (for the FLOP count).
+        step_gc: collect garbage as the training loop does (`nextgpt.training.step_gc.StepGC`: only at step ends), for
+            ours; False leaves Python's collector as a plain script has it (the naive paths). Either way the timed
+            steps' collector pauses are reported as `gc_ms`.
 
     Returns:
         samples/s, sample tokens/s, computed tokens/s, MFU (datasheet and measured peak), padding share, peak GiB,
-        the last loss.
+        the last loss, the collector's pauses in the timed steps.
     """
+    from nextgpt.training.step_gc import StepGC
+
     reset_peak()
-    for batch in batches[:warmup]:
-        _step(forward, model, optimizer, batch, device)
-    sync()
-    start = time.perf_counter()
-    computed: list[int] = []
-    rows = 0
-    loss = None
-    for batch, items in zip(batches[warmup:], groups[warmup:], strict=True):
-        loss, num_prefix = _step(forward, model, optimizer, batch, device)
-        computed += [n - num_prefix for n in _sample_lengths(items)]
-        rows += batch.input_ids.numel()
-    sync()
-    elapsed = time.perf_counter() - start
+    pauses = _GCPauses()
+    with StepGC() if step_gc else contextlib.nullcontext() as collector:
+        for step, batch in enumerate(batches[:warmup], start=1):
+            _step(forward, model, optimizer, batch, device)
+            if collector is not None:
+                collector.end_step(step)
+        sync()
+        gc.callbacks.append(pauses)
+        start = time.perf_counter()
+        computed: list[int] = []
+        rows = 0
+        loss = None
+        for step, (batch, items) in enumerate(zip(batches[warmup:], groups[warmup:], strict=True), start=warmup + 1):
+            loss, num_prefix = _step(forward, model, optimizer, batch, device)
+            computed += [n - num_prefix for n in _sample_lengths(items)]
+            rows += batch.input_ids.numel()
+            if collector is not None:
+                collector.end_step(step)
+        sync()
+        elapsed = time.perf_counter() - start
+        gc.callbacks.remove(pauses)
     timed = groups[warmup:]
     samples = sum(len(g) for g in timed)
     sample_tokens = sum(sum(_sample_lengths(g)) for g in timed)
@@ -178,7 +194,25 @@ def measure_steps(
         "row_length_mean": float(np.mean([b.input_ids.shape[1] for b in batches[warmup:]])),
         "peak_gib": peak_gib(),
         "final_loss": None if loss is None else float(loss.detach()),
+        "gc_ms": pauses.seconds * 1e3,
+        "gc_full_collections": pauses.full,
     }
+
+
+class _GCPauses:
+    """A `gc.callbacks` hook summing the collector's pauses (and counting its full collections)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.full = 0
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+            return
+        self.seconds += time.perf_counter() - self._start
+        self.full += info["generation"] == 2
 
 
 def _pools(shapes: Shapes, num: int, device: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -316,7 +350,7 @@ def _ours_results(
         batches = [batch.pin_memory() for batch in batches]
     out = {
         "ours_config": _switches(cfg),
-        "ours": measure_steps(ours_forward, model, optimizer, batches, groups, device, warmup, shapes),
+        "ours": measure_steps(ours_forward, model, optimizer, batches, groups, device, warmup, shapes, step_gc=True),
     }
     if profile:
         step = lambda m=model, o=optimizer, b=batches[-1]: _step(ours_forward, m, o, b, device)  # noqa: E731
@@ -433,7 +467,9 @@ def _capped_stage3(llm_dir, shapes, work, device, items, micro_batch, warmup, ca
     free_memory()
     try:
         with memory_cap(cap_gib):
-            capped.update(measure_steps(ours_forward, model, optimizer, batches, groups, device, warmup, shapes))
+            capped.update(
+                measure_steps(ours_forward, model, optimizer, batches, groups, device, warmup, shapes, step_gc=True)
+            )
         capped["fits"] = True
     except torch.OutOfMemoryError as error:
         capped["fits"] = False
