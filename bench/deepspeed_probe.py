@@ -16,6 +16,7 @@ Writes `<out>/<mode>.json`, `<out>/<mode>_cprofile.txt` and, with --sync-debug, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import json
@@ -53,15 +54,20 @@ def _with_zero_stage(cfg, stage: int, out: Path):
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, deepspeed_config=path.resolve()))
 
 
-def _stepper(mode: str, cfg, model, optimizer, deepspeed_step: bool = False):
+def _stepper(mode: str, cfg, model, optimizer, deepspeed_step: bool = False, deepspeed_reduction: bool = False):
     """(forward, backward, optimizer step) of the mode; `deepspeed_step`: the engine keeps DeepSpeed's own gradient
-    norm and clip (`nextgpt.training.zero_step` undone)."""
+    norm and clip (`nextgpt.training.zero_step` undone); `deepspeed_reduction`: it keeps DeepSpeed's gradient
+    reduction on one rank (`nextgpt.training.zero_single` not applied)."""
     if mode == "engine":
+        from unittest import mock
+
         from nextgpt.training.distributed import init_distributed
         from nextgpt.training.engine import build_engine
 
         init_distributed()
-        engine = build_engine(cfg, model, lambda step: 1.0)
+        keep = mock.patch("nextgpt.training.engine.skip_single_rank_reduction", lambda engine: False)
+        with keep if deepspeed_reduction else contextlib.nullcontext():
+            engine = build_engine(cfg, model, lambda step: 1.0)
         if deepspeed_step:
             for name in ("get_grad_norm_direct", "unscale_and_clip_grads"):
                 vars(engine.optimizer).pop(name, None)  # the class's methods again
@@ -106,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--deepspeed-step", action="store_true", help="engine mode: DeepSpeed's own per-tensor gradient norm and clip"
     )
+    parser.add_argument(
+        "--deepspeed-reduction",
+        action="store_true",
+        help="engine mode: DeepSpeed's own gradient reduction (hooks on every trainable tensor) on one rank",
+    )
     parser.add_argument("--sync-debug", action="store_true", help="list where one step waits for the GPU")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -120,10 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     batches = [batch.to("cuda") for batch in batches]  # no copy inside the timed steps
     if args.zero_stage is not None:
         cfg = _with_zero_stage(cfg, args.zero_stage, args.out)
-    forward, backward, step = _stepper(args.mode, cfg, model, optimizer, args.deepspeed_step)
+    forward, backward, step = _stepper(args.mode, cfg, model, optimizer, args.deepspeed_step, args.deepspeed_reduction)
     name = args.mode if args.zero_stage is None else f"{args.mode}_zero{args.zero_stage}"
     if args.deepspeed_step:
         name += "_deepspeed_step"
+    if args.deepspeed_reduction:
+        name += "_deepspeed_reduction"
     report: dict = {
         "gpu": torch.cuda.get_device_name(),
         "mode": name,

@@ -252,22 +252,27 @@ FINDINGS = """## Notes from these runs
   no loss scale, so the scan is off (`bf16.check_grad_overflow: false` in the resolved DeepSpeed config; the loop stops
   on a non-finite loss at its next flush, before any save), and one process runs ZeRO-1/2 without `overlap_comm` and
   `contiguous_gradients`, which only serve a reduction across ranks. ZeRO stage 0 was slower still (144 ms).
-- Stage 3 through the loop now (second report below; the isolated step timed in the same run, on the same machine):
-  9,764 tokens/s against the isolated step's 12,300, 0.79 (0.80 is the target; the last report had 0.72 against the
-  table's run). That machine's host was slower than the table's: the isolated step took 172 ms there against 140 ms in
-  the table. Per loop step, 225 ms: forward 96 (LLM 81, output projectors 10), backward 105 (101 of host time),
-  DeepSpeed's optimizer step 22 (25 of host time; 32 and 42 before). The optimizer step changed: ZeRO-1/2 computed the
-  gradient norm for clipping one tensor at a time (for ~650 tensors: 648 `vector_norm` and 1,296 dtype copies a step)
-  and then waited for the GPU to check that the norm is finite. `nextgpt.training.zero_step` replaces both on the
-  engine's optimizer: one foreach norm, still accumulated in float64, and the finite check as a tensor, so the host
-  does not wait (the same numbers, tests/training/test_zero_step.py). `bench/deepspeed_probe.py` stepped the same
-  model and batches directly and through the engine, on one H200 in one call (`bench/deepspeed_probe/`): 164.6 ms a
-  step directly, 199.7 through the engine before the change and 171.3 with the foreach norm alone (the probe's switch
-  then was `--foreach-norm`; `--deepspeed-step` now undoes both replacements). ZeRO-1 instead of ZeRO-2 (no gradient
-  hooks in the backward) gave 172.1: no gain, so one process keeps the configured stage. What remains is host time:
-  every phase of the loop's step is bound by the host (its GPU time equals its host time), and the forward and
-  backward spend more host time in the loop (96 and 101 ms) than the probe's isolated step on the same model (about 65
-  each, on the probe's machine).
+- Stage 3 through the loop (second report below, `bench/loop_check_isolated.json`; the isolated step timed in the same
+  run, on the same machine): 13,279 tokens/s against the isolated step's 14,556, 0.91 (target 0.80); stage 1 22,226
+  against 19,310, 1.15. Minutes earlier on the same machine, before the last change below, the same command gave 0.79
+  for stage 3 (12,007 against 15,116) and 0.80 for stage 1. Per loop step now, 155 ms: forward 72 (LLM 64, output
+  projectors 4), backward 74 (67 of host time), DeepSpeed's optimizer step 7 (24 of host time). Two changes to
+  DeepSpeed's ZeRO-1/2 for one process brought it there, both the same numbers (CPU tests against DeepSpeed's own
+  methods): (1) the gradient norm for clipping was computed one tensor at a time (for ~650 tensors: 648
+  `vector_norm` and 1,296 dtype copies a step) and its finiteness was then checked on the host, a wait for the GPU;
+  `nextgpt.training.zero_step` computes it with one foreach norm, still accumulated in float64, and checks it as a
+  tensor (tests/training/test_zero_step.py; the optimizer step 32 -> 22 ms). (2) ZeRO-2 hooks every trainable tensor
+  (~290 in stage 3) to bucket its gradient as soon as it is ready, walks the autograd graph on the first hook of each
+  backward, and all-reduces the bucket at the end and copies it back; with one rank that reduction is an identity.
+  `nextgpt.training.zero_single` removes the hooks (and ZeRO-1's per-parameter bucketing) when one rank makes it
+  one, and DeepSpeed's epilogue still collects the gradients for the step: the same weights bit for bit, with
+  accumulation, unused parameters and clipping (tests/training/test_zero_single.py). The backward's host time went
+  from 85 to 67 ms a step, the loop step from 177 to 155 ms. `bench/deepspeed_probe.py` had located both (stepping the
+  same model and batches directly and through the engine, `bench/deepspeed_probe/`: 164.6 ms a step directly, 199.7
+  through the engine, 171.3 with the foreach norm; `--deepspeed-step` and `--deepspeed-reduction` now undo the two
+  changes). What remains of the loop's gap is the optimizer step's host time (24 ms against about 5 for the fused
+  AdamW update and `zero_grad` of the isolated step): DeepSpeed flattens the gradients, keeps float32 master
+  partitions and re-points every parameter at its flat buffer after each step.
 - Garbage collection in the loop: a compiled layer's forward leaves Python objects alive until its backward (the
   autograd contexts and the dynamic-shape marks put on saved tensors: thousands per forward at 32 layers), so
   Python's default collector ran young collections in the middle of forwards and, while the first steps compile, full
@@ -278,9 +283,23 @@ FINDINGS = """## Notes from these runs
   --num-workers 2 --no-isolated`, and the same with `--default-collector`; `bench/loop_gc_cpu/`): 1.68 ms of
   collector pauses per timed step with the default collector, 0.04 ms with the loop's. That is well under 1% of the
   7B loop step, so the collector does not explain the loop's gap to the isolated step; the CPU steps themselves
-  (about 1 s of compute) differ between the two runs by more than that (1,064 and 1,031 ms), which is noise. The gap
-  stays where `bench/deepspeed_probe.py` put it (above): DeepSpeed's per-parameter gradient hooks in the backward and
-  its optimizer step, measured against the same model stepped directly.
+  (about 1 s of compute) differ between the two runs by more than that (1,064 and 1,031 ms), which is noise. On the
+  H200 the loop's `ms_gc` was 0.03 ms a step. The bench's isolated step for ours now collects the same way, and every
+  measured path reports its collector pauses in the timed steps (`gc_ms`: 0.7 ms over stage 3's nine timed steps,
+  27-33 ms for the naive paths).
+- How fast the host is sets stage 3's isolated speed. Two more runs of the same command on the same code
+  (`bench/reruns/run_a.json`, `run_b.json`, on other H200 machines) measured ours' stage-3 step at 176 and 179 ms
+  against the table's 140 ms, so 11,736 and 11,546 tokens/s (2.90x and 2.61x the naive step, MFU 0.635 and 0.619 of
+  the measured matmul peak), while stage 1 stayed at 2.53x and 2.44x. Their profiles of ours' step
+  (`profile_ours_host` in each file) have the same operations (2,628 matrix products, 2,714 kernel launches, 64 guard
+  checks of compiled code) and the same GPU time for the matrix products (149-154 ms), but every call took longer on
+  the host: a matrix product 33.5 and 35.0 us against 21.2 us, a kernel launch 8.9 and 8.7 us against 5.7 us, a guard
+  check (TorchDynamo cache lookup) 351 and 362 us against 217 us. The stage-3 step queues its kernels just ahead of
+  the GPU (host-bound, above), so a host 1.5x slower per call makes the step 1.3x slower; the naive step, bound by the
+  GPU, did not slow down (4,051 and 4,427 tokens/s against 4,035). Batch-1 decode was 220.7 tokens/s in run_a (over
+  the 220 target; that run missed stage 3's 3x) and 150.1 in run_b, whose decode step took 6.6 ms against 4.5: not
+  explained (no decode profile was taken; its naive decode was not slower, 42.9 tokens/s). The remaining lever is the
+  host work per step: the 64 guard checks alone took 14-23 ms of it.
 - Stage 3 went from 2.83x to 3.65x the naive step (12,490 to 14,712 tokens/s; the two runs were on different
   machines): the forward no longer waits for the GPU. PyTorch's sync debug mode found 25 host reads of GPU values in
   every step, all in splicing the media and in finding the signal spans (`nonzero`, the longest row, `tolist` on the
