@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from bench.timing import peak_gib, reset_peak, sync, time_calls
+from bench.timing import device_busy_ms, peak_gib, profile_top_kernels, reset_peak, sync, time_calls
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +143,11 @@ def run_decode_section(
         ours = _rate(lambda: fast_generate(decoder, embeds, new_tokens), new_tokens, warmup=2, repeat=repeat)
         ours["peak_gib"] = peak_gib()
         ours.update(split_call(decoder, embeds, new_tokens, ours["median_ms"], repeat))
+        call = lambda: fast_generate(decoder, embeds, new_tokens)  # noqa: E731
+        # Where a slow call's time went: the GPU's kernel time against the call's wall time, and the call's profile.
+        ours["device_busy_ms"] = device_busy_ms(call)
+        ours["profile"] = profile_top_kernels(call, steps=1, rows=15)
+        ours["profile_host"] = profile_top_kernels(call, steps=1, rows=15, sort_by_host=True)
         logger.info("decode ours: %.1f tokens/s", ours["tokens_per_s"])
     result["ours"] = ours
     result["ratio"] = None if ours is None else ours["tokens_per_s"] / naive["tokens_per_s"]

@@ -123,6 +123,22 @@ def measure_matmul_peak(size: int = 8192, repeat: int = 50) -> float | None:
     return 2 * size**3 * repeat / (time.perf_counter() - start)
 
 
+def device_busy_ms(fn: Callable[[], Any]) -> float | None:
+    """Milliseconds the GPU spends in kernels during one call of `fn` (None without CUDA): set against the call's wall
+    time it says whether the call is bound by the GPU (close to it) or by the host (well under it)."""
+    if not torch.cuda.is_available():
+        return None
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        sync()
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    return sum(e.device_time_total for e in kernels) / 1e3  # us -> ms
+
+
 def profile_top_kernels(
     fn: Callable[[], Any], steps: int = 2, rows: int = 12, sort_by_host: bool = False, inclusive: bool = False
 ) -> str:
