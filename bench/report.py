@@ -298,8 +298,9 @@ FINDINGS = """## Notes from these runs
   the GPU (host-bound, above), so a host 1.5x slower per call makes the step 1.3x slower; the naive step, bound by the
   GPU, did not slow down (4,051 and 4,427 tokens/s against 4,035). Batch-1 decode was 220.7 tokens/s in run_a (over
   the 220 target; that run missed stage 3's 3x) and 150.1 in run_b, whose decode step took 6.6 ms against 4.5: not
-  explained (no decode profile was taken; its naive decode was not slower, 42.9 tokens/s). The remaining lever is the
-  host work per step: the 64 guard checks alone took 14-23 ms of it.
+  explained (the run kept no decode profile; its naive decode was not slower, 42.9 tokens/s; the decode section now
+  keeps ours' call profile and the GPU's kernel time per call, `device_busy_ms`). The remaining lever is the host work
+  per step: the 64 guard checks alone took 14-23 ms of it.
 - Stage 3 went from 2.83x to 3.65x the naive step (12,490 to 14,712 tokens/s; the two runs were on different
   machines): the forward no longer waits for the GPU. PyTorch's sync debug mode found 25 host reads of GPU values in
   every step, all in splicing the media and in finding the signal spans (`nonzero`, the longest row, `tolist` on the
