@@ -149,9 +149,10 @@ def measure_steps(
         the last loss, the collector's pauses in the timed steps.
     """
     from nextgpt.training.step_gc import StepGC
+    from nextgpt.utils.step_timer import CollectorPauses
 
     reset_peak()
-    pauses = _GCPauses()
+    pauses = CollectorPauses()
     with StepGC() if step_gc else contextlib.nullcontext() as collector:
         for step, batch in enumerate(batches[:warmup], start=1):
             _step(forward, model, optimizer, batch, device)
@@ -197,22 +198,6 @@ def measure_steps(
         "gc_ms": pauses.seconds * 1e3,
         "gc_full_collections": pauses.full,
     }
-
-
-class _GCPauses:
-    """A `gc.callbacks` hook summing the collector's pauses (and counting its full collections)."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self.full = 0
-        self._start = 0.0
-
-    def __call__(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._start = time.perf_counter()
-            return
-        self.seconds += time.perf_counter() - self._start
-        self.full += info["generation"] == 2
 
 
 def _pools(shapes: Shapes, num: int, device: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

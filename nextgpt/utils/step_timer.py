@@ -45,6 +45,23 @@ def phase(name: str, *, device: bool = True) -> AbstractContextManager[None]:
     return _Phase(timing, name, device)
 
 
+class CollectorPauses:
+    """A `gc.callbacks` hook: sums the pauses of the collections that run while it is installed, and counts the full
+    ones (generation 2)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.full = 0
+        self._start = 0.0
+
+    def __call__(self, stage: str, info: dict[str, int]) -> None:
+        if stage == "start":
+            self._start = time.perf_counter()
+            return
+        self.seconds += time.perf_counter() - self._start
+        self.full += info["generation"] == 2
+
+
 class StepTiming:
     """The phases of one step: host seconds summed per name, CUDA event pairs kept unread until `resolve`."""
 
@@ -56,15 +73,8 @@ class StepTiming:
         self._events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
         self._open: set[str] = set()
         self._resolved: dict[str, float] | None = None
-        self._gc_s = 0.0
-        self._gc_start = 0.0
-
-    def _on_gc(self, stage: str, info: dict[str, int]) -> None:
-        """A `gc.callbacks` hook: adds each collection's pause to the step."""
-        if stage == "start":
-            self._gc_start = time.perf_counter()
-        else:
-            self._gc_s += time.perf_counter() - self._gc_start
+        self._on_gc = CollectorPauses()
+        """The `gc.callbacks` hook the step installs while it is open."""
 
     def resolve(self) -> dict[str, float]:
         """The step's times in milliseconds, as flat metric keys.
@@ -92,7 +102,7 @@ class StepTiming:
                     times[f"host_ms_{name}"] = host_s * 1e3
                 else:
                     times[f"ms_{name}"] = host_s * 1e3
-            times["ms_gc"] = self._gc_s * 1e3
+            times["ms_gc"] = self._on_gc.seconds * 1e3
             times["ms_step"] = self.wall_s * 1e3
             self._resolved, self._events = times, []  # the events are no longer needed
         return dict(self._resolved)
