@@ -38,14 +38,60 @@ def tiny_cfg_path() -> Path:
     return REPO_ROOT / "configs" / "tiny.yaml"
 
 
+TINY_CACHE_DIR = Path(tempfile.gettempdir()) / f"nextgpt_tests_{getpass.getuser()}"
+"""Where built tiny checkpoint trees are kept between test sessions (`tiny_root`); delete it to rebuild."""
+
+
+def _tiny_build_key(cfg_path: Path) -> str:
+    """What a tiny checkpoint tree is a function of: the package's and the config's sources, the library versions, and
+    the CPU kernels and thread count its pretraining ran with (floating-point results differ across them)."""
+    import hashlib
+    import sys
+
+    import diffusers
+    import torch
+    import transformers
+
+    digest = hashlib.sha256()
+    for path in [*sorted((REPO_ROOT / "nextgpt").rglob("*.py")), cfg_path]:
+        digest.update(path.relative_to(REPO_ROOT).as_posix().encode())
+        digest.update(path.read_bytes())
+    for part in (
+        sys.version,
+        torch.__version__,
+        transformers.__version__,
+        diffusers.__version__,
+        torch.backends.cpu.get_cpu_capability(),
+        str(torch.get_num_threads()),
+    ):
+        digest.update(part.encode())
+    return digest.hexdigest()[:24]
+
+
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory: pytest.TempPathFactory, tiny_cfg_path: Path) -> Path:
-    """A complete tiny checkpoint tree (LLM, ImageBind, three decoders), written once per session."""
+    """A complete tiny checkpoint tree (LLM, ImageBind, three decoders), a fresh copy per session.
+
+    Building it pretrains three models (about 75 s on 2 cores), so the built tree is kept in `TINY_CACHE_DIR` under a
+    key of everything it depends on (`_tiny_build_key`) and copied from there; a session whose key is new builds it.
+    Sessions that build at the same time each build, and the first to finish keeps its tree.
+    """
+    import shutil
+
     from nextgpt.config import load_config
     from nextgpt.tiny.build import build_tiny_checkpoints
 
+    cached = TINY_CACHE_DIR / f"tiny-{_tiny_build_key(tiny_cfg_path)}"
+    if not cached.is_dir():
+        TINY_CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix="building-", dir=TINY_CACHE_DIR))
+        build_tiny_checkpoints(staging, load_config(tiny_cfg_path))
+        try:
+            staging.rename(cached)  # atomic: a session never sees a half-written tree
+        except OSError:  # another session finished first
+            shutil.rmtree(staging, ignore_errors=True)
     root = tmp_path_factory.mktemp("tiny")
-    build_tiny_checkpoints(root, load_config(tiny_cfg_path))
+    shutil.copytree(cached, root, dirs_exist_ok=True)
     return root
 
 
