@@ -11,6 +11,7 @@ reported as a problem string and skipped — never an assertion crash (the origi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -40,39 +41,47 @@ class SpanScan:
         return len(self.spans.get(modality, []))
 
 
-def find_signal_spans(token_ids: torch.Tensor, signal_ids: dict[Modality, list[int]]) -> SpanScan:
+def find_signal_spans(token_ids: torch.Tensor | Sequence[int], signal_ids: dict[Modality, list[int]]) -> SpanScan:
     """Locate complete signal spans and report malformed signal tokens.
 
+    The scan runs over Python ints on the host: a dataset item (one sequence of a few hundred ids) takes tens of
+    microseconds this way, against about half a millisecond for the per-modality tensor operations it replaced, which a
+    data loader paid for every sample.
+
     Args:
-        token_ids: (B, L) or (L,) token ids (negative sentinels and padding allowed).
+        token_ids: (B, L) or (L,) token ids (negative sentinels and padding allowed), a tensor (read on the host) or a
+            list of ints for one sequence.
         signal_ids: the signal ids of each modality, in span order.
 
     Returns:
         A `SpanScan`; spans are sorted by (row, start).
     """
-    ids = token_ids.unsqueeze(0) if token_ids.dim() == 1 else token_ids  # (L,) -> (1, L)
+    rows = token_ids.tolist() if isinstance(token_ids, torch.Tensor) else list(token_ids)
+    if not rows or not isinstance(rows[0], list):
+        rows = [rows]  # (L,) -> (1, L)
     scan = SpanScan(spans={m: [] for m in signal_ids})
     # Ids every modality's span holds (the NEW code's separator between signal tokens) are ordinary text elsewhere.
     shared = set.intersection(*(set(v) for v in signal_ids.values())) if len(signal_ids) > 1 else set()
-    for modality, expected in signal_ids.items():
+    relevant = set().union(*(set(v) for v in signal_ids.values()))
+    # Per row, the positions of any signal id (most positions of a sequence are text and drop out here).
+    hits = [[(pos, tok) for pos, tok in enumerate(row) if tok in relevant] for row in rows]
+    for modality, span_ids in signal_ids.items():
+        expected = list(span_ids)
         n = len(expected)
-        expected_t = torch.tensor(expected, device=ids.device)
-        markers = torch.tensor([i for i in expected if i not in shared], device=ids.device)
-        is_signal = torch.isin(ids, markers)  # (B, L)
-        covered = torch.zeros_like(is_signal)
-        rows, starts = (ids == expected[0]).nonzero(as_tuple=True)
-        for row, start in zip(rows.tolist(), starts.tolist(), strict=True):
-            window = ids[row, start : start + n]
-            if window.numel() == n and torch.equal(window, expected_t):
-                scan.spans[modality].append(SignalSpan(row=row, start=start, length=n))
-                covered[row, start : start + n] = True
-        stray = is_signal & ~covered  # (B, L) signal ids outside any complete span
-        for row in stray.any(dim=1).nonzero(as_tuple=True)[0].tolist():
-            positions = stray[row].nonzero(as_tuple=True)[0].tolist()
-            scan.problems.append(
-                f"malformed {modality.value} signal tokens in row {row} at positions {positions[:8]}"
-                f"{' ...' if len(positions) > 8 else ''} (expected {n} consecutive tokens in order); skipped"
-            )
+        first = expected[0]
+        markers = {i for i in expected if i not in shared}
+        for row_index, (row, row_hits) in enumerate(zip(rows, hits, strict=True)):
+            covered: set[int] = set()
+            for pos, tok in row_hits:
+                if tok == first and row[pos : pos + n] == expected:
+                    scan.spans[modality].append(SignalSpan(row=row_index, start=pos, length=n))
+                    covered.update(range(pos, pos + n))
+            stray = [pos for pos, tok in row_hits if tok in markers and pos not in covered]
+            if stray:
+                scan.problems.append(
+                    f"malformed {modality.value} signal tokens in row {row_index} at positions {stray[:8]}"
+                    f"{' ...' if len(stray) > 8 else ''} (expected {n} consecutive tokens in order); skipped"
+                )
     return scan
 
 

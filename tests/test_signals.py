@@ -38,6 +38,43 @@ def test_repeated_first_token_does_not_double_count():
     assert len(scan.problems) == 1  # the lone leading 100
 
 
+def _brute_force_scan(rows: list[list[int]], signal_ids: dict) -> tuple[dict, list[tuple[str, int, list[int]]]]:
+    """Spans and stray positions by checking every window of every row (the definition, slowly)."""
+    shared = set.intersection(*(set(v) for v in signal_ids.values()))
+    spans, strays = {}, []
+    for modality, expected in signal_ids.items():
+        n = len(expected)
+        spans[modality] = [(r, s) for r, row in enumerate(rows) for s in range(len(row)) if row[s : s + n] == expected]
+        for r, row in enumerate(rows):
+            covered = {p for rr, s in spans[modality] if rr == r for p in range(s, s + n)}
+            stray = [p for p, t in enumerate(row) if t in set(expected) - shared and p not in covered]
+            if stray:
+                strays.append((modality.value, r, stray[:8]))
+    return spans, strays
+
+
+def test_scan_agrees_with_checking_every_window_on_random_rows():
+    generator = torch.Generator().manual_seed(0)
+    separator = 7  # the NEW code's separator: in every modality's span, ordinary text elsewhere
+    signal_ids = {Modality.IMAGE: [100, 7, 101, 7, 102], Modality.AUDIO: [200, 7, 201]}
+    alphabet = torch.tensor([1, 2, separator, 100, 101, 102, 200, 201, -1])
+    for _ in range(200):
+        rows = alphabet[torch.randint(len(alphabet), (3, 24), generator=generator)]
+        # plant complete spans so that every row has some
+        rows[0, 2:7] = torch.tensor(signal_ids[Modality.IMAGE])
+        rows[1, 10:13] = torch.tensor(signal_ids[Modality.AUDIO])
+        scan = find_signal_spans(rows, signal_ids)
+        spans, strays = _brute_force_scan(rows.tolist(), signal_ids)
+        for modality in signal_ids:
+            assert [(s.row, s.start) for s in scan.spans[modality]] == spans[modality]
+        expected_problems = [f"malformed {m} signal tokens in row {r} at positions {stray}" for m, r, stray in strays]
+        assert [p.split(" (expected")[0].removesuffix(" ...") for p in scan.problems] == expected_problems
+        one_row = find_signal_spans(rows[1].tolist(), signal_ids)  # a list of ids, as a dataset passes it
+        assert [(s.row, s.start) for s in one_row.spans[Modality.AUDIO]] == [
+            (0, s) for r, s in spans[Modality.AUDIO] if r == 1
+        ]
+
+
 def test_gather_span_rows_picks_span_positions():
     values = torch.arange(2 * 6 * 3).reshape(2, 6, 3).float()
     rows = gather_span_rows(values, [SignalSpan(0, 1, 2), SignalSpan(1, 3, 2)])

@@ -286,7 +286,7 @@ class ConversationDataset(Dataset):
         return list(example.input_ids), list(example.labels), mismatch
 
     def _signal_span_starts(self, index: int, spec: SampleSpec, input_ids: list[int]) -> dict[Modality, list[int]]:
-        scan = find_signal_spans(torch.tensor(input_ids, dtype=torch.long), self.signal_ids)
+        scan = find_signal_spans(input_ids, self.signal_ids)
         if scan.problems:
             raise _BadSample(self._record_path(index), f"signal tokens: {scan.problems[0]}")
         starts = {m: [s.start for s in spans] for m, spans in scan.spans.items() if spans}
