@@ -44,7 +44,9 @@ TINY_CACHE_DIR = Path(tempfile.gettempdir()) / f"nextgpt_tests_{getpass.getuser(
 
 def _tiny_build_key(cfg_path: Path) -> str:
     """What a tiny checkpoint tree is a function of: the package's and the config's sources, the library versions, and
-    the CPU kernels and thread count its pretraining ran with (floating-point results differ across them)."""
+    the CPU kernels its pretraining ran with (`make test-numerics` builds a tree under each instruction set it forces).
+    The thread count is left out: it changes only the rounding of the pretraining's reductions, as another machine's
+    would, and a run with one thread (beside other runs) can use the tree a run with two built."""
     import hashlib
     import sys
 
@@ -62,10 +64,34 @@ def _tiny_build_key(cfg_path: Path) -> str:
         transformers.__version__,
         diffusers.__version__,
         torch.backends.cpu.get_cpu_capability(),
-        str(torch.get_num_threads()),
     ):
         digest.update(part.encode())
     return digest.hexdigest()[:24]
+
+
+TINY_CACHE_KEEP = 4
+"""Built trees kept besides the newest (one per instruction set a run forces, and a few source versions)."""
+
+
+def _prune_tiny_cache(keep: Path, max_idle_s: float = 3600.0) -> None:
+    """Delete cached trees beyond the `TINY_CACHE_KEEP` most recently used ones (100 MB each; every change to the
+    package makes a new key) and builds left half-written by a killed session, once idle for `max_idle_s`, so a tree
+    another session is copying is not pulled away from it."""
+    import shutil
+    import time
+
+    def last_used(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except FileNotFoundError:  # pruned by another session meanwhile
+            return time.time()
+
+    entries = sorted(TINY_CACHE_DIR.iterdir(), key=last_used, reverse=True)
+    trees = [path for path in entries if path.name.startswith("tiny-") and path != keep]
+    stale = trees[TINY_CACHE_KEEP:] + [path for path in entries if path.name.startswith("building-")]
+    for path in stale:
+        if time.time() - last_used(path) > max_idle_s:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -90,6 +116,8 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory, tiny_cfg_path: Path) -> 
             staging.rename(cached)  # atomic: a session never sees a half-written tree
         except OSError:  # another session finished first
             shutil.rmtree(staging, ignore_errors=True)
+        _prune_tiny_cache(keep=cached)
+    os.utime(cached)  # recently used: kept by the pruning of other sessions
     root = tmp_path_factory.mktemp("tiny")
     shutil.copytree(cached, root, dirs_exist_ok=True)
     return root
