@@ -43,28 +43,23 @@ TINY_CACHE_DIR = Path(tempfile.gettempdir()) / f"nextgpt_tests_{getpass.getuser(
 
 
 def _tiny_build_key(cfg_path: Path) -> str:
-    """What a tiny checkpoint tree is a function of: the package's and the config's sources, the library versions, and
-    the CPU kernels its pretraining ran with (`make test-numerics` builds a tree under each instruction set it forces).
+    """What a tiny checkpoint tree is a function of: the package's and the config's sources, the version of every
+    installed distribution (the tokenizer trainer and the image rendering shape it too, not only torch), and the CPU
+    kernels its pretraining ran with (`make test-numerics` builds a tree under each instruction set it forces).
     The thread count is left out: it changes only the rounding of the pretraining's reductions, as another machine's
     would, and a run with one thread (beside other runs) can use the tree a run with two built."""
     import hashlib
     import sys
+    from importlib import metadata
 
-    import diffusers
     import torch
-    import transformers
 
     digest = hashlib.sha256()
     for path in [*sorted((REPO_ROOT / "nextgpt").rglob("*.py")), cfg_path]:
         digest.update(path.relative_to(REPO_ROOT).as_posix().encode())
         digest.update(path.read_bytes())
-    for part in (
-        sys.version,
-        torch.__version__,
-        transformers.__version__,
-        diffusers.__version__,
-        torch.backends.cpu.get_cpu_capability(),
-    ):
+    installed = sorted(f"{dist.metadata['Name']}=={dist.version}" for dist in metadata.distributions())
+    for part in (sys.version, *installed, torch.backends.cpu.get_cpu_capability()):
         digest.update(part.encode())
     return digest.hexdigest()[:24]
 
